@@ -1,0 +1,102 @@
+//! `events`: job state changes, one per line, until interrupted.
+
+use anyhow::{Result, bail};
+use quern_proto::v1::{EventsRequest, EventsResponse};
+
+use crate::client::{Client, rpc_error};
+use crate::output;
+
+/// Prints events as they arrive, after replaying stored ones past `after`.
+pub async fn run(
+    client: &mut Client,
+    job: Option<u64>,
+    after: Option<u64>,
+    json: bool,
+) -> Result<()> {
+    let mut events = client
+        .events(EventsRequest {
+            after_seq: after,
+            job_id: job.unwrap_or(0),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    while let Some(event) = events.message().await.map_err(rpc_error)? {
+        if json {
+            output::json_line(&output::event_json(&event))?;
+        } else {
+            output::line(describe(&event))?;
+        }
+    }
+    // The stream has no natural end; the daemon closes it only when it stops.
+    bail!("quernd closed the event stream; it may be shutting down")
+}
+
+/// One event as a line: "17 2030-01-01T00:00:03.000Z job 4 failed attempt 1:
+/// exited with code 1".
+fn describe(event: &EventsResponse) -> String {
+    let time = event
+        .time
+        .and_then(output::system_time)
+        // Milliseconds tell apart changes that follow each other quickly,
+        // such as queued and running.
+        .map_or_else(
+            || "-".to_owned(),
+            |time| humantime::format_rfc3339_millis(time).to_string(),
+        );
+    let mut line = format!(
+        "{} {time} job {} {}",
+        event.seq,
+        event.job_id,
+        output::state_name(event.state)
+    );
+    if event.attempt > 0 {
+        line.push_str(&format!(" attempt {}", event.attempt));
+    }
+    if !event.error.is_empty() {
+        line.push_str(&format!(": {}", event.error));
+    } else if let Some(code) = event.exit_code {
+        line.push_str(&format!(": exit {code}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use quern_proto::v1::JobState;
+
+    use super::*;
+
+    #[test]
+    fn events_read_as_lines() {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_003);
+        let event = |state: JobState, attempt, exit_code, error: &str| EventsResponse {
+            seq: 17,
+            job_id: 4,
+            state: state as i32,
+            time: Some(time.into()),
+            attempt,
+            exit_code,
+            error: error.into(),
+        };
+        let cases = [
+            (
+                event(JobState::Queued, 0, None, ""),
+                "17 2030-01-01T00:00:03.000Z job 4 queued",
+            ),
+            (
+                event(JobState::Failed, 1, Some(1), "exited with code 1"),
+                "17 2030-01-01T00:00:03.000Z job 4 failed attempt 1: exited with code 1",
+            ),
+            (
+                event(JobState::Succeeded, 2, Some(0), ""),
+                "17 2030-01-01T00:00:03.000Z job 4 succeeded attempt 2: exit 0",
+            ),
+        ];
+        for (event, want) in cases {
+            assert_eq!(describe(&event), want);
+        }
+    }
+}

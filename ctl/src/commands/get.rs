@@ -1,0 +1,129 @@
+//! `get ID`: one job, as a key/value table or JSON.
+
+use std::time::SystemTime;
+
+use anyhow::Result;
+use quern_proto::v1::{GetRequest, Job, JobState, job_spec};
+
+use crate::client::{Client, rpc_error};
+use crate::output;
+
+/// Prints one job.
+pub async fn run(client: &mut Client, id: u64, json: bool) -> Result<()> {
+    let response = client
+        .get(GetRequest { id })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let job = super::returned_job(response.job, "Get")?;
+    if json {
+        output::json_line(&output::job_json(&job))?;
+    } else {
+        output::line(details(&job, SystemTime::now()))?;
+    }
+    Ok(())
+}
+
+/// A job as two aligned columns, leaving out what does not apply to it.
+fn details(job: &Job, now: SystemTime) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", job.id.to_string()),
+        ("state", output::state_name(job.state).to_owned()),
+        ("command", output::command(job)),
+    ];
+    let spec = job.spec.clone().unwrap_or_default();
+    if let Some(job_spec::Kind::Exec(exec)) = &spec.kind {
+        if !exec.cwd.is_empty() {
+            rows.push(("cwd", exec.cwd.clone()));
+        }
+        if !exec.env.is_empty() {
+            rows.push(("env", output::pairs(&exec.env)));
+        }
+    }
+    if !spec.labels.is_empty() {
+        rows.push(("labels", output::pairs(&spec.labels)));
+    }
+    rows.push(("priority", job.priority.to_string()));
+    if !spec.idempotency_key.is_empty() {
+        rows.push(("key", spec.idempotency_key.clone()));
+    }
+    if let Some(timeout) = spec.timeout {
+        rows.push(("timeout", output::human_duration(timeout)));
+    }
+    // max_attempts 0 means 1.
+    let max_attempts = spec.max_attempts.max(1);
+    rows.push(("attempts", format!("{} of {max_attempts}", job.attempts)));
+    let times = [
+        ("queued", job.queued_at),
+        ("run at", job.run_at),
+        ("started", job.started_at),
+        ("finished", job.finished_at),
+    ];
+    for (name, time) in times {
+        if let Some(time) = time.and_then(output::system_time) {
+            rows.push((name, output::relative_and_exact(time, now)));
+        }
+    }
+    if job.state == JobState::Running as i32 && job.pid != 0 {
+        rows.push(("pid", job.pid.to_string()));
+    }
+    if let Some(code) = job.exit_code {
+        rows.push(("exit code", code.to_string()));
+    }
+    if !job.error.is_empty() {
+        rows.push(("error", job.error.clone()));
+    }
+
+    let mut table = output::table();
+    for (name, value) in rows {
+        table.add_row([name.to_owned(), value]);
+    }
+    output::render(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use quern_proto::v1::{ExecSpec, JobSpec};
+
+    use super::*;
+
+    #[test]
+    fn details_show_what_applies() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        let job = Job {
+            id: 9,
+            state: JobState::Failed as i32,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Exec(ExecSpec {
+                    argv: vec!["false".into()],
+                    cwd: "/tmp".into(),
+                    ..ExecSpec::default()
+                })),
+                ..JobSpec::default()
+            }),
+            queued_at: Some((now - Duration::from_secs(10)).into()),
+            started_at: Some((now - Duration::from_secs(9)).into()),
+            finished_at: Some((now - Duration::from_secs(8)).into()),
+            attempts: 1,
+            exit_code: Some(1),
+            error: "exited with code 1".into(),
+            ..Job::default()
+        };
+        let text = details(&job, now);
+        let want = "\
+id         9
+state      failed
+command    false
+cwd        /tmp
+priority   0
+attempts   1 of 1
+queued     10s ago (2023-11-14T22:13:20Z)
+started    9s ago (2023-11-14T22:13:21Z)
+finished   8s ago (2023-11-14T22:13:22Z)
+exit code  1
+error      exited with code 1";
+        assert_eq!(text, want);
+    }
+}

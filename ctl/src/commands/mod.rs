@@ -1,0 +1,57 @@
+//! One module per verb, and [`run`], which connects and dispatches to it.
+
+mod cancel;
+mod events;
+mod get;
+mod list;
+mod logs;
+mod stats;
+mod submit;
+mod wait;
+
+use anyhow::{Result, anyhow};
+use quern_proto::v1::Job;
+
+use crate::cli::{Cli, Command, SubmitKind};
+use crate::client;
+
+/// Runs the verb on the command line against the daemon.
+pub async fn run(cli: Cli) -> Result<()> {
+    let socket = cli.socket.unwrap_or_else(quern_proto::default_socket_path);
+    let json = cli.json;
+
+    let connect = || client::connect(&socket);
+
+    match cli.command {
+        Command::Submit {
+            kind: SubmitKind::Exec(args),
+        } => {
+            // Requests are built before connecting, so a bad flag is
+            // reported as such even when the daemon is down.
+            let spec = submit::exec_spec(args)?;
+            submit::run(&mut connect().await?, spec, json).await
+        }
+        Command::Get { id } => get::run(&mut connect().await?, id, json).await,
+        Command::List(args) => {
+            let request = list::request(&args)?;
+            list::run(&mut connect().await?, request, args.limit, json).await
+        }
+        Command::Cancel { id, grace } => cancel::run(&mut connect().await?, id, grace, json).await,
+        Command::Wait { ids, timeout } => {
+            wait::run(&mut connect().await?, &ids, timeout, json).await
+        }
+        Command::Logs { id, follow } => logs::run(&mut connect().await?, id, follow).await,
+        Command::Events { job, after } => {
+            events::run(&mut connect().await?, job, after, json).await
+        }
+        Command::Stats => stats::run(&mut connect().await?, json).await,
+    }
+}
+
+/// The job in a response, which the daemon always sets; its absence means a
+/// daemon that does not speak this version of the API.
+fn returned_job(job: Option<Job>, rpc: &str) -> Result<Job> {
+    job.ok_or_else(|| {
+        anyhow!("quernd answered {rpc} without a job; check that quernd and quernctl are the same version")
+    })
+}

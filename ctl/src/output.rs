@@ -1,0 +1,439 @@
+//! How jobs, events and counts are shown: JSON built by hand from the proto
+//! types (which have no serde), aligned tables, relative times and
+//! shell-quoted commands.
+
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime};
+
+use comfy_table::{ContentArrangement, Table, presets};
+use quern_proto::v1::{EventsResponse, Job, JobSpec, JobState, StatsResponse, job_spec};
+use serde_json::{Value, json};
+
+use crate::parse::STATE_NAMES;
+
+/// Writes one line to stdout. Unlike `println!`, a closed pipe (as in
+/// `quernctl list | head -1`) is an error to return, not a panic.
+pub fn line(text: impl std::fmt::Display) -> io::Result<()> {
+    // stdout is line-buffered, so each line reaches a pipe as it is written,
+    // which `events` and `wait` rely on.
+    writeln!(io::stdout().lock(), "{text}")
+}
+
+/// Writes a JSON value to stdout as one line.
+pub fn json_line(value: &Value) -> io::Result<()> {
+    line(value)
+}
+
+/// The lowercase name of a proto `JobState` value. A value this build does
+/// not know (from a newer daemon) shows as "unknown" rather than failing.
+pub fn state_name(state: i32) -> &'static str {
+    let Ok(state) = JobState::try_from(state) else {
+        return "unknown";
+    };
+    STATE_NAMES
+        .iter()
+        .find(|(_, known)| *known == state)
+        .map_or("unknown", |(name, _)| name)
+}
+
+/// Whether a job in `state` will never change again.
+pub fn is_terminal(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+/// A job as a JSON object. Field names are the proto's (snake_case), every
+/// field is present, and fields the proto leaves unset are `null`.
+pub fn job_json(job: &Job) -> Value {
+    json!({
+        "id": job.id,
+        "state": state_name(job.state),
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "exit_code": job.exit_code,
+        "error": job.error,
+        "pid": job.pid,
+        "queued_at": timestamp_json(job.queued_at),
+        "started_at": timestamp_json(job.started_at),
+        "finished_at": timestamp_json(job.finished_at),
+        "run_at": timestamp_json(job.run_at),
+        "spec": job.spec.as_ref().map_or(Value::Null, spec_json),
+    })
+}
+
+fn spec_json(spec: &JobSpec) -> Value {
+    let mut value = json!({
+        "priority": spec.priority,
+        "priority_name": spec.priority_name,
+        "labels": spec.labels,
+        "run_at": timestamp_json(spec.run_at),
+        "timeout": spec.timeout.map_or(Value::Null, |d| Value::String(proto_duration(d))),
+        "max_attempts": spec.max_attempts,
+        "idempotency_key": spec.idempotency_key,
+    });
+    // The kind is a oneof: exactly one key named after it, as in the proto's
+    // own JSON mapping.
+    if let Some(job_spec::Kind::Exec(exec)) = &spec.kind {
+        value["exec"] = json!({
+            "argv": exec.argv,
+            "cwd": exec.cwd,
+            "env": exec.env,
+        });
+    }
+    value
+}
+
+/// An event as a JSON object, with the proto's field names.
+pub fn event_json(event: &EventsResponse) -> Value {
+    json!({
+        "seq": event.seq,
+        "job_id": event.job_id,
+        "state": state_name(event.state),
+        "time": timestamp_json(event.time),
+        "attempt": event.attempt,
+        "exit_code": event.exit_code,
+        "error": event.error,
+    })
+}
+
+/// The counts as a JSON object, with the proto's field names.
+pub fn stats_json(stats: &StatsResponse) -> Value {
+    json!({
+        "queued": stats.queued,
+        "scheduled": stats.scheduled,
+        "running": stats.running,
+        "succeeded": stats.succeeded,
+        "failed": stats.failed,
+        "cancelled": stats.cancelled,
+        "queue_depth": stats.queue_depth,
+        "concurrency": stats.concurrency,
+        "last_event_seq": stats.last_event_seq,
+    })
+}
+
+/// An RFC 3339 string, or `null` when unset. A timestamp that cannot be a
+/// `SystemTime` (out of range) is also `null`: it carries no usable time.
+fn timestamp_json(ts: Option<prost_types::Timestamp>) -> Value {
+    ts.and_then(system_time)
+        .map_or(Value::Null, |t| Value::String(rfc3339(t)))
+}
+
+/// Converts a proto timestamp, or `None` if it is out of range.
+pub fn system_time(ts: prost_types::Timestamp) -> Option<SystemTime> {
+    SystemTime::try_from(ts).ok()
+}
+
+/// An RFC 3339 time in UTC, with as many fractional digits as it needs, for
+/// JSON, where the exact value matters more than how it reads.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339(time).to_string()
+}
+
+/// A proto duration in the proto JSON form: seconds with an `s` suffix and
+/// 0, 3, 6 or 9 fractional digits, such as `10s` or `1.500s`.
+fn proto_duration(d: prost_types::Duration) -> String {
+    let sign = if d.seconds < 0 || d.nanos < 0 {
+        "-"
+    } else {
+        ""
+    };
+    let seconds = d.seconds.unsigned_abs();
+    // Nine digits, less each trailing group of three zeros.
+    let mut fraction = format!("{:09}", d.nanos.unsigned_abs());
+    while fraction.ends_with("000") {
+        fraction.truncate(fraction.len() - 3);
+    }
+    if fraction.is_empty() {
+        format!("{sign}{seconds}s")
+    } else {
+        format!("{sign}{seconds}.{fraction}s")
+    }
+}
+
+/// A time relative to `now`: "3s ago", "in 5m", "1h30m ago", or "just now"
+/// within a second. Two units at most, because the rest is noise in a table.
+pub fn relative(time: SystemTime, now: SystemTime) -> String {
+    match time.duration_since(now) {
+        // In the future.
+        Ok(ahead) if ahead.as_secs() > 0 => format!("in {}", coarse(ahead)),
+        Ok(_) => "just now".to_owned(),
+        Err(err) => {
+            let ago = err.duration();
+            if ago.as_secs() == 0 {
+                "just now".to_owned()
+            } else {
+                format!("{} ago", coarse(ago))
+            }
+        }
+    }
+}
+
+/// A duration in its two largest whole units: "45s", "5m", "1h30m", "2d4h".
+fn coarse(duration: Duration) -> String {
+    const UNITS: [(&str, u64); 4] = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let mut left = duration.as_secs();
+    let mut parts = Vec::new();
+    for (name, size) in UNITS {
+        let count = left / size;
+        left %= size;
+        if count > 0 {
+            parts.push(format!("{count}{name}"));
+        } else if !parts.is_empty() {
+            // A zero between two units ends the shown part: "2d" not "2d0h5m".
+            break;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.concat()
+    }
+}
+
+/// A relative time with the time to the second after it, for single-job
+/// views.
+pub fn relative_and_exact(time: SystemTime, now: SystemTime) -> String {
+    format!(
+        "{} ({})",
+        relative(time, now),
+        humantime::format_rfc3339_seconds(time)
+    )
+}
+
+/// A human-readable duration, such as "1h 30m".
+pub fn human_duration(d: prost_types::Duration) -> String {
+    match Duration::try_from(d) {
+        Ok(d) => humantime::format_duration(d).to_string(),
+        Err(_) => proto_duration(d),
+    }
+}
+
+/// Joins argv into one line that a POSIX shell would split back into the
+/// same words, quoting only the words that need it.
+pub fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|word| shell_quote(word))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The command a job runs, for display.
+pub fn command(job: &Job) -> String {
+    match job.spec.as_ref().and_then(|spec| spec.kind.as_ref()) {
+        Some(job_spec::Kind::Exec(exec)) => shell_join(&exec.argv),
+        None => String::new(),
+    }
+}
+
+/// Sorted `k=v` pairs joined by spaces, so the same map always prints the
+/// same way.
+pub fn pairs(map: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(" ")
+}
+
+/// A borderless table whose columns are separated by two spaces, like `ps`
+/// or `kubectl get`.
+pub fn table() -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    table
+}
+
+/// Renders a table from [`table`] without leading or trailing blanks.
+pub fn render(mut table: Table) -> String {
+    let columns = table.column_count();
+    for (index, column) in table.column_iter_mut().enumerate() {
+        let right = if index + 1 == columns { 0 } else { 2 };
+        column.set_padding((0, right));
+    }
+    table.trim_fmt()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use quern_proto::v1::ExecSpec;
+
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = at(1_000_000);
+        let cases = [
+            (at(1_000_000), "just now"),
+            (now - Duration::from_millis(400), "just now"),
+            (now + Duration::from_millis(400), "just now"),
+            (at(999_997), "3s ago"),
+            (at(1_000_300), "in 5m"),
+            (at(1_000_330), "in 5m30s"),
+            (at(1_000_000 - 5_400), "1h30m ago"),
+            (at(1_000_000 - 3_605), "1h ago"),
+            (at(1_000_000 + 2 * 86_400 + 4 * 3_600 + 59), "in 2d4h"),
+            (at(1_000_000 - 86_400 - 5), "1d ago"),
+        ];
+        for (time, want) in cases {
+            assert_eq!(relative(time, now), want);
+        }
+    }
+
+    #[test]
+    fn state_names_are_lowercase_and_total() {
+        let cases = [
+            (JobState::Queued, "queued"),
+            (JobState::Scheduled, "scheduled"),
+            (JobState::Running, "running"),
+            (JobState::Succeeded, "succeeded"),
+            (JobState::Failed, "failed"),
+            (JobState::Cancelled, "cancelled"),
+            (JobState::Unspecified, "unknown"),
+        ];
+        for (state, want) in cases {
+            assert_eq!(state_name(state as i32), want);
+        }
+        assert_eq!(state_name(99), "unknown");
+    }
+
+    #[test]
+    fn terminal_states() {
+        let terminal: Vec<_> = STATE_NAMES
+            .iter()
+            .filter(|(_, state)| is_terminal(*state as i32))
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(terminal, ["succeeded", "failed", "cancelled"]);
+    }
+
+    fn sample_job() -> Job {
+        Job {
+            id: 42,
+            state: JobState::Failed as i32,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Exec(ExecSpec {
+                    argv: vec!["sh".into(), "-c".into(), "exit 3".into()],
+                    cwd: "/tmp".into(),
+                    env: HashMap::from([("A".into(), "1".into())]),
+                })),
+                priority: 10,
+                labels: HashMap::from([("team".into(), "infra".into())]),
+                timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000,
+                }),
+                max_attempts: 3,
+                ..JobSpec::default()
+            }),
+            queued_at: Some(at(1_700_000_000).into()),
+            started_at: Some(at(1_700_000_001).into()),
+            finished_at: Some(at(1_700_000_002).into()),
+            run_at: None,
+            attempts: 3,
+            exit_code: Some(3),
+            error: "exited with code 3".into(),
+            pid: 0,
+            priority: 10,
+        }
+    }
+
+    #[test]
+    fn job_json_has_id_state_and_snake_case_fields() {
+        let value = job_json(&sample_job());
+        assert_eq!(value["id"], 42);
+        assert_eq!(value["state"], "failed");
+        assert_eq!(value["exit_code"], 3);
+        assert_eq!(value["error"], "exited with code 3");
+        assert_eq!(value["queued_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(value["finished_at"], "2023-11-14T22:13:22Z");
+        assert_eq!(value["run_at"], Value::Null);
+        assert_eq!(value["spec"]["exec"]["argv"], json!(["sh", "-c", "exit 3"]));
+        assert_eq!(value["spec"]["labels"]["team"], "infra");
+        assert_eq!(value["spec"]["timeout"], "1.500s");
+        assert_eq!(value["spec"]["max_attempts"], 3);
+        // Every key, at every level, is snake_case.
+        fn check_keys(value: &Value) {
+            if let Value::Object(map) = value {
+                for (key, child) in map {
+                    // Labels and env carry the user's keys; only ours are checked.
+                    if key != "labels" && key != "env" {
+                        check_keys(child);
+                    }
+                    assert!(
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                        "key {key:?} is not snake_case"
+                    );
+                }
+            }
+        }
+        check_keys(&value);
+    }
+
+    #[test]
+    fn event_json_has_lowercase_state() {
+        let event = EventsResponse {
+            seq: 7,
+            job_id: 42,
+            state: JobState::Running as i32,
+            time: Some(at(1_700_000_000).into()),
+            attempt: 1,
+            exit_code: None,
+            error: String::new(),
+        };
+        let value = event_json(&event);
+        assert_eq!(value["seq"], 7);
+        assert_eq!(value["job_id"], 42);
+        assert_eq!(value["state"], "running");
+        assert_eq!(value["exit_code"], Value::Null);
+    }
+
+    #[test]
+    fn proto_durations() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(proto_duration(d(10, 0)), "10s");
+        assert_eq!(proto_duration(d(1, 500_000_000)), "1.500s");
+        assert_eq!(proto_duration(d(0, 1_000)), "0.000001s");
+        assert_eq!(proto_duration(d(0, 1)), "0.000000001s");
+        assert_eq!(proto_duration(d(-2, 0)), "-2s");
+    }
+
+    #[test]
+    fn shell_join_round_trips_through_a_shell() {
+        let argv: Vec<String> = ["sh", "-c", "echo 'hi' $HOME", "", "a b", "x=1"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            shell_join(&argv),
+            r#"sh -c 'echo '\''hi'\'' $HOME' '' 'a b' x=1"#
+        );
+    }
+
+    #[test]
+    fn tables_have_no_borders_or_trailing_blanks() {
+        let mut t = table();
+        t.set_header(["ID", "STATE"]);
+        t.add_row(["7", "running"]);
+        t.add_row(["12", "ok"]);
+        assert_eq!(render(t), "ID  STATE\n7   running\n12  ok");
+    }
+}

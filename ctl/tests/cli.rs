@@ -1,0 +1,106 @@
+//! Runs the built `quernctl` binary for what it must do without a daemon:
+//! report a daemon that is not running, and refuse bad input before
+//! connecting. Naming the binary here also makes `cargo test --workspace`
+//! build it, which the end-to-end suites in `tests/` rely on.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs quernctl with `args`, pointed at `socket`, with QUERN_SOCKET unset so
+/// that the caller's environment cannot change the outcome.
+fn quernctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quernctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("QUERN_SOCKET")
+        .output()
+        .expect("run quernctl")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_daemon_that_is_not_running_is_reported_with_the_socket_tried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("quernd.sock");
+    let output = quernctl(&socket, &["stats"]);
+    assert!(!output.status.success(), "exit status {}", output.status);
+    let err = stderr(&output);
+    assert!(
+        err.starts_with("quernctl: cannot reach quernd at "),
+        "{err}"
+    );
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn the_socket_can_come_from_quern_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("from-env.sock");
+    let output = Command::new(env!("CARGO_BIN_EXE_quernctl"))
+        .arg("stats")
+        .env("QUERN_SOCKET", &socket)
+        .output()
+        .expect("run quernctl");
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(&socket.display().to_string()),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_flag_before_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("quernd.sock");
+    // (arguments, a part of the message that names what is wrong)
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["submit", "exec", "--priority", "bogus", "--", "true"],
+            "--priority",
+        ),
+        (
+            &["submit", "exec", "--label", "nokey", "--", "true"],
+            "--label",
+        ),
+        (&["submit", "exec", "--env", "=x", "--", "true"], "--env"),
+        (
+            &["submit", "exec", "--timeout", "soon", "--", "true"],
+            "--timeout",
+        ),
+        (
+            &["submit", "exec", "--at", "tomorrow", "--", "true"],
+            "--at",
+        ),
+        (
+            &[
+                "submit", "exec", "--label", "a=1", "--label", "a=2", "--", "true",
+            ],
+            "--label a is given twice",
+        ),
+        (&["submit", "exec"], "<ARGV>"),
+        (&["submit", "exec", "--"], "<ARGV>"),
+        (&["list", "--state", "done"], "--state"),
+        (
+            &["list", "--label", "a=1", "--label", "a=2"],
+            "--label a is given twice",
+        ),
+        (&["get", "seven"], "<ID>"),
+        (&["wait"], "<ID>"),
+    ];
+    for (args, names) in cases {
+        let output = quernctl(&socket, args);
+        let err = stderr(&output);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(err.starts_with("quernctl: "), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+        // Refused locally: the missing daemon was never reached.
+        assert!(!err.contains("cannot reach quernd"), "{args:?}: {err}");
+    }
+}

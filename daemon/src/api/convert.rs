@@ -1,0 +1,426 @@
+//! Proto <-> domain conversion, with the validation of everything a client
+//! sends. Every refusal names the field and says how to fix it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prost::Message;
+use quern_proto::v1 as pb;
+
+use crate::error::Error;
+use crate::job::{
+    Event, ExecSpec, Job, JobKind, JobSpec, JobState, Micros, PRIORITY_NAMES, StateTag,
+    priority_from_name,
+};
+
+/// Limits on what one spec may hold. They keep a single request from
+/// exhausting memory or the disk, and sit well above real use.
+pub mod limits {
+    /// Encoded size of one spec.
+    pub const SPEC_BYTES: usize = 1 << 20;
+    /// argv entries.
+    pub const ARGV_ENTRIES: usize = 4096;
+    /// Bytes in one argv entry.
+    pub const ARG_BYTES: usize = 128 * 1024;
+    /// env entries.
+    pub const ENV_ENTRIES: usize = 1024;
+    /// Labels per job.
+    pub const LABELS: usize = 64;
+    /// Bytes in a label key.
+    pub const LABEL_KEY_BYTES: usize = 128;
+    /// Bytes in a label value.
+    pub const LABEL_VALUE_BYTES: usize = 1024;
+    /// Bytes in an idempotency key.
+    pub const KEY_BYTES: usize = 256;
+    /// Attempts per job.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// How far ahead run_at may be, in microseconds (10 years).
+    pub const RUN_AT_HORIZON_MICROS: u64 = 10 * 366 * 24 * 3600 * 1_000_000;
+    /// Specs per SubmitBatch.
+    pub const BATCH: usize = 100_000;
+}
+
+fn ts_to_micros(field: &str, ts: &prost_types::Timestamp) -> Result<Micros, Error> {
+    if ts.seconds < 0 || !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Error::invalid(
+            field,
+            "must be a valid time after 1970 (seconds >= 0, 0 <= nanos < 1e9)",
+        ));
+    }
+    Ok((ts.seconds as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add(ts.nanos as u64 / 1000))
+}
+
+/// A proto Timestamp for a domain time.
+pub fn micros_to_ts(m: Micros) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (m / 1_000_000) as i64,
+        nanos: ((m % 1_000_000) * 1000) as i32,
+    }
+}
+
+/// A positive duration from the wire, or an error naming `field`.
+pub fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, Error> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn no_nul(field: &str, s: &str) -> Result<(), Error> {
+    if s.contains('\0') {
+        return Err(Error::invalid(field, "must not contain a NUL byte"));
+    }
+    Ok(())
+}
+
+/// Validates a spec from the wire. `prefix` is the field path of the spec
+/// in the request (`spec` or `specs[3]`). `now` bounds `run_at`.
+pub fn spec_from_proto(p: pb::JobSpec, prefix: &str, now: Micros) -> Result<JobSpec, Error> {
+    let size = p.encoded_len();
+    if size > limits::SPEC_BYTES {
+        return Err(Error::invalid(
+            prefix,
+            format!(
+                "is {size} bytes, over the 1 MiB limit; pass large inputs through a file instead"
+            ),
+        ));
+    }
+    let kind = match p.kind {
+        Some(pb::job_spec::Kind::Exec(e)) => JobKind::Exec(exec_from_proto(e, prefix)?),
+        None => {
+            return Err(Error::invalid(
+                format!("{prefix}.kind"),
+                "missing; set exactly one job kind, such as exec",
+            ));
+        }
+    };
+    let priority = if p.priority_name.is_empty() {
+        p.priority
+    } else {
+        priority_from_name(&p.priority_name).ok_or_else(|| {
+            let names: Vec<&str> = PRIORITY_NAMES.iter().map(|(n, _)| *n).collect();
+            Error::invalid(
+                format!("{prefix}.priority_name"),
+                format!(
+                    "unknown priority {:?}; use one of {} or a number in priority",
+                    p.priority_name,
+                    names.join(", ")
+                ),
+            )
+        })?
+    };
+    if p.labels.len() > limits::LABELS {
+        return Err(Error::invalid(
+            format!("{prefix}.labels"),
+            format!(
+                "has {} labels; at most {} are allowed",
+                p.labels.len(),
+                limits::LABELS
+            ),
+        ));
+    }
+    for (k, v) in &p.labels {
+        let field = format!("{prefix}.labels[{k:?}]");
+        if k.is_empty() || k.len() > limits::LABEL_KEY_BYTES {
+            return Err(Error::invalid(field, "key must be 1 to 128 bytes"));
+        }
+        if v.len() > limits::LABEL_VALUE_BYTES {
+            return Err(Error::invalid(field, "value must be at most 1024 bytes"));
+        }
+        no_nul(&field, k)?;
+        no_nul(&field, v)?;
+    }
+    let run_at = match &p.run_at {
+        Some(ts) => {
+            let field = format!("{prefix}.run_at");
+            let at = ts_to_micros(&field, ts)?;
+            if at > now.saturating_add(limits::RUN_AT_HORIZON_MICROS) {
+                return Err(Error::invalid(
+                    field,
+                    "is more than 10 years ahead; give a nearer start time",
+                ));
+            }
+            Some(at)
+        }
+        None => None,
+    };
+    let timeout = match &p.timeout {
+        Some(d) => {
+            let field = format!("{prefix}.timeout");
+            let t = duration(&field, d)?;
+            if t.is_zero() {
+                return Err(Error::invalid(
+                    field,
+                    "must be positive; leave it unset for no timeout",
+                ));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    if p.max_attempts > limits::MAX_ATTEMPTS {
+        return Err(Error::invalid(
+            format!("{prefix}.max_attempts"),
+            format!(
+                "is {}; at most {} are allowed",
+                p.max_attempts,
+                limits::MAX_ATTEMPTS
+            ),
+        ));
+    }
+    let idempotency_key = if p.idempotency_key.is_empty() {
+        None
+    } else {
+        let field = format!("{prefix}.idempotency_key");
+        if p.idempotency_key.len() > limits::KEY_BYTES {
+            return Err(Error::invalid(field, "must be at most 256 bytes"));
+        }
+        no_nul(&field, &p.idempotency_key)?;
+        Some(p.idempotency_key)
+    };
+    Ok(JobSpec {
+        kind,
+        priority,
+        labels: p.labels.into_iter().collect(),
+        run_at,
+        timeout,
+        max_attempts: p.max_attempts.max(1),
+        idempotency_key,
+    })
+}
+
+fn exec_from_proto(e: pb::ExecSpec, prefix: &str) -> Result<ExecSpec, Error> {
+    let argv_field = format!("{prefix}.exec.argv");
+    if e.argv.is_empty() {
+        return Err(Error::invalid(
+            argv_field,
+            "must not be empty; give the program to run as argv[0]",
+        ));
+    }
+    if e.argv[0].is_empty() {
+        return Err(Error::invalid(
+            format!("{argv_field}[0]"),
+            "must name a program",
+        ));
+    }
+    if e.argv.len() > limits::ARGV_ENTRIES {
+        return Err(Error::invalid(
+            argv_field,
+            format!(
+                "has {} entries; at most {} are allowed",
+                e.argv.len(),
+                limits::ARGV_ENTRIES
+            ),
+        ));
+    }
+    for (i, a) in e.argv.iter().enumerate() {
+        let field = format!("{argv_field}[{i}]");
+        if a.len() > limits::ARG_BYTES {
+            return Err(Error::invalid(
+                field,
+                format!("is {} bytes; at most 128 KiB are allowed", a.len()),
+            ));
+        }
+        no_nul(&field, a)?;
+    }
+    let cwd = if e.cwd.is_empty() {
+        None
+    } else {
+        let field = format!("{prefix}.exec.cwd");
+        no_nul(&field, &e.cwd)?;
+        if !e.cwd.starts_with('/') {
+            return Err(Error::invalid(
+                field,
+                format!("{:?} is relative; give an absolute path", e.cwd),
+            ));
+        }
+        Some(e.cwd)
+    };
+    if e.env.len() > limits::ENV_ENTRIES {
+        return Err(Error::invalid(
+            format!("{prefix}.exec.env"),
+            format!(
+                "has {} entries; at most {} are allowed",
+                e.env.len(),
+                limits::ENV_ENTRIES
+            ),
+        ));
+    }
+    for (k, v) in &e.env {
+        let field = format!("{prefix}.exec.env[{k:?}]");
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(Error::invalid(
+                field,
+                "name must be non-empty and contain no '=' or NUL",
+            ));
+        }
+        no_nul(&field, v)?;
+    }
+    Ok(ExecSpec {
+        argv: e.argv,
+        cwd,
+        env: e.env.into_iter().collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// The proto form of a spec.
+fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
+    let kind = match &s.kind {
+        JobKind::Exec(e) => pb::job_spec::Kind::Exec(pb::ExecSpec {
+            argv: e.argv.clone(),
+            cwd: e.cwd.clone().unwrap_or_default(),
+            env: e.env.clone().into_iter().collect(),
+        }),
+    };
+    pb::JobSpec {
+        kind: Some(kind),
+        priority: s.priority,
+        labels: s.labels.clone().into_iter().collect(),
+        run_at: s.run_at.map(micros_to_ts),
+        timeout: s.timeout.map(|t| prost_types::Duration {
+            seconds: t.as_secs() as i64,
+            nanos: t.subsec_nanos() as i32,
+        }),
+        max_attempts: s.max_attempts,
+        idempotency_key: s.idempotency_key.clone().unwrap_or_default(),
+        priority_name: String::new(),
+    }
+}
+
+/// The proto enum value for a state.
+pub fn state_to_proto(t: StateTag) -> pb::JobState {
+    match t {
+        StateTag::Queued => pb::JobState::Queued,
+        StateTag::Scheduled => pb::JobState::Scheduled,
+        StateTag::Running => pb::JobState::Running,
+        StateTag::Succeeded => pb::JobState::Succeeded,
+        StateTag::Failed => pb::JobState::Failed,
+        StateTag::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+/// The domain state for a proto enum number; `None` for unspecified.
+pub fn state_from_proto(field: &str, v: i32) -> Result<Option<StateTag>, Error> {
+    if v == 0 {
+        return Ok(None);
+    }
+    u8::try_from(v)
+        .ok()
+        .and_then(StateTag::from_u8)
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, format!("{v} is not a job state")))
+}
+
+/// The proto form of a job.
+pub fn job_to_proto(j: &Job) -> pb::Job {
+    let (run_at, pid) = match &j.state {
+        JobState::Scheduled { run_at } => (Some(micros_to_ts(*run_at)), 0),
+        JobState::Running { pid, .. } => (None, *pid),
+        _ => (None, 0),
+    };
+    pb::Job {
+        id: j.id,
+        state: state_to_proto(j.state.tag()) as i32,
+        spec: Some(spec_to_proto(&j.spec)),
+        queued_at: Some(micros_to_ts(j.queued_at)),
+        started_at: j.started_at.map(micros_to_ts),
+        finished_at: j.finished_at().map(micros_to_ts),
+        run_at,
+        attempts: j.attempts,
+        exit_code: j.exit_code,
+        error: j.error.clone(),
+        pid,
+        priority: j.spec.priority,
+    }
+}
+
+/// The proto form of an event.
+pub fn event_to_proto(e: &Event) -> pb::EventsResponse {
+    pb::EventsResponse {
+        seq: e.seq,
+        job_id: e.job_id,
+        state: state_to_proto(e.state) as i32,
+        time: Some(micros_to_ts(e.at)),
+        attempt: e.attempt,
+        exit_code: e.exit_code,
+        error: e.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(argv: &[&str]) -> pb::JobSpec {
+        pb::JobSpec {
+            kind: Some(pb::job_spec::Kind::Exec(pb::ExecSpec {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bad_specs_name_their_field() {
+        let now = 1_000_000;
+        let cases: Vec<(pb::JobSpec, &str)> = vec![
+            (pb::JobSpec::default(), "spec.kind"),
+            (exec(&[]), "spec.exec.argv"),
+            (
+                pb::JobSpec {
+                    priority_name: "urgent".into(),
+                    ..exec(&["true"])
+                },
+                "spec.priority_name",
+            ),
+            (
+                pb::JobSpec {
+                    timeout: Some(prost_types::Duration::default()),
+                    ..exec(&["true"])
+                },
+                "spec.timeout",
+            ),
+            (
+                pb::JobSpec {
+                    timeout: Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    }),
+                    ..exec(&["true"])
+                },
+                "spec.timeout",
+            ),
+            (
+                pb::JobSpec {
+                    max_attempts: 101,
+                    ..exec(&["true"])
+                },
+                "spec.max_attempts",
+            ),
+        ];
+        for (spec, field) in cases {
+            let err = spec_from_proto(spec, "spec", now).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_round_trips() {
+        let mut p = exec(&["echo", "hi"]);
+        p.priority_name = "high".into();
+        p.labels.insert("team".into(), "infra".into());
+        p.max_attempts = 0;
+        let spec = spec_from_proto(p, "spec", 0).unwrap();
+        assert_eq!(spec.priority, 10);
+        assert_eq!(spec.max_attempts, 1);
+        let back = spec_to_proto(&spec);
+        assert_eq!(back.priority, 10);
+        assert_eq!(back.labels.get("team").map(String::as_str), Some("infra"));
+    }
+}

@@ -1,0 +1,259 @@
+//! Daemon configuration: built-in defaults, overlaid by a TOML file, overlaid
+//! by command-line flags and environment variables.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the daemon needs to know to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the database and job logs live.
+    pub state_dir: PathBuf,
+    /// The Unix socket to serve on.
+    pub socket: PathBuf,
+    /// How many jobs may run at once.
+    pub concurrency: usize,
+    /// Per-stream cap on captured output; the newest bytes are kept.
+    pub log_cap_bytes: u64,
+    /// How many stored events are kept for `Events` resume.
+    pub event_retention: u64,
+    /// The database's page cache. Small by default: the OS page cache
+    /// serves the rest, and the daemon's memory stays flat as the queue
+    /// grows.
+    pub db_cache_bytes: usize,
+    /// The first retry delay; later ones double.
+    pub retry_base_delay: Duration,
+    /// The longest retry delay.
+    pub retry_max_delay: Duration,
+    /// SIGTERM-to-SIGKILL grace for cancel, timeout and shutdown.
+    pub default_grace: Duration,
+}
+
+/// Errors loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}; check the path passed to --config")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for quernd.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, from the TOML parser.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config {key} = {value} is invalid: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// No default state dir could be found.
+    #[error(
+        "cannot find a state directory: neither XDG_STATE_HOME nor HOME is set; pass --state-dir"
+    )]
+    NoStateDir,
+}
+
+/// The on-disk TOML form. Every key is optional; unknown keys are refused so
+/// that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Config::state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// See [`Config::socket`].
+    pub socket: Option<PathBuf>,
+    /// See [`Config::concurrency`].
+    pub concurrency: Option<usize>,
+    /// See [`Config::log_cap_bytes`].
+    pub log_cap_bytes: Option<u64>,
+    /// See [`Config::event_retention`].
+    pub event_retention: Option<u64>,
+    /// See [`Config::db_cache_bytes`].
+    pub db_cache_bytes: Option<usize>,
+    /// See [`Config::retry_base_delay`], as "1s", "200ms", ...
+    pub retry_base_delay: Option<String>,
+    /// See [`Config::retry_max_delay`].
+    pub retry_max_delay: Option<String>,
+    /// See [`Config::default_grace`].
+    pub default_grace: Option<String>,
+}
+
+/// Values given on the command line or in the environment; they win over the
+/// file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--state-dir` / `QUERN_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// `--socket` / `QUERN_SOCKET`.
+    pub socket: Option<PathBuf>,
+    /// `--concurrency`.
+    pub concurrency: Option<usize>,
+    /// `--config`.
+    pub config_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Builds the configuration from defaults, the optional file and the
+    /// overrides, in that order of precedence (last wins).
+    pub fn load(overrides: Overrides) -> Result<Config, ConfigError> {
+        let file = match &overrides.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let state_dir = match overrides.state_dir.or(file.state_dir) {
+            Some(dir) => dir,
+            None => default_state_dir()?,
+        };
+        let socket = overrides
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(quern_proto::default_socket_path);
+        let concurrency = overrides
+            .concurrency
+            .or(file.concurrency)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if concurrency == 0 || concurrency > 4096 {
+            return Err(ConfigError::Invalid {
+                key: "concurrency",
+                value: concurrency.to_string(),
+                reason: "must be between 1 and 4096",
+            });
+        }
+        let log_cap_bytes = file.log_cap_bytes.unwrap_or(16 << 20);
+        if log_cap_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "log_cap_bytes",
+                value: log_cap_bytes.to_string(),
+                reason: "must be at least 1024",
+            });
+        }
+        let event_retention = file.event_retention.unwrap_or(100_000);
+        if event_retention == 0 {
+            return Err(ConfigError::Invalid {
+                key: "event_retention",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        Ok(Config {
+            state_dir,
+            socket,
+            concurrency,
+            log_cap_bytes,
+            event_retention,
+            db_cache_bytes: file.db_cache_bytes.unwrap_or(16 << 20),
+            retry_base_delay: duration("retry_base_delay", file.retry_base_delay, "1s")?,
+            retry_max_delay: duration("retry_max_delay", file.retry_max_delay, "1h")?,
+            default_grace: duration("default_grace", file.default_grace, "10s")?,
+        })
+    }
+
+    /// Defaults suitable for tests: everything under `dir`.
+    pub fn for_dir(dir: &Path) -> Config {
+        Config {
+            state_dir: dir.join("state"),
+            socket: dir.join("quernd.sock"),
+            concurrency: 2,
+            log_cap_bytes: 16 << 20,
+            event_retention: 100_000,
+            db_cache_bytes: 16 << 20,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(3600),
+            default_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().replace('\n', " "),
+    })
+}
+
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    humantime::parse_duration(&text).map_err(|_| ConfigError::Invalid {
+        key,
+        value: format!("{text:?}"),
+        reason: "must be a duration such as \"500ms\", \"10s\" or \"1h\"",
+    })
+}
+
+/// `$XDG_STATE_HOME/quern`, or the platform's equivalent.
+fn default_state_dir() -> Result<PathBuf, ConfigError> {
+    let dirs = directories::ProjectDirs::from("", "", "quern").ok_or(ConfigError::NoStateDir)?;
+    Ok(dirs
+        .state_dir()
+        .unwrap_or_else(|| dirs.data_local_dir())
+        .to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_load_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        std::fs::write(
+            &path,
+            "concurrency = 3\nretry_base_delay = \"200ms\"\nlog_cap_bytes = 65536\nstate_dir = \"/x\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Overrides {
+            config_file: Some(path),
+            concurrency: Some(5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.concurrency, 5);
+        assert_eq!(cfg.retry_base_delay, Duration::from_millis(200));
+        assert_eq!(cfg.log_cap_bytes, 65536);
+        assert_eq!(cfg.state_dir, PathBuf::from("/x"));
+        assert_eq!(cfg.default_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        for (text, needle) in [
+            ("concurency = 3", "concurency"),
+            ("default_grace = \"soon\"", "default_grace"),
+            ("concurrency = 0", "concurrency"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(Overrides {
+                config_file: Some(path.clone()),
+                state_dir: Some("/s".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+}

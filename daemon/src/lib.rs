@@ -1,0 +1,17 @@
+//! quernd as a library: a durable priority queue of background jobs, served
+//! over gRPC on a Unix socket. The `quernd` binary is a thin wrapper around
+//! [`run`]; tests and tools can run the daemon in-process the same way.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod logs;
+pub mod platform;
+pub mod runner;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{DaemonError, bind, run};

@@ -1,0 +1,391 @@
+//! Captured job output: one capped file pair per stream, written by a pump
+//! thread per pipe, and read back (or followed live) by `Logs`.
+//!
+//! Capping keeps the newest bytes: when the current file reaches the cap it
+//! is renamed to `.1` and a new one started, so the newest `cap` bytes are
+//! always in `.1` + current. When the job ends the pair is compacted into a
+//! single file of at most `cap` bytes.
+//!
+//! Readers address output by absolute position (bytes written since the
+//! first attempt), which stays valid across rotations, and wait on a watch
+//! channel for new bytes rather than polling the files.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::job::JobId;
+
+/// Which output stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    fn suffix(self) -> &'static str {
+        match self {
+            Stream::Stdout => "out",
+            Stream::Stderr => "err",
+        }
+    }
+}
+
+/// How much a reader takes per chunk.
+const CHUNK: usize = 64 * 1024;
+
+/// The log directory and the registry of jobs whose output is being written.
+pub struct LogStore {
+    dir: PathBuf,
+    cap: u64,
+    live: Mutex<HashMap<JobId, Arc<LiveLog>>>,
+}
+
+/// The output of a running job.
+pub struct LiveLog {
+    streams: [Arc<LiveStream>; 2],
+}
+
+struct LiveStream {
+    cur: PathBuf,
+    old: PathBuf,
+    cap: u64,
+    state: Mutex<StreamState>,
+    /// Bumped after every write; readers wait on it.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct StreamState {
+    /// Bytes written so far, across rotations.
+    total: u64,
+    /// Absolute position of the current file's first byte.
+    cur_start: u64,
+    /// Absolute position of the `.1` file's first byte (== cur_start when
+    /// there is none).
+    old_start: u64,
+    /// The writer has finished and compacted.
+    done: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking pump must not take every reader down with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LogStore {
+    /// Log files live in `dir`; each stream keeps at most `cap` bytes.
+    pub fn new(dir: PathBuf, cap: u64) -> std::io::Result<LogStore> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(LogStore {
+            dir,
+            cap,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn paths(&self, id: JobId, s: Stream) -> (PathBuf, PathBuf) {
+        let cur = self.dir.join(format!("{id}.{}", s.suffix()));
+        let old = self.dir.join(format!("{id}.{}.1", s.suffix()));
+        (cur, old)
+    }
+
+    /// Registers a job's output as live and returns the handle its pumps
+    /// write through. Output of earlier attempts is kept and appended to.
+    pub fn start(&self, id: JobId) -> Arc<LiveLog> {
+        let mk = |s: Stream| {
+            let (cur, old) = self.paths(id, s);
+            let cur_len = std::fs::metadata(&cur).map_or(0, |m| m.len());
+            let old_len = std::fs::metadata(&old).map_or(0, |m| m.len());
+            let (changed, _) = watch::channel(0);
+            Arc::new(LiveStream {
+                cur,
+                old,
+                cap: self.cap,
+                state: Mutex::new(StreamState {
+                    total: old_len + cur_len,
+                    cur_start: old_len,
+                    old_start: 0,
+                    done: false,
+                }),
+                changed,
+            })
+        };
+        let live = Arc::new(LiveLog {
+            streams: [mk(Stream::Stdout), mk(Stream::Stderr)],
+        });
+        lock(&self.live).insert(id, live.clone());
+        live
+    }
+
+    /// Forgets a job's live handle once its final state is stored; later
+    /// readers go to the files.
+    pub fn finish(&self, id: JobId) {
+        lock(&self.live).remove(&id);
+    }
+
+    /// The live handle, while the job runs.
+    pub fn live(&self, id: JobId) -> Option<Arc<LiveLog>> {
+        lock(&self.live).get(&id).cloned()
+    }
+
+    /// The stored output of a job that is not running: the newest `cap`
+    /// bytes.
+    pub fn read_stored(&self, id: JobId, s: Stream) -> std::io::Result<Vec<u8>> {
+        let (cur, old) = self.paths(id, s);
+        let mut data = read_or_empty(&old)?;
+        data.extend(read_or_empty(&cur)?);
+        let cap = self.cap as usize;
+        if data.len() > cap {
+            data.drain(..data.len() - cap);
+        }
+        Ok(data)
+    }
+
+    /// Deletes a job's files (not used for running jobs).
+    pub fn remove(&self, id: JobId) {
+        for s in [Stream::Stdout, Stream::Stderr] {
+            let (cur, old) = self.paths(id, s);
+            let _ = std::fs::remove_file(cur);
+            let _ = std::fs::remove_file(old);
+        }
+    }
+}
+
+fn read_or_empty(p: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(p) {
+        Ok(d) => Ok(d),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+impl LiveLog {
+    fn stream(&self, s: Stream) -> &Arc<LiveStream> {
+        match s {
+            Stream::Stdout => &self.streams[0],
+            Stream::Stderr => &self.streams[1],
+        }
+    }
+
+    /// Copies everything from `src` (a pipe's read end) into the stream's
+    /// files until EOF, then compacts them. Blocking: run it on a blocking
+    /// thread.
+    pub fn pump(&self, s: Stream, mut src: File) {
+        let stream = self.stream(s).clone();
+        if let Err(e) = stream.pump(&mut src) {
+            tracing::warn!(file = %stream.cur.display(), error = %e, "writing job output failed; the rest of this stream is discarded");
+            // Drain the pipe anyway so the job never blocks on a full pipe.
+            let _ = std::io::copy(&mut src, &mut std::io::sink());
+        }
+        if let Err(e) = stream.compact() {
+            tracing::warn!(file = %stream.cur.display(), error = %e, "compacting job output failed");
+        }
+        lock(&stream.state).done = true;
+        stream.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Streams one output stream from absolute position `start` (or its
+    /// oldest kept byte, if later) until the writer is done, sending chunks
+    /// to `out`. Returns the position reached; returns early if `out`
+    /// closes.
+    pub async fn follow(
+        &self,
+        s: Stream,
+        start: u64,
+        out: mpsc::Sender<Vec<u8>>,
+    ) -> std::io::Result<u64> {
+        let stream = self.stream(s).clone();
+        let mut rx = stream.changed.subscribe();
+        let mut pos = start;
+        loop {
+            // Mark the current version seen before looking, so a write that
+            // lands after the look still wakes us.
+            rx.borrow_and_update();
+            let st2 = stream.clone();
+            let read = tokio::task::spawn_blocking(move || st2.read_at(pos))
+                .await
+                .map_err(std::io::Error::other)??;
+            match read {
+                Chunk::Data(new_pos, data) => {
+                    pos = new_pos;
+                    if out.send(data).await.is_err() {
+                        return Ok(pos);
+                    }
+                }
+                Chunk::Done => return Ok(pos),
+                Chunk::Wait => {
+                    if rx.changed().await.is_err() {
+                        return Ok(pos);
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Chunk {
+    /// Bytes, and the position after them.
+    Data(u64, Vec<u8>),
+    /// Nothing more will come.
+    Done,
+    /// Nothing new yet.
+    Wait,
+}
+
+impl LiveStream {
+    fn pump(&self, src: &mut File) -> std::io::Result<()> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.cur)?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            file.write_all(&buf[..n])?;
+            {
+                let mut st = lock(&self.state);
+                st.total += n as u64;
+                if st.total - st.cur_start >= self.cap {
+                    // Rotate under the lock so a reader never sees a state
+                    // that disagrees with the files on disk.
+                    std::fs::rename(&self.cur, &self.old)?;
+                    file = OpenOptions::new()
+                        .create(true)
+                        .truncate(true)
+                        .write(true)
+                        .open(&self.cur)?;
+                    st.old_start = st.cur_start;
+                    st.cur_start = st.total;
+                }
+            }
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Rewrites `.1` + current as a single file of the newest `cap` bytes.
+    fn compact(&self) -> std::io::Result<()> {
+        let mut st = lock(&self.state);
+        if st.old_start == st.cur_start {
+            return Ok(());
+        }
+        let cur_len = st.total - st.cur_start;
+        let need_old = self.cap.saturating_sub(cur_len);
+        let mut data = Vec::with_capacity(self.cap as usize);
+        if need_old > 0 {
+            let old = read_or_empty(&self.old)?;
+            let skip = old.len().saturating_sub(need_old as usize);
+            data.extend_from_slice(&old[skip..]);
+        }
+        data.extend(read_or_empty(&self.cur)?);
+        let tmp = self.cur.with_extension("compact");
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, &self.cur)?;
+        std::fs::remove_file(&self.old)?;
+        st.cur_start = st.total - data.len() as u64;
+        st.old_start = st.cur_start;
+        Ok(())
+    }
+
+    /// Reads what is available at absolute position `pos`.
+    fn read_at(&self, pos: u64) -> std::io::Result<Chunk> {
+        // Choose the file and offset under the lock, and open it there: a
+        // rotation or compaction renames files, but an open handle keeps
+        // reading the bytes the offsets were computed for.
+        let (mut file, offset, len, start) = {
+            let st = lock(&self.state);
+            // Bytes before the oldest kept one are gone; skip ahead.
+            let pos = pos.max(st.old_start);
+            if pos < st.cur_start {
+                (
+                    File::open(&self.old)?,
+                    pos - st.old_start,
+                    st.cur_start - pos,
+                    pos,
+                )
+            } else if pos < st.total {
+                (
+                    File::open(&self.cur)?,
+                    pos - st.cur_start,
+                    st.total - pos,
+                    pos,
+                )
+            } else if st.done {
+                return Ok(Chunk::Done);
+            } else {
+                return Ok(Chunk::Wait);
+            }
+        };
+        let want = (len as usize).min(CHUNK * 4);
+        let mut data = vec![0u8; want];
+        file.seek(SeekFrom::Start(offset))?;
+        let mut got = 0;
+        while got < want {
+            match file.read(&mut data[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        data.truncate(got);
+        if got == 0 {
+            return Ok(Chunk::Wait);
+        }
+        Ok(Chunk::Data(start + got as u64, data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn pipe() -> (File, File) {
+        let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        (File::from(r), File::from(w))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cap_keeps_newest_bytes_and_followers_see_everything_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(LogStore::new(dir.path().to_path_buf(), 1024).unwrap());
+        let live = logs.start(7);
+        let (r, mut w) = pipe();
+        let l2 = live.clone();
+        let pump = std::thread::spawn(move || l2.pump(Stream::Stdout, r));
+        let (tx, mut rx) = mpsc::channel(16);
+        let l3 = live.clone();
+        let follower = tokio::spawn(async move { l3.follow(Stream::Stdout, 0, tx).await });
+        let mut expected = Vec::new();
+        for i in 0..500 {
+            let line = format!("line {i:05}\n");
+            expected.extend_from_slice(line.as_bytes());
+            w.write_all(line.as_bytes()).unwrap();
+        }
+        drop(w);
+        let mut seen = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            seen.extend(chunk);
+        }
+        follower.await.unwrap().unwrap();
+        pump.join().unwrap();
+        // The follower may have skipped bytes rotated away, but what it saw
+        // is a contiguous suffix-ending run of the output.
+        assert!(expected.ends_with(&seen[seen.len() - 1024..]));
+        let stored = logs.read_stored(7, Stream::Stdout).unwrap();
+        assert_eq!(stored.len(), 1024);
+        assert!(expected.ends_with(&stored));
+        assert!(!dir.path().join("7.out.1").exists());
+    }
+}

@@ -1,0 +1,317 @@
+//! The scheduler: the single owner of what runs. It is fed by a closed set of
+//! messages over a channel and wakes only on a message (submit, exit,
+//! cancel) or on a timer set to the next `run_at`; it never polls.
+//!
+//! The queue itself lives in the store; the scheduler holds only the jobs it
+//! has started, so its memory does not grow with the queue.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::job::{Job, JobId, JobState, Micros, now_micros};
+use crate::runner::{RunnerCtx, Stop, run_attempt};
+use crate::store::StoreError;
+
+/// Messages the scheduler acts on.
+enum Msg {
+    /// Jobs were submitted: some are ready, and/or one is due at `due`.
+    Wake { ready: bool, due: Option<Micros> },
+    /// Stop a job; reply with it once it has stopped.
+    Cancel {
+        id: JobId,
+        grace: Duration,
+        reply: oneshot::Sender<Result<Job, StoreError>>,
+    },
+    /// A job's processes are gone; its slot is free.
+    Released { id: JobId },
+    /// A job task ended; its result is the job as stored afterwards.
+    Exited {
+        id: JobId,
+        result: Box<Result<Job, StoreError>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the scheduler.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl SchedulerHandle {
+    /// Tells the scheduler about newly stored jobs.
+    pub fn submitted(&self, jobs: &[Job]) {
+        let mut ready = false;
+        let mut due: Option<Micros> = None;
+        for j in jobs {
+            match j.state {
+                JobState::Queued => ready = true,
+                JobState::Scheduled { run_at } => due = Some(due.map_or(run_at, |d| d.min(run_at))),
+                _ => {}
+            }
+        }
+        if ready || due.is_some() {
+            let _ = self.tx.send(Msg::Wake { ready, due });
+        }
+    }
+
+    /// Cancels a job and returns it after it stopped.
+    pub async fn cancel(&self, id: JobId, grace: Duration) -> Result<Job, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Cancel { id, grace, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+struct Running {
+    stop: Option<oneshot::Sender<Stop>>,
+    waiters: Vec<oneshot::Sender<Result<Job, StoreError>>>,
+    /// Its processes are gone and its slot was given back; only the commit
+    /// of its outcome is pending.
+    released: bool,
+}
+
+/// The scheduler task's state.
+pub struct Scheduler {
+    ctx: Arc<RunnerCtx>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    running: HashMap<JobId, Running>,
+    /// Entries of `running` whose processes still hold a slot.
+    active: usize,
+    concurrency: usize,
+    next_due: Option<Micros>,
+    /// The ready index may hold jobs we have not started.
+    maybe_ready: bool,
+    tracker: TaskTracker,
+}
+
+impl Scheduler {
+    /// Creates the scheduler and its handle. Nothing runs until [`run`].
+    ///
+    /// [`run`]: Scheduler::run
+    pub fn new(ctx: Arc<RunnerCtx>, concurrency: usize) -> (Scheduler, SchedulerHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = SchedulerHandle { tx: tx.clone() };
+        let s = Scheduler {
+            ctx,
+            rx,
+            tx,
+            running: HashMap::new(),
+            active: 0,
+            concurrency,
+            next_due: None,
+            maybe_ready: true,
+            tracker: TaskTracker::new(),
+        };
+        (s, handle)
+    }
+
+    /// Runs until `shutdown` fires, then stops every running job (they go
+    /// back to the queue) and waits for them.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        match self.ctx.store.next_due().await {
+            Ok(due) => self.next_due = due,
+            Err(e) => tracing::error!(error = %e, "reading the next due job failed"),
+        }
+        loop {
+            if self.next_due.is_some_and(|d| d <= now_micros()) {
+                self.promote().await;
+            }
+            self.dispatch().await;
+            let timer = self.next_due.map(|due| {
+                let wait = Duration::from_micros(due.saturating_sub(now_micros()));
+                Instant::now() + wait
+            });
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.handle(m).await,
+                    None => break,
+                },
+                _ = sleep_until_opt(timer) => {}
+            }
+            // Take whatever else is waiting before the next dispatch, so a
+            // burst of exits costs one store read, not one each.
+            while let Ok(m) = self.rx.try_recv() {
+                self.handle(m).await;
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Wake { ready, due } => {
+                self.maybe_ready |= ready;
+                if let Some(d) = due {
+                    self.next_due = Some(self.next_due.map_or(d, |n| n.min(d)));
+                }
+            }
+            Msg::Cancel { id, grace, reply } => {
+                if let Some(r) = self.running.get_mut(&id) {
+                    if let Some(stop) = r.stop.take() {
+                        let _ = stop.send(Stop::Cancel { grace });
+                    }
+                    r.waiters.push(reply);
+                } else {
+                    // Not started by us, so queued, scheduled or finished:
+                    // the store decides, atomically.
+                    let res = self.ctx.store.cancel_pending(id, now_micros()).await;
+                    let _ = reply.send(res);
+                }
+            }
+            Msg::Released { id } => {
+                let already = self
+                    .running
+                    .get_mut(&id)
+                    .map(|r| std::mem::replace(&mut r.released, true));
+                if let Some(already) = already {
+                    self.release(id, already);
+                }
+            }
+            Msg::Exited { id, result } => {
+                let result = *result;
+                if let Ok(Job {
+                    state: JobState::Scheduled { run_at },
+                    ..
+                }) = &result
+                {
+                    self.next_due = Some(self.next_due.map_or(*run_at, |n| n.min(*run_at)));
+                }
+                if let Err(e) = &result {
+                    tracing::error!(job = id, error = %e, "recording the end of a job failed; it stays as stored");
+                }
+                if let Some(r) = self.running.remove(&id) {
+                    self.release(id, r.released);
+                    for w in r.waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a job's slot back, once.
+    fn release(&mut self, id: JobId, already: bool) {
+        if !already {
+            self.active -= 1;
+            // A slot is free, and there may be more ready jobs.
+            self.maybe_ready = true;
+            tracing::trace!(job = id, "slot released");
+        }
+    }
+
+    async fn promote(&mut self) {
+        match self.ctx.store.promote_due(now_micros()).await {
+            Ok(next) => {
+                self.next_due = next;
+                self.maybe_ready = true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "moving due jobs to the queue failed; retrying in 1s");
+                self.next_due = Some(now_micros() + 1_000_000);
+            }
+        }
+    }
+
+    /// Starts ready jobs while slots are free.
+    async fn dispatch(&mut self) {
+        while self.maybe_ready && self.active < self.concurrency {
+            let free = self.concurrency - self.active;
+            let skip: HashSet<JobId> = self.running.keys().copied().collect();
+            let jobs = match self.ctx.store.ready(free, skip).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading ready jobs failed");
+                    self.maybe_ready = false;
+                    return;
+                }
+            };
+            if jobs.len() < free {
+                self.maybe_ready = false;
+            }
+            for job in jobs {
+                self.start(job);
+            }
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (released_tx, released_rx) = oneshot::channel();
+        let id = job.id;
+        self.running.insert(
+            id,
+            Running {
+                stop: Some(stop_tx),
+                waiters: Vec::new(),
+                released: false,
+            },
+        );
+        self.active += 1;
+        let ctx = self.ctx.clone();
+        let tx = self.tx.clone();
+        let tx2 = self.tx.clone();
+        self.tracker.spawn(async move {
+            if released_rx.await.is_ok() {
+                let _ = tx2.send(Msg::Released { id });
+            }
+        });
+        // Spawned onto the runtime's worker threads, where the job process
+        // is forked: see runner::exec::spawn for why that matters.
+        self.tracker.spawn(async move {
+            let result = run_attempt(ctx, job, stop_rx, released_tx).await;
+            let _ = tx.send(Msg::Exited {
+                id,
+                result: Box::new(result),
+            });
+        });
+    }
+
+    /// Stops every running job for shutdown and waits until all have ended.
+    async fn drain(mut self) {
+        tracing::info!(running = self.running.len(), "stopping running jobs");
+        for r in self.running.values_mut() {
+            if let Some(stop) = r.stop.take() {
+                let _ = stop.send(Stop::Shutdown);
+            }
+        }
+        while !self.running.is_empty() {
+            match self.rx.recv().await {
+                Some(Msg::Exited { id, result }) => {
+                    if let Some(r) = self.running.remove(&id) {
+                        for w in r.waiters {
+                            let _ = w.send(Err(StoreError::Closed));
+                        }
+                    }
+                    if let Err(e) = *result {
+                        tracing::error!(job = id, error = %e, "recording a stopped job failed");
+                    }
+                }
+                Some(Msg::Cancel { reply, .. }) => {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
+                Some(Msg::Wake { .. }) | Some(Msg::Released { .. }) => {}
+                None => break,
+            }
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,302 @@
+//! Starting and stopping the daemon: the socket, boot recovery, the gRPC
+//! server, and the ordered shutdown.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quern_proto::v1::jobs_server::JobsServer;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::JobsService;
+use crate::config::Config;
+use crate::job::now_micros;
+use crate::logs::LogStore;
+use crate::platform;
+use crate::runner::{self, RunnerCtx};
+use crate::scheduler::Scheduler;
+use crate::store::{Store, StoreError};
+
+/// Largest gRPC message accepted. Above one spec's own 1 MiB limit so that
+/// big batches fit, and so that an oversized spec gets a precise
+/// INVALID_ARGUMENT from validation rather than a transport error.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Errors that stop the daemon from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon answers on the socket.
+    #[error("socket {path} is in use by {owner}; stop that daemon or pass --socket")]
+    SocketInUse {
+        /// The socket.
+        path: PathBuf,
+        /// Who holds it, as far as we can tell.
+        owner: String,
+    },
+    /// Something other than a socket is at the path.
+    #[error("{path} exists and is not a socket; remove it or pass --socket")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The runtime directory is not private to us.
+    #[error(
+        "directory {path} is {problem}; remove it, or set XDG_RUNTIME_DIR, or pass --socket elsewhere"
+    )]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A filesystem operation failed.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The store refused to open or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Server(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Binds the daemon's socket with mode 0600, in a directory created with
+/// mode 0700. A stale socket (nobody answering) is replaced; a live one is
+/// an error that names it.
+///
+/// Call this before starting any threads: it briefly changes the process
+/// umask so the socket never exists with looser permissions.
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(stream) => {
+                    let owner = peer_pid(&stream)
+                        .map_or_else(|| "another process".to_string(), |p| format!("pid {p}"));
+                    return Err(DaemonError::SocketInUse {
+                        path: path.to_path_buf(),
+                        owner,
+                    });
+                }
+                Err(_) => {
+                    tracing::info!(socket = %path.display(), "replacing stale socket");
+                    std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+                }
+            }
+        }
+        Ok(_) => {
+            return Err(DaemonError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(_) => {}
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(io_err("bind socket", path))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("configure socket", path))?;
+    Ok(listener)
+}
+
+fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<i32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.pid())
+}
+
+/// Creates `dir` (mode 0700) if needed. The /tmp fallback must be ours and
+/// private, since anyone can create directories there.
+fn ensure_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create directory", dir))?;
+    if dir == quern_proto::fallback_runtime_dir() {
+        let meta = std::fs::symlink_metadata(dir).map_err(io_err("inspect directory", dir))?;
+        let me = nix::unistd::getuid().as_raw();
+        if !meta.is_dir() || meta.uid() != me {
+            return Err(DaemonError::UnsafeDir {
+                path: dir.to_path_buf(),
+                problem: format!("not a directory owned by uid {me}"),
+            });
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err("restrict directory", dir))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the daemon on `listener` until `shutdown` fires, then drains:
+/// health NOT_SERVING, stop accepting, stop running jobs (they return to the
+/// queue), close the store.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::UnixListener,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .map_err(io_err("create state directory", &config.state_dir))?;
+    let store = Store::open(
+        &config.state_dir,
+        config.event_retention,
+        config.db_cache_bytes,
+    )?;
+    let log_dir = config.state_dir.join("logs");
+    let logs = Arc::new(
+        LogStore::new(log_dir.clone(), config.log_cap_bytes)
+            .map_err(io_err("create log directory", &log_dir))?,
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health.set_not_serving::<JobsServer<JobsService>>().await;
+
+    let ctx = Arc::new(RunnerCtx {
+        store: store.clone(),
+        logs: logs.clone(),
+        config: config.clone(),
+        default_cwd: config.state_dir.clone(),
+    });
+    let (scheduler, sched_handle) = Scheduler::new(ctx, config.concurrency);
+
+    let streams_stop = shutdown.child_token();
+    let service = JobsService::new(
+        store.clone(),
+        sched_handle,
+        logs,
+        config.clone(),
+        streams_stop,
+    );
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quern_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| DaemonError::Server(e.to_string()))?;
+
+    // Only our own user may talk to us. The socket's mode already says so;
+    // this also holds if someone loosens it.
+    let me = nix::unistd::getuid().as_raw();
+    let incoming = UnixListenerStream::new(listener).filter(move |conn| match conn {
+        Ok(stream) => match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => true,
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), "refused a connection from another user");
+                false
+            }
+            Err(_) => false,
+        },
+        Err(_) => true,
+    });
+
+    let tracker = TaskTracker::new();
+    let server_stop = shutdown.child_token();
+    let server = {
+        let stop = server_stop.clone();
+        tracker.spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(
+                    JobsServer::new(service)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
+        )
+    };
+
+    recover(&store, &config).await?;
+
+    let sched_stop = shutdown.child_token();
+    let sched = tracker.spawn(scheduler.run(sched_stop));
+
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health.set_serving::<JobsServer<JobsService>>().await;
+    platform::notify_ready();
+    tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), concurrency = config.concurrency, "quernd ready");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    platform::notify_stopping();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health.set_not_serving::<JobsServer<JobsService>>().await;
+    // The children of `shutdown` have fired too: the server stops
+    // accepting, streams end, and the scheduler stops its jobs. Wait for
+    // both before closing the store, which they still write to.
+    let _ = sched.await;
+    let served = server.await;
+    tracker.close();
+    tracker.wait().await;
+    store.close().await;
+    tracing::info!("stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DaemonError::Server(e.to_string())),
+        Err(e) => Err(DaemonError::Server(e.to_string())),
+    }
+}
+
+/// Deals with jobs that were running when the previous daemon died: kills
+/// what is left of their process groups, then retries or fails them. Runs
+/// before health says SERVING.
+async fn recover(store: &Store, config: &Config) -> Result<(), DaemonError> {
+    let interrupted = store.running().await?;
+    for job in interrupted {
+        if let crate::job::JobState::Running {
+            pid,
+            pid_start,
+            boot_id,
+        } = &job.state
+            && platform::process::kill_leftover_group(*pid, *pid_start, boot_id)
+        {
+            tracing::info!(job = job.id, pgid = pid, "killed leftover process group");
+        }
+        let outcome = runner::interrupted(config, &job);
+        let after = store
+            .finish(job.id, job.attempts, job.started_at, outcome, now_micros())
+            .await?;
+        tracing::warn!(
+            job = job.id,
+            state = after.state.tag().name(),
+            "recovered job interrupted by a daemon restart"
+        );
+    }
+    Ok(())
+}

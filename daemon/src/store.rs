@@ -1,0 +1,1244 @@
+//! The durable job store, and the only module that touches redb.
+//!
+//! All writes go through one writer thread that batches whatever requests are
+//! waiting into a single transaction (group commit): one fsync acknowledges
+//! many submits, so throughput grows with the number of concurrent clients
+//! instead of being capped by the disk's fsync rate. Reads use redb's MVCC
+//! read transactions from any thread and never wait for the writer.
+//!
+//! Jobs live on disk, not in memory: the scheduler finds ready jobs through
+//! the `ready` index, ordered by (priority desc, id asc), and delayed ones
+//! through the `due` index, ordered by time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use redb::{
+    Database, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle,
+    WriteTransaction,
+};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::job::{Event, Job, JobId, JobSpec, JobState, Micros, StateTag};
+
+/// The on-disk format version. Bump it, and add a migration, whenever a
+/// table's layout or a record's encoding changes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// The database file's name inside the state dir.
+pub const DB_FILE: &str = "quern.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// (state tag, id): every job, for List by state and for recovery.
+const BY_STATE: TableDefinition<(u8, u64), ()> = TableDefinition::new("by_state");
+/// (inverted priority, id): queued jobs in the order they should run.
+const READY: TableDefinition<(u32, u64), ()> = TableDefinition::new("ready");
+/// (run_at, id): scheduled jobs in the order they become due.
+const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+/// Idempotency key -> id of the unfinished job that holds it.
+const IDEM: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// seq -> event, the bounded window that `Events` resumes from.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// How many queued requests one transaction takes at most, so that one huge
+/// burst cannot delay its first acknowledgements without bound.
+const MAX_BATCH_OPS: usize = 4096;
+
+/// Errors from the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No job has this id.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job is in a state that does not allow the operation.
+    #[error("job {id} is {state}; {hint}")]
+    WrongState {
+        /// The job.
+        id: JobId,
+        /// Its state.
+        state: &'static str,
+        /// What the caller can do instead.
+        hint: &'static str,
+    },
+    /// The file is not a quern database, or is damaged.
+    #[error(
+        "database {path} is corrupt or not a quern database ({detail}); move it aside to start empty, quernd will not overwrite it"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What redb or the check said.
+        detail: String,
+    },
+    /// The file was written by another version of quern.
+    #[error(
+        "database {path} has schema version {found}, but this quernd understands only version {SCHEMA_VERSION}; run the quernd that wrote it, or move the file aside"
+    )]
+    UnknownSchema {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u64,
+    },
+    /// Another process has the database open.
+    #[error("database {path} is in use by another quernd; stop it or pass a different --state-dir")]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The store is shutting down and takes no more writes.
+    #[error("the store is closed because quernd is shutting down")]
+    Closed,
+    /// redb failed: I/O or internal error.
+    #[error("database {op} failed: {detail}")]
+    Db {
+        /// What was being done.
+        op: &'static str,
+        /// redb's message.
+        detail: String,
+    },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn db_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Db {
+        op,
+        detail: e.to_string(),
+    }
+}
+
+/// The result of storing one submitted spec.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// The stored job (the existing one, when deduplicated).
+    pub job: Job,
+    /// True when the idempotency key matched an unfinished job.
+    pub deduplicated: bool,
+}
+
+/// How an attempt (or a job) ended, as decided by the runner.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// Exit code 0.
+    Succeeded {
+        /// Always 0, kept for the record.
+        exit_code: i32,
+    },
+    /// The attempt failed; `retry_at` is set when attempts remain.
+    Failed {
+        /// The exit code, if the process exited normally.
+        exit_code: Option<i32>,
+        /// Why it failed.
+        error: String,
+        /// When to run the next attempt, if any.
+        retry_at: Option<Micros>,
+    },
+    /// Stopped by a cancel request.
+    Cancelled {
+        /// The exit code, if the process exited normally.
+        exit_code: Option<i32>,
+    },
+    /// Interrupted by a graceful shutdown: back to queued, and the attempt
+    /// is not counted.
+    Requeue,
+}
+
+/// Counts by state and the event window, as kept in the meta table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// The id the next job gets.
+    pub next_id: u64,
+    /// The seq the next event gets.
+    pub next_seq: u64,
+    /// The oldest stored event's seq (== next_seq when none is stored).
+    pub first_seq: u64,
+    /// Jobs per state, indexed by tag.
+    pub counts: [u64; 7],
+}
+
+impl Counters {
+    /// Jobs in one state.
+    pub fn count(&self, tag: StateTag) -> u64 {
+        self.counts[tag as usize]
+    }
+
+    /// The newest event's seq, 0 when there has been none.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    fn load(meta: &impl ReadableTable<&'static str, u64>) -> Result<Counters> {
+        let get = |k: &str| -> Result<Option<u64>> {
+            Ok(meta.get(k).map_err(db_err("read meta"))?.map(|v| v.value()))
+        };
+        let mut c = Counters {
+            next_id: get("next_id")?.unwrap_or(1),
+            next_seq: get("next_seq")?.unwrap_or(1),
+            first_seq: get("first_seq")?.unwrap_or(1),
+            counts: [0; 7],
+        };
+        for tag in StateTag::ALL {
+            c.counts[tag as usize] = get(count_key(tag))?.unwrap_or(0);
+        }
+        Ok(c)
+    }
+
+    fn save(&self, meta: &mut Table<&'static str, u64>) -> Result<()> {
+        let mut put = |k: &str, v: u64| -> Result<()> {
+            meta.insert(k, v).map_err(db_err("write meta"))?;
+            Ok(())
+        };
+        put("next_id", self.next_id)?;
+        put("next_seq", self.next_seq)?;
+        put("first_seq", self.first_seq)?;
+        for tag in StateTag::ALL {
+            put(count_key(tag), self.counts[tag as usize])?;
+        }
+        Ok(())
+    }
+}
+
+fn count_key(tag: StateTag) -> &'static str {
+    match tag {
+        StateTag::Queued => "count.queued",
+        StateTag::Scheduled => "count.scheduled",
+        StateTag::Running => "count.running",
+        StateTag::Succeeded => "count.succeeded",
+        StateTag::Failed => "count.failed",
+        StateTag::Cancelled => "count.cancelled",
+    }
+}
+
+/// Orders higher priorities first in an ascending index.
+fn ready_key(priority: i32, id: JobId) -> (u32, u64) {
+    ((i32::MAX as i64 - priority as i64) as u32, id)
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(db_err("encode record"))
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(db_err("decode record"))
+}
+
+/// What List asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Any of these states; empty means all.
+    pub states: Vec<StateTag>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// All of these labels.
+    pub labels: BTreeMap<String, String>,
+    /// At most this many.
+    pub limit: usize,
+    /// Continue after this id (exclusive), in the listing's direction.
+    pub after: Option<JobId>,
+    /// Ascending ids instead of descending.
+    pub oldest_first: bool,
+}
+
+/// Stored events after a point, and whether the window still reaches it.
+#[derive(Debug)]
+pub enum EventsPage {
+    /// The events, oldest first.
+    Events(Vec<Event>),
+    /// Events after the requested seq were already pruned; the oldest
+    /// retained one is given.
+    Pruned {
+        /// The oldest retained seq.
+        first_retained: u64,
+    },
+}
+
+enum Op {
+    Submit {
+        specs: Vec<JobSpec>,
+        at: Micros,
+        reply: oneshot::Sender<Result<Vec<Submitted>>>,
+    },
+    MarkRunning {
+        id: JobId,
+        attempt: u32,
+        state: JobState,
+        at: Micros,
+        reply: oneshot::Sender<Result<Job>>,
+    },
+    Finish {
+        id: JobId,
+        attempt: u32,
+        started_at: Option<Micros>,
+        outcome: Outcome,
+        at: Micros,
+        reply: oneshot::Sender<Result<Job>>,
+    },
+    CancelPending {
+        id: JobId,
+        at: Micros,
+        reply: oneshot::Sender<Result<Job>>,
+    },
+    Promote {
+        now: Micros,
+        reply: oneshot::Sender<Result<Option<Micros>>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A handle to the store: cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    ops: mpsc::Sender<Op>,
+    events: broadcast::Sender<Event>,
+}
+
+/// Capacity of the live event channel. A subscriber that falls further
+/// behind than this catches up from the stored window instead.
+const LIVE_EVENTS: usize = 16 * 1024;
+
+impl Store {
+    /// Opens (or creates) the database in `state_dir` and starts the writer
+    /// thread. Refuses a corrupt file or an unknown schema version rather
+    /// than starting empty.
+    pub fn open(state_dir: &Path, event_retention: u64, cache_bytes: usize) -> Result<Store> {
+        let path = state_dir.join(DB_FILE);
+        let exists = path.exists();
+        let mut builder = Database::builder();
+        // redb's default page cache is 1 GiB, which would let the daemon's
+        // memory grow with the queue; the OS page cache backs this one.
+        builder.set_cache_size(cache_bytes);
+        let opened = if exists {
+            builder.open(&path)
+        } else {
+            builder.create(&path)
+        };
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
+            other => StoreError::Corrupt {
+                path: path.clone(),
+                detail: other.to_string(),
+            },
+        })?;
+        let counters = init_schema(&db, &path)?;
+        let db = Arc::new(db);
+        let (ops, rx) = mpsc::channel();
+        let (events, _) = broadcast::channel(LIVE_EVENTS);
+        let writer = Writer {
+            db: db.clone(),
+            counters,
+            retention: event_retention,
+            events: events.clone(),
+        };
+        std::thread::Builder::new()
+            .name("quern-store".into())
+            .spawn(move || writer.run(rx))
+            .map_err(db_err("start writer thread"))?;
+        Ok(Store { db, ops, events })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(db_err("join reader"))?
+    }
+
+    /// Stores the specs in one durable transaction. Returns once they are on
+    /// disk.
+    pub async fn submit(&self, specs: Vec<JobSpec>, at: Micros) -> Result<Vec<Submitted>> {
+        self.call(|reply| Op::Submit { specs, at, reply }).await
+    }
+
+    /// Records that attempt `attempt` of a queued job started as `state`
+    /// (which must be [`JobState::Running`]). The request is queued for the
+    /// writer at once; the returned future only waits for the commit, so the
+    /// caller can go on while it happens. Writes are applied in the order
+    /// they are queued, so a later [`Store::finish`] lands after it.
+    pub fn mark_running(
+        &self,
+        id: JobId,
+        attempt: u32,
+        state: JobState,
+        at: Micros,
+    ) -> impl std::future::Future<Output = Result<Job>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.ops.send(Op::MarkRunning {
+            id,
+            attempt,
+            state,
+            at,
+            reply,
+        });
+        async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Records how an attempt ended.
+    pub async fn finish(
+        &self,
+        id: JobId,
+        attempt: u32,
+        started_at: Option<Micros>,
+        outcome: Outcome,
+        at: Micros,
+    ) -> Result<Job> {
+        self.call(|reply| Op::Finish {
+            id,
+            attempt,
+            started_at,
+            outcome,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    /// Cancels a job that is queued or scheduled.
+    pub async fn cancel_pending(&self, id: JobId, at: Micros) -> Result<Job> {
+        self.call(|reply| Op::CancelPending { id, at, reply }).await
+    }
+
+    /// Moves every scheduled job due by `now` to queued. Returns when the
+    /// next one is due.
+    pub async fn promote_due(&self, now: Micros) -> Result<Option<Micros>> {
+        self.call(|reply| Op::Promote { now, reply }).await
+    }
+
+    /// Commits what is pending and stops the writer; later writes fail with
+    /// [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.ops.send(Op::Close { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Live events, published after each commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// One job.
+    pub async fn get(&self, id: JobId) -> Result<Job> {
+        self.read(move |db| get_job(db, id)?.ok_or(StoreError::NotFound(id)))
+            .await
+    }
+
+    /// The committed counters.
+    pub async fn counters(&self) -> Result<Counters> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(db_err("begin read"))?;
+            let meta = txn.open_table(META).map_err(db_err("open meta"))?;
+            Counters::load(&meta)
+        })
+        .await
+    }
+
+    /// A page of jobs; the second value is the cursor for the next page.
+    pub async fn list(&self, q: ListQuery) -> Result<(Vec<Job>, Option<JobId>)> {
+        self.read(move |db| list_jobs(db, &q)).await
+    }
+
+    /// Stored events with seq > `after`, at most `limit`, optionally of one
+    /// job.
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+        job: Option<JobId>,
+    ) -> Result<EventsPage> {
+        self.read(move |db| events_after(db, after, limit, job))
+            .await
+    }
+
+    /// Up to `limit` queued jobs in run order, skipping ids in `skip`.
+    pub async fn ready(&self, limit: usize, skip: HashSet<JobId>) -> Result<Vec<Job>> {
+        self.read(move |db| ready_jobs(db, limit, &skip)).await
+    }
+
+    /// When the earliest scheduled job is due.
+    pub async fn next_due(&self) -> Result<Option<Micros>> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(db_err("begin read"))?;
+            let due = txn.open_table(DUE).map_err(db_err("open due"))?;
+            Ok(due
+                .first()
+                .map_err(db_err("read due"))?
+                .map(|(k, _)| k.value().0))
+        })
+        .await
+    }
+
+    /// Every job recorded as running: after a crash, these were interrupted.
+    pub async fn running(&self) -> Result<Vec<Job>> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(db_err("begin read"))?;
+            let by_state = txn.open_table(BY_STATE).map_err(db_err("open by_state"))?;
+            let jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
+            let tag = StateTag::Running as u8;
+            let mut out = Vec::new();
+            for item in by_state
+                .range((tag, 0u64)..=(tag, u64::MAX))
+                .map_err(db_err("read by_state"))?
+            {
+                let (k, _) = item.map_err(db_err("read by_state"))?;
+                let id = k.value().1;
+                if let Some(v) = jobs.get(id).map_err(db_err("read job"))? {
+                    out.push(decode::<Job>(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Checks (or, for a new file, writes) the schema version and loads the
+/// counters.
+fn init_schema(db: &Database, path: &Path) -> Result<Counters> {
+    let txn = db.begin_write().map_err(db_err("begin write"))?;
+    let counters = {
+        let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
+        let version = meta
+            .get("schema_version")
+            .map_err(db_err("read meta"))?
+            .map(|v| v.value());
+        match version {
+            Some(SCHEMA_VERSION) => {}
+            Some(found) => {
+                return Err(StoreError::UnknownSchema {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+            None => {
+                // A file with tables but no version is someone else's redb
+                // database: refuse it rather than add our tables to it.
+                let foreign = txn
+                    .list_tables()
+                    .map_err(db_err("list tables"))?
+                    .any(|t| t.name() != "meta");
+                if foreign {
+                    return Err(StoreError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: "it has no quern schema version".into(),
+                    });
+                }
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(db_err("write meta"))?;
+            }
+        }
+        Counters::load(&meta)?
+    };
+    // Create every table now so that readers never meet a missing one.
+    txn.open_table(JOBS).map_err(db_err("create table"))?;
+    txn.open_table(BY_STATE).map_err(db_err("create table"))?;
+    txn.open_table(READY).map_err(db_err("create table"))?;
+    txn.open_table(DUE).map_err(db_err("create table"))?;
+    txn.open_table(IDEM).map_err(db_err("create table"))?;
+    txn.open_table(EVENTS).map_err(db_err("create table"))?;
+    txn.commit().map_err(db_err("commit"))?;
+    Ok(counters)
+}
+
+fn get_job(db: &Database, id: JobId) -> Result<Option<Job>> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
+    match jobs.get(id).map_err(db_err("read job"))? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn matches(job: &Job, q: &ListQuery) -> bool {
+    if q.kind.as_ref().is_some_and(|k| job.spec.kind.name() != k) {
+        return false;
+    }
+    q.labels
+        .iter()
+        .all(|(k, v)| job.spec.labels.get(k) == Some(v))
+}
+
+fn list_jobs(db: &Database, q: &ListQuery) -> Result<(Vec<Job>, Option<JobId>)> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
+    let want = q.limit + 1;
+    // Ids strictly beyond the cursor, in the listing's direction.
+    let (lo, hi) = match (q.after, q.oldest_first) {
+        (None, _) => (0, u64::MAX),
+        (Some(a), true) => (a.saturating_add(1), u64::MAX),
+        (Some(a), false) => (0, a.saturating_sub(1)),
+    };
+    let mut found: Vec<Job> = Vec::new();
+    if lo > hi || (q.after == Some(0) && !q.oldest_first) {
+        return Ok((found, None));
+    }
+    let take = |id: u64, found: &mut Vec<Job>| -> Result<bool> {
+        if let Some(v) = jobs.get(id).map_err(db_err("read job"))? {
+            let job: Job = decode(v.value())?;
+            if matches(&job, q) {
+                found.push(job);
+            }
+        }
+        Ok(found.len() >= want)
+    };
+    if q.states.is_empty() {
+        let range = jobs.range(lo..=hi).map_err(db_err("read jobs"))?;
+        let ids = range.map(|item| item.map(|(k, _)| k.value()));
+        let ids: Box<dyn Iterator<Item = _>> = if q.oldest_first {
+            Box::new(ids)
+        } else {
+            Box::new(ids.rev())
+        };
+        for id in ids {
+            if take(id.map_err(db_err("read jobs"))?, &mut found)? {
+                break;
+            }
+        }
+    } else {
+        // Each state's index yields ids in order; take `want` from each and
+        // merge, which is enough for one page.
+        let by_state = txn.open_table(BY_STATE).map_err(db_err("open by_state"))?;
+        let mut merged: Vec<Job> = Vec::new();
+        let states: std::collections::BTreeSet<StateTag> = q.states.iter().copied().collect();
+        for tag in states {
+            let t = tag as u8;
+            let range = by_state
+                .range((t, lo)..=(t, hi))
+                .map_err(db_err("read by_state"))?;
+            let ids = range.map(|item| item.map(|(k, _)| k.value().1));
+            let ids: Box<dyn Iterator<Item = _>> = if q.oldest_first {
+                Box::new(ids)
+            } else {
+                Box::new(ids.rev())
+            };
+            let mut part = Vec::new();
+            for id in ids {
+                if take(id.map_err(db_err("read by_state"))?, &mut part)? {
+                    break;
+                }
+            }
+            merged.extend(part);
+        }
+        if q.oldest_first {
+            merged.sort_by_key(|j| j.id);
+        } else {
+            merged.sort_by_key(|j| std::cmp::Reverse(j.id));
+        }
+        merged.truncate(want);
+        found = merged;
+    }
+    let next = if found.len() > q.limit {
+        found.truncate(q.limit);
+        found.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok((found, next))
+}
+
+fn events_after(db: &Database, after: u64, limit: usize, job: Option<JobId>) -> Result<EventsPage> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let meta = txn.open_table(META).map_err(db_err("open meta"))?;
+    let counters = Counters::load(&meta)?;
+    // The window must still hold seq after+1 (unless nothing newer exists).
+    if after.saturating_add(1) < counters.first_seq {
+        return Ok(EventsPage::Pruned {
+            first_retained: counters.first_seq,
+        });
+    }
+    let events = txn.open_table(EVENTS).map_err(db_err("open events"))?;
+    let mut out = Vec::new();
+    for item in events
+        .range(after.saturating_add(1)..)
+        .map_err(db_err("read events"))?
+    {
+        let (_, v) = item.map_err(db_err("read events"))?;
+        let ev: Event = decode(v.value())?;
+        if job.is_none_or(|j| j == ev.job_id) {
+            out.push(ev);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(EventsPage::Events(out))
+}
+
+fn ready_jobs(db: &Database, limit: usize, skip: &HashSet<JobId>) -> Result<Vec<Job>> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let ready = txn.open_table(READY).map_err(db_err("open ready"))?;
+    let jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
+    let mut out = Vec::with_capacity(limit);
+    for item in ready.iter().map_err(db_err("read ready"))? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, _) = item.map_err(db_err("read ready"))?;
+        let id = k.value().1;
+        if skip.contains(&id) {
+            continue;
+        }
+        if let Some(v) = jobs.get(id).map_err(db_err("read job"))? {
+            out.push(decode(v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// The single writer: owns the counters and applies batches of operations.
+struct Writer {
+    db: Arc<Database>,
+    counters: Counters,
+    retention: u64,
+    events: broadcast::Sender<Event>,
+}
+
+/// A reply to send once the batch's fate is known.
+type Pending = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+fn pending<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, value: Result<T>) -> Pending {
+    Box::new(move |failed| {
+        let _ = reply.send(match failed {
+            Some(e) => Err(e),
+            None => value,
+        });
+    })
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_OPS {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut close = None;
+            let ops: Vec<Op> = batch
+                .into_iter()
+                .filter_map(|op| match op {
+                    Op::Close { reply } => {
+                        close = Some(reply);
+                        None
+                    }
+                    op => Some(op),
+                })
+                .collect();
+            if !ops.is_empty() {
+                self.commit_batch(ops);
+            }
+            if let Some(reply) = close {
+                tracing::debug!("store writer closed");
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    fn commit_batch(&mut self, ops: Vec<Op>) {
+        let mut counters = self.counters;
+        let mut published = Vec::new();
+        let mut replies: Vec<Pending> = Vec::with_capacity(ops.len());
+        let result = (|| -> Result<()> {
+            let mut txn = self.db.begin_write().map_err(db_err("begin write"))?;
+            // Quick repair keeps the allocator state in each commit, so that
+            // a restart after kill -9 or power loss opens at once instead of
+            // walking the whole file.
+            txn.set_quick_repair(true);
+            {
+                let mut tx = Tx::open(&txn, &mut counters, &mut published)?;
+                for op in ops {
+                    replies.push(tx.apply(op)?);
+                }
+                tx.prune_events(self.retention)?;
+            }
+            {
+                let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
+                counters.save(&mut meta)?;
+            }
+            txn.commit().map_err(db_err("commit"))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.counters = counters;
+                for r in replies {
+                    r(None);
+                }
+                for ev in published {
+                    // No subscribers is fine: the events are stored.
+                    let _ = self.events.send(ev);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store transaction failed; nothing in it was written");
+                for r in replies {
+                    r(Some(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The tables of one write transaction, with the index upkeep in one place.
+struct Tx<'t> {
+    jobs: Table<'t, u64, &'static [u8]>,
+    by_state: Table<'t, (u8, u64), ()>,
+    ready: Table<'t, (u32, u64), ()>,
+    due: Table<'t, (u64, u64), ()>,
+    idem: Table<'t, &'static str, u64>,
+    events: Table<'t, u64, &'static [u8]>,
+    counters: &'t mut Counters,
+    published: &'t mut Vec<Event>,
+}
+
+impl<'t> Tx<'t> {
+    fn open(
+        txn: &'t WriteTransaction,
+        counters: &'t mut Counters,
+        published: &'t mut Vec<Event>,
+    ) -> Result<Tx<'t>> {
+        let open = db_err("open table");
+        Ok(Tx {
+            jobs: txn.open_table(JOBS).map_err(&open)?,
+            by_state: txn.open_table(BY_STATE).map_err(&open)?,
+            ready: txn.open_table(READY).map_err(&open)?,
+            due: txn.open_table(DUE).map_err(&open)?,
+            idem: txn.open_table(IDEM).map_err(&open)?,
+            events: txn.open_table(EVENTS).map_err(&open)?,
+            counters,
+            published,
+        })
+    }
+
+    /// Applies one operation. An `Err` is a storage failure that aborts the
+    /// whole batch; a logical refusal (not found, wrong state) is returned
+    /// inside the reply and writes nothing.
+    fn apply(&mut self, op: Op) -> Result<Pending> {
+        Ok(match op {
+            Op::Submit { specs, at, reply } => {
+                let mut out = Vec::with_capacity(specs.len());
+                for spec in specs {
+                    out.push(self.submit(spec, at)?);
+                }
+                pending(reply, Ok(out))
+            }
+            Op::MarkRunning {
+                id,
+                attempt,
+                state,
+                at,
+                reply,
+            } => {
+                let value = match self.load(id)? {
+                    Some(old) if old.state.tag() == StateTag::Queued => {
+                        let mut job = old.clone();
+                        job.state = state;
+                        job.attempts = attempt;
+                        job.started_at = Some(at);
+                        job.exit_code = None;
+                        job.error.clear();
+                        self.save(Some(&old), &job)?;
+                        self.emit(&job, at, false)?;
+                        Ok(job)
+                    }
+                    Some(old) => Err(StoreError::WrongState {
+                        id,
+                        state: old.state.tag().name(),
+                        hint: "only a queued job can start",
+                    }),
+                    None => Err(StoreError::NotFound(id)),
+                };
+                pending(reply, value)
+            }
+            Op::Finish {
+                id,
+                attempt,
+                started_at,
+                outcome,
+                at,
+                reply,
+            } => {
+                let value = match self.load(id)? {
+                    Some(old)
+                        if matches!(old.state.tag(), StateTag::Queued | StateTag::Running) =>
+                    {
+                        let job = self.finish(old, attempt, started_at, outcome, at)?;
+                        Ok(job)
+                    }
+                    Some(old) => Err(StoreError::WrongState {
+                        id,
+                        state: old.state.tag().name(),
+                        hint: "only a queued or running job can finish",
+                    }),
+                    None => Err(StoreError::NotFound(id)),
+                };
+                pending(reply, value)
+            }
+            Op::CancelPending { id, at, reply } => {
+                let value = match self.load(id)? {
+                    Some(old)
+                        if matches!(old.state.tag(), StateTag::Queued | StateTag::Scheduled) =>
+                    {
+                        let mut job = old.clone();
+                        job.state = JobState::Cancelled { finished_at: at };
+                        job.error = "cancelled by request".into();
+                        job.exit_code = None;
+                        self.save(Some(&old), &job)?;
+                        self.release_key(&job)?;
+                        self.emit(&job, at, true)?;
+                        Ok(job)
+                    }
+                    Some(old) => Err(StoreError::WrongState {
+                        id,
+                        state: old.state.tag().name(),
+                        hint: "only queued, scheduled or running jobs can be cancelled",
+                    }),
+                    None => Err(StoreError::NotFound(id)),
+                };
+                pending(reply, value)
+            }
+            Op::Promote { now, reply } => {
+                let mut due_ids = Vec::new();
+                for item in self
+                    .due
+                    .range(..=(now, u64::MAX))
+                    .map_err(db_err("read due"))?
+                {
+                    let (k, _) = item.map_err(db_err("read due"))?;
+                    due_ids.push(k.value().1);
+                }
+                for id in due_ids {
+                    if let Some(old) = self.load(id)? {
+                        let mut job = old.clone();
+                        job.state = JobState::Queued;
+                        self.save(Some(&old), &job)?;
+                        self.emit(&job, now, false)?;
+                    }
+                }
+                let next = self
+                    .due
+                    .first()
+                    .map_err(db_err("read due"))?
+                    .map(|(k, _)| k.value().0);
+                pending(reply, Ok(next))
+            }
+            Op::Close { .. } => unreachable!("close is handled by the writer loop"),
+        })
+    }
+
+    fn submit(&mut self, spec: JobSpec, at: Micros) -> Result<Submitted> {
+        if let Some(key) = &spec.idempotency_key {
+            let existing = self
+                .idem
+                .get(key.as_str())
+                .map_err(db_err("read idempotency"))?;
+            if let Some(id) = existing.map(|v| v.value())
+                && let Some(job) = self.load(id)?
+                && !job.state.tag().is_terminal()
+            {
+                return Ok(Submitted {
+                    job,
+                    deduplicated: true,
+                });
+            }
+        }
+        let id = self.counters.next_id;
+        self.counters.next_id += 1;
+        let state = match spec.run_at {
+            Some(run_at) if run_at > at => JobState::Scheduled { run_at },
+            _ => JobState::Queued,
+        };
+        let job = Job {
+            id,
+            spec,
+            state,
+            queued_at: at,
+            attempts: 0,
+            started_at: None,
+            exit_code: None,
+            error: String::new(),
+        };
+        self.save(None, &job)?;
+        if let Some(key) = &job.spec.idempotency_key {
+            self.idem
+                .insert(key.as_str(), id)
+                .map_err(db_err("write idempotency"))?;
+        }
+        self.emit(&job, at, false)?;
+        Ok(Submitted {
+            job,
+            deduplicated: false,
+        })
+    }
+
+    fn finish(
+        &mut self,
+        old: Job,
+        attempt: u32,
+        started_at: Option<Micros>,
+        outcome: Outcome,
+        at: Micros,
+    ) -> Result<Job> {
+        let mut job = old.clone();
+        job.attempts = attempt;
+        job.started_at = started_at.or(old.started_at);
+        let ended = !matches!(outcome, Outcome::Requeue);
+        match outcome {
+            Outcome::Succeeded { exit_code } => {
+                job.state = JobState::Succeeded { finished_at: at };
+                job.exit_code = Some(exit_code);
+                job.error.clear();
+            }
+            Outcome::Failed {
+                exit_code,
+                error,
+                retry_at,
+            } => {
+                job.exit_code = exit_code;
+                job.error = error;
+                job.state = match retry_at {
+                    Some(run_at) => JobState::Scheduled { run_at },
+                    None => JobState::Failed { finished_at: at },
+                };
+            }
+            Outcome::Cancelled { exit_code } => {
+                job.state = JobState::Cancelled { finished_at: at };
+                job.exit_code = exit_code;
+                job.error = "cancelled by request".into();
+            }
+            Outcome::Requeue => {
+                job.state = JobState::Queued;
+                job.attempts = attempt.saturating_sub(1);
+            }
+        }
+        self.save(Some(&old), &job)?;
+        if job.state.tag().is_terminal() {
+            self.release_key(&job)?;
+        }
+        self.emit(&job, at, ended)?;
+        Ok(job)
+    }
+
+    /// Frees a finished job's idempotency key, so a later submit with the
+    /// same key creates a new job.
+    fn release_key(&mut self, job: &Job) -> Result<()> {
+        if let Some(key) = &job.spec.idempotency_key {
+            let holder = self
+                .idem
+                .get(key.as_str())
+                .map_err(db_err("read idempotency"))?
+                .map(|v| v.value());
+            if holder == Some(job.id) {
+                self.idem
+                    .remove(key.as_str())
+                    .map_err(db_err("write idempotency"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&self, id: JobId) -> Result<Option<Job>> {
+        match self.jobs.get(id).map_err(db_err("read job"))? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `new` and moves its index entries from `old`'s state to its own.
+    fn save(&mut self, old: Option<&Job>, new: &Job) -> Result<()> {
+        let idx = db_err("write index");
+        if let Some(old) = old {
+            let tag = old.state.tag();
+            self.by_state.remove((tag as u8, old.id)).map_err(&idx)?;
+            self.counters.counts[tag as usize] -= 1;
+            match old.state {
+                JobState::Queued => {
+                    self.ready
+                        .remove(ready_key(old.spec.priority, old.id))
+                        .map_err(&idx)?;
+                }
+                JobState::Scheduled { run_at } => {
+                    self.due.remove((run_at, old.id)).map_err(&idx)?;
+                }
+                _ => {}
+            }
+        }
+        let tag = new.state.tag();
+        self.by_state
+            .insert((tag as u8, new.id), ())
+            .map_err(&idx)?;
+        self.counters.counts[tag as usize] += 1;
+        match new.state {
+            JobState::Queued => {
+                self.ready
+                    .insert(ready_key(new.spec.priority, new.id), ())
+                    .map_err(&idx)?;
+            }
+            JobState::Scheduled { run_at } => {
+                self.due.insert((run_at, new.id), ()).map_err(&idx)?;
+            }
+            _ => {}
+        }
+        let bytes = encode(new)?;
+        self.jobs
+            .insert(new.id, bytes.as_slice())
+            .map_err(db_err("write job"))?;
+        Ok(())
+    }
+
+    /// Records the job's new state as an event, in the same transaction as
+    /// the change itself, so the event log and the jobs never disagree.
+    /// `ended` says the change ends an attempt (or the job), so the event
+    /// carries the exit code and error; a start or a promotion carries none.
+    fn emit(&mut self, job: &Job, at: Micros, ended: bool) -> Result<()> {
+        let seq = self.counters.next_seq;
+        self.counters.next_seq += 1;
+        let ev = Event {
+            seq,
+            job_id: job.id,
+            state: job.state.tag(),
+            at,
+            attempt: job.attempts,
+            exit_code: job.exit_code.filter(|_| ended),
+            error: if ended {
+                job.error.clone()
+            } else {
+                String::new()
+            },
+        };
+        let bytes = encode(&ev)?;
+        self.events
+            .insert(seq, bytes.as_slice())
+            .map_err(db_err("write event"))?;
+        self.published.push(ev);
+        Ok(())
+    }
+
+    /// Drops the oldest events beyond the retention window.
+    fn prune_events(&mut self, retention: u64) -> Result<()> {
+        let c = &mut *self.counters;
+        while c.next_seq - c.first_seq > retention {
+            self.events
+                .remove(c.first_seq)
+                .map_err(db_err("prune events"))?;
+            c.first_seq += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{ExecSpec, JobKind};
+
+    fn spec(priority: i32) -> JobSpec {
+        JobSpec {
+            kind: JobKind::Exec(ExecSpec {
+                argv: vec!["true".into()],
+                cwd: None,
+                env: BTreeMap::new(),
+            }),
+            priority,
+            labels: BTreeMap::new(),
+            run_at: None,
+            timeout: None,
+            max_attempts: 1,
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn ready_keys_order_by_priority_then_id() {
+        let mut keys = [
+            ready_key(0, 5),
+            ready_key(20, 9),
+            ready_key(-20, 1),
+            ready_key(0, 2),
+            ready_key(i32::MIN, 3),
+            ready_key(i32::MAX, 4),
+        ];
+        keys.sort();
+        let order: Vec<u64> = keys.iter().map(|k| k.1).collect();
+        assert_eq!(order, vec![4, 9, 2, 5, 1, 3]);
+    }
+
+    #[tokio::test]
+    async fn ready_order_survives_reopen_and_ids_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 100, 1 << 20).unwrap();
+        let subs = store
+            .submit(vec![spec(-20), spec(0), spec(20), spec(0)], 1)
+            .await
+            .unwrap();
+        let ids: Vec<u64> = subs.iter().map(|s| s.job.id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        store.close().await;
+        drop(store);
+
+        let store = Store::open(dir.path(), 100, 1 << 20).unwrap();
+        let ready = store.ready(10, HashSet::new()).await.unwrap();
+        let order: Vec<u64> = ready.iter().map(|j| j.id).collect();
+        assert_eq!(order, vec![3, 2, 4, 1]);
+        let more = store.submit(vec![spec(0)], 2).await.unwrap();
+        assert_eq!(more[0].job.id, 5);
+        let c = store.counters().await.unwrap();
+        assert_eq!(c.count(StateTag::Queued), 5);
+        assert_eq!(c.last_seq(), 5);
+    }
+
+    #[tokio::test]
+    async fn events_window_is_bounded_and_reports_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3, 1 << 20).unwrap();
+        store
+            .submit((0..5).map(|_| spec(0)).collect(), 1)
+            .await
+            .unwrap();
+        match store.events_after(0, 100, None).await.unwrap() {
+            EventsPage::Pruned { first_retained } => assert_eq!(first_retained, 3),
+            other => panic!("expected pruned, got {other:?}"),
+        }
+        match store.events_after(2, 100, None).await.unwrap() {
+            EventsPage::Events(evs) => {
+                assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5])
+            }
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_file_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let garbage = vec![0x5au8; 8192];
+        std::fs::write(&path, &garbage).unwrap();
+        let err = Store::open(dir.path(), 10, 1 << 20)
+            .err()
+            .expect("must refuse");
+        assert!(err.to_string().contains("quern.redb"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+}

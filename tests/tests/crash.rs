@@ -1,0 +1,147 @@
+//! End-to-end crash test: kill -9 the real quernd in the middle of
+//! concurrent submits and running jobs, restart it, and check that nothing
+//! acknowledged was lost and the interrupted jobs were recovered.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result, ensure};
+use quern_proto::v1::{JobSpec, JobState};
+use quern_tests::{
+    TestDaemon, assert_group_gone, exec_spec, get, processes_in_group, sh, submit, timestamp,
+    wait_for_running, wait_for_stdout,
+};
+use rand::Rng as _;
+
+const SUBMITTERS: usize = 8;
+
+/// A tree whose background child outlives the daemon when it is killed.
+/// The "started" line tells the test that child exists.
+fn tree(max_attempts: u32) -> JobSpec {
+    let mut spec = sh("sleep 100 & echo started; sleep 100");
+    spec.max_attempts = max_attempts;
+    // Ahead of anything else, so the slots are theirs.
+    spec.priority_name = "critical".into();
+    spec
+}
+
+/// Acknowledged submits survive kill -9; jobs running at the crash are
+/// failed (or rescheduled when attempts remain) and their process groups
+/// are gone after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_loses_no_acknowledged_job_and_recovers_running_ones() -> Result<()> {
+    let mut daemon = TestDaemon::builder()
+        .concurrency(4)
+        // Long enough that the rescheduled job is still waiting when the
+        // test looks at it.
+        .config(r#"retry_base_delay = "1h""#)
+        .start()
+        .await?;
+    let mut client = daemon.client();
+
+    // Three trees with no attempts left, one with a retry to spare.
+    let mut running = Vec::new();
+    for max_attempts in [1, 1, 1, 2] {
+        let job = submit(&mut client, tree(max_attempts)).await?;
+        let job = wait_for_running(&mut client, job.id).await?;
+        wait_for_stdout(&mut client, job.id, "started").await?;
+        running.push(job);
+    }
+
+    let submitters: Vec<_> = (0..SUBMITTERS)
+        .map(|n| {
+            let mut client = daemon.client();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                // Delayed jobs, so nothing competes with the trees for
+                // slots or CPU; the point is the durability of Submit.
+                let mut spec = exec_spec(["true"]);
+                spec.run_at = Some(timestamp(SystemTime::now() + Duration::from_secs(3600)));
+                spec.labels.insert("submitter".into(), n.to_string());
+                // Stops at the first error, which is the crash.
+                while let Ok(job) = submit(&mut client, spec.clone()).await {
+                    acked.push(job.id);
+                }
+                acked
+            })
+        })
+        .collect();
+
+    // The randomised crash point: waiting here is the experiment itself,
+    // not a wait for readiness or state.
+    let crash_after = Duration::from_millis(rand::rng().random_range(50..=500));
+    tokio::time::sleep(crash_after).await;
+    daemon.kill9().await?;
+
+    let mut acked = Vec::new();
+    for submitter in submitters {
+        acked.extend(
+            tokio::time::timeout(quern_tests::WAIT, submitter)
+                .await
+                .context("a submitter kept going after the daemon died")??,
+        );
+    }
+    ensure!(
+        !acked.is_empty(),
+        "no submit was acknowledged in {crash_after:?}"
+    );
+    // Shown with --nocapture, and with the failure if a check below fails.
+    eprintln!(
+        "kill -9 after {crash_after:?}, {} submits acknowledged",
+        acked.len()
+    );
+    let mut unique = acked.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    ensure!(unique.len() == acked.len(), "an id was acknowledged twice");
+
+    // The daemon's children die with it, but their background sleeps do
+    // not: this is what the restart has to clean up.
+    for job in &running {
+        ensure!(
+            !processes_in_group(job.pid).is_empty(),
+            "precondition: job {}'s group {} should outlive the daemon",
+            job.id,
+            job.pid
+        );
+    }
+
+    daemon.restart().await?;
+    let mut client = daemon.client();
+
+    for id in &acked {
+        get(&mut client, *id).await.with_context(|| {
+            format!("acknowledged job {id} is lost (crash after {crash_after:?})")
+        })?;
+    }
+
+    for job in &running {
+        let now = get(&mut client, job.id).await?;
+        if job.spec.as_ref().is_some_and(|s| s.max_attempts == 2) {
+            ensure!(
+                now.state == JobState::Scheduled as i32,
+                "job {} with an attempt left is {:?}, expected rescheduled: {now:?}",
+                job.id,
+                now.state()
+            );
+        } else {
+            ensure!(
+                now.state == JobState::Failed as i32
+                    && now.error.contains("interrupted by daemon restart"),
+                "job {} is {:?} with error {:?}, expected failed, interrupted by daemon restart",
+                job.id,
+                now.state(),
+                now.error
+            );
+        }
+        ensure!(
+            now.attempts == 1,
+            "job {} has {} attempts, expected 1",
+            job.id,
+            now.attempts
+        );
+        // Recovery happens before READY, so the groups were killed already;
+        // the grace only covers the kernel finishing them off.
+        assert_group_gone(job.pid, Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! End-to-end tests of exec jobs: timeouts and cancels that must take the
+//! whole process tree down, and captured output, against the real quernd.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result, ensure};
+use quern_proto::v1::{CancelRequest, Job, JobSpec, JobState, LogStream};
+use quern_tests::{
+    EventStream, JobOutput, TestDaemon, assert_group_gone, duration, exec_mut, exec_spec,
+    expect_code, open_logs, processes_in_group, read_logs, sh, submit, system_time, timestamp,
+    wait_for_running, wait_for_stdout, wait_for_terminal,
+};
+use tokio::time::timeout;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use quern_proto::v1::jobs_client::JobsClient;
+
+/// How long a process the daemon killed may take to actually exit. A
+/// `sleep 100` it forgot outlives this by far.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// A shell that puts a second process in its group, says so, and waits.
+/// The "started" line lets the test know the background child exists, so
+/// that "the group is empty afterwards" means the tree was killed.
+const TREE: &str = "sleep 100 & echo started; sleep 100";
+
+/// Starts `spec` and returns it once running with its tree in place.
+async fn start_tree(client: &mut JobsClient<Channel>, spec: JobSpec) -> Result<Job> {
+    let job = submit(client, spec).await?;
+    let running = wait_for_running(client, job.id).await?;
+    ensure!(running.pid != 0, "a running job has pid 0: {running:?}");
+    wait_for_stdout(client, job.id, "started").await?;
+    let group = processes_in_group(running.pid);
+    ensure!(
+        group.len() >= 2,
+        "job {} should lead a group of sh and its background sleep, found {group:?}",
+        job.id
+    );
+    Ok(running)
+}
+
+/// A 1 s timeout fails the job with a timeout error and leaves nothing of
+/// its process group behind.
+#[tokio::test]
+async fn timeout_fails_the_job_and_kills_its_whole_group() -> Result<()> {
+    let daemon = TestDaemon::builder()
+        .config(r#"default_grace = "1s""#)
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let mut spec = sh(TREE);
+    spec.timeout = Some(duration(Duration::from_secs(1)));
+    let running = start_tree(&mut client, spec).await?;
+
+    let done = wait_for_terminal(&mut client, running.id).await?;
+    ensure!(
+        done.state == JobState::Failed as i32,
+        "ended {:?}: {done:?}",
+        done.state()
+    );
+    ensure!(
+        done.error.contains("timed out"),
+        "error {:?} does not say timed out",
+        done.error
+    );
+    let ran = system_time(done.finished_at.as_ref().context("no finished_at")?).duration_since(
+        system_time(done.started_at.as_ref().context("no started_at")?),
+    )?;
+    ensure!(
+        ran >= Duration::from_millis(999),
+        "killed after {ran:?}, before its 1 s timeout"
+    );
+    assert_group_gone(running.pid, EXIT_GRACE).await
+}
+
+/// Cancelling a running job returns it cancelled, once stopped, with its
+/// whole group gone.
+#[tokio::test]
+async fn cancel_of_a_running_job_kills_its_whole_group() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let running = start_tree(&mut client, sh(TREE)).await?;
+
+    let cancelled = timeout(
+        quern_tests::WAIT,
+        client.cancel(CancelRequest {
+            id: running.id,
+            grace: Some(duration(Duration::from_secs(5))),
+        }),
+    )
+    .await??
+    .into_inner()
+    .job
+    .context("CancelResponse has no job")?;
+    ensure!(
+        cancelled.state == JobState::Cancelled as i32,
+        "Cancel returned the job {:?}, expected cancelled: {cancelled:?}",
+        cancelled.state()
+    );
+    ensure!(
+        cancelled.pid == 0,
+        "a cancelled job still reports pid {}",
+        cancelled.pid
+    );
+    assert_group_gone(running.pid, EXIT_GRACE).await
+}
+
+/// A tree that ignores SIGTERM is still taken down: after the grace period
+/// the daemon must escalate to SIGKILL.
+#[tokio::test]
+async fn cancel_escalates_to_sigkill_when_sigterm_is_ignored() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    // An ignored signal disposition survives exec, so the sleeps ignore
+    // SIGTERM too.
+    let running = start_tree(&mut client, sh(&format!("trap '' TERM; {TREE}"))).await?;
+
+    let grace = Duration::from_millis(500);
+    let asked = SystemTime::now();
+    let cancelled = timeout(
+        quern_tests::WAIT,
+        client.cancel(CancelRequest {
+            id: running.id,
+            grace: Some(duration(grace)),
+        }),
+    )
+    .await??
+    .into_inner()
+    .job
+    .context("CancelResponse has no job")?;
+    ensure!(
+        cancelled.state == JobState::Cancelled as i32,
+        "Cancel returned {:?}: {cancelled:?}",
+        cancelled.state()
+    );
+    // Nothing in the tree dies of SIGTERM, so Cancel cannot have returned
+    // before the grace period ran out.
+    let took = asked.elapsed()?;
+    ensure!(
+        took >= grace,
+        "Cancel returned after {took:?}, before the {grace:?} grace"
+    );
+    assert_group_gone(running.pid, EXIT_GRACE).await
+}
+
+/// A queued job cancelled before a slot frees up never runs.
+#[tokio::test]
+async fn cancel_of_a_queued_job_means_it_never_runs() -> Result<()> {
+    let daemon = TestDaemon::builder().concurrency(1).start().await?;
+    let mut client = daemon.client();
+    let mut events = EventStream::from_now(&mut client, 0).await?;
+    let blocker = submit(&mut client, exec_spec(["sleep", "1000"])).await?;
+    events.wait_state(blocker.id, JobState::Running).await?;
+
+    let queued = submit(&mut client, exec_spec(["true"])).await?;
+    ensure!(
+        queued.state == JobState::Queued as i32,
+        "behind a blocker it is {:?}",
+        queued.state()
+    );
+    let cancelled = client
+        .cancel(CancelRequest {
+            id: queued.id,
+            grace: None,
+        })
+        .await?
+        .into_inner()
+        .job
+        .context("CancelResponse has no job")?;
+    ensure!(
+        cancelled.state == JobState::Cancelled as i32,
+        "Cancel returned {:?}",
+        cancelled.state()
+    );
+    ensure!(
+        cancelled.attempts == 0,
+        "a job that never ran has {} attempts",
+        cancelled.attempts
+    );
+
+    // Free the slot and run a later job of the same priority to completion.
+    // Had the cancelled job stayed in the queue, its lower id would have
+    // made it run first.
+    client
+        .cancel(CancelRequest {
+            id: blocker.id,
+            grace: Some(duration(Duration::ZERO)),
+        })
+        .await?;
+    let sentinel = submit(&mut client, exec_spec(["true"])).await?;
+    events.wait_all_terminal(&[sentinel.id]).await?;
+    let ran: Vec<_> = events
+        .seen()
+        .iter()
+        .filter(|e| e.job_id == queued.id && e.state == JobState::Running as i32)
+        .collect();
+    ensure!(ran.is_empty(), "the cancelled job ran: {ran:?}");
+    let after = quern_tests::get(&mut client, queued.id).await?;
+    ensure!(
+        after.state == JobState::Cancelled as i32,
+        "it is now {:?}",
+        after.state()
+    );
+    Ok(())
+}
+
+/// Cancel of a finished job is FAILED_PRECONDITION, and of an unknown id
+/// NOT_FOUND.
+#[tokio::test]
+async fn cancel_of_finished_or_unknown_jobs_is_refused() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let job = submit(&mut client, exec_spec(["true"])).await?;
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Succeeded as i32,
+        "`true` ended {:?}",
+        done.state()
+    );
+
+    expect_code(
+        client
+            .cancel(CancelRequest {
+                id: job.id,
+                grace: None,
+            })
+            .await,
+        Code::FailedPrecondition,
+    )?;
+    let after = quern_tests::get(&mut client, job.id).await?;
+    ensure!(after == done, "a refused Cancel changed the job: {after:?}");
+
+    expect_code(
+        client
+            .cancel(CancelRequest {
+                id: job.id + 1_000_000,
+                grace: None,
+            })
+            .await,
+        Code::NotFound,
+    )?;
+    Ok(())
+}
+
+/// stdout and stderr are captured, and kept apart.
+#[tokio::test]
+async fn stdout_and_stderr_are_captured_separately() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let job = submit(&mut client, sh("echo out; echo err >&2; echo out2")).await?;
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Succeeded as i32,
+        "ended {:?}: {done:?}",
+        done.state()
+    );
+
+    let both = read_logs(&mut client, job.id, LogStream::Unspecified).await?;
+    let expected = JobOutput {
+        stdout: b"out\nout2\n".to_vec(),
+        stderr: b"err\n".to_vec(),
+    };
+    ensure!(both == expected, "captured {both:?}, expected {expected:?}");
+
+    let only_stderr = read_logs(&mut client, job.id, LogStream::Stderr).await?;
+    ensure!(
+        only_stderr.stdout.is_empty() && only_stderr.stderr == expected.stderr,
+        "Logs for stderr only returned {only_stderr:?}"
+    );
+    Ok(())
+}
+
+/// The job also sees QUERN_JOB_ID, its env and its cwd.
+#[tokio::test]
+async fn job_gets_its_id_env_and_cwd() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let mut spec = sh(r#"echo "$QUERN_JOB_ID $GREETING $(pwd)""#);
+    let cwd = daemon.dir().to_path_buf();
+    exec_mut(&mut spec)
+        .env
+        .insert("GREETING".into(), "hello".into());
+    exec_mut(&mut spec).cwd = cwd.display().to_string();
+    let job = submit(&mut client, spec).await?;
+    wait_for_terminal(&mut client, job.id).await?;
+    let out = read_logs(&mut client, job.id, LogStream::Stdout).await?;
+    // pwd prints the canonical path, and the temp dir may be behind a
+    // symlink.
+    let expected = format!("{} hello {}\n", job.id, cwd.canonicalize()?.display());
+    ensure!(
+        out.stdout == expected.as_bytes(),
+        "job printed {:?}, expected {expected:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+/// With a 64 KiB cap, ~330 KiB of output keeps exactly the newest 64 KiB.
+#[tokio::test]
+async fn log_cap_keeps_exactly_the_newest_bytes() -> Result<()> {
+    const CAP: usize = 65536;
+    let daemon = TestDaemon::builder()
+        .config(format!("log_cap_bytes = {CAP}"))
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let last = 60_000;
+    let job = submit(&mut client, exec_spec(["seq", "1", &last.to_string()])).await?;
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Succeeded as i32,
+        "seq ended {:?}: {done:?}",
+        done.state()
+    );
+
+    let full: String = (1..=last).map(|n| format!("{n}\n")).collect();
+    ensure!(
+        full.len() > 4 * CAP,
+        "the job must write several times the cap"
+    );
+    let out = read_logs(&mut client, job.id, LogStream::Stdout)
+        .await?
+        .stdout;
+    ensure!(
+        out.len() == CAP,
+        "kept {} bytes, expected exactly {CAP}",
+        out.len()
+    );
+    ensure!(
+        out.ends_with(format!("\n{last}\n").as_bytes()),
+        "the kept output does not end with the last line"
+    );
+    ensure!(!out.starts_with(b"1\n2\n"), "the oldest lines were kept");
+    ensure!(
+        out == full.as_bytes()[full.len() - CAP..],
+        "the kept bytes are not exactly the newest {CAP} bytes of the output"
+    );
+    Ok(())
+}
+
+/// Logs with follow delivers a line while the job still runs, then the
+/// rest, then ends when the job finishes.
+#[tokio::test]
+async fn logs_follow_streams_lines_as_they_are_written() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let gate = daemon.dir().join("gate");
+    let mut spec = sh(r#"echo first; while [ ! -e "$GATE" ]; do sleep 0.05; done; echo second"#);
+    exec_mut(&mut spec)
+        .env
+        .insert("GATE".into(), gate.display().to_string());
+    let job = submit(&mut client, spec).await?;
+
+    let mut logs = open_logs(&mut client, job.id, true, LogStream::Unspecified).await?;
+    let mut out = Vec::new();
+    // The job cannot print "second" until the gate exists, so "first"
+    // arriving here proves output streams while the job runs.
+    while !out.ends_with(b"first\n") {
+        let chunk = timeout(quern_tests::WAIT, logs.message())
+            .await?
+            .context("following Logs")?
+            .context("Logs ended before the job printed anything")?;
+        out.extend_from_slice(&chunk.data);
+    }
+    ensure!(
+        out == b"first\n",
+        "before the gate, Logs gave {:?}",
+        String::from_utf8_lossy(&out)
+    );
+
+    std::fs::write(&gate, b"")?;
+    // Read to the end: with follow the stream must end by itself once the
+    // job has finished, or this times out.
+    while let Some(chunk) = timeout(quern_tests::WAIT, logs.message())
+        .await
+        .context("Logs with follow did not end after the job finished")?
+        .context("following Logs")?
+    {
+        out.extend_from_slice(&chunk.data);
+    }
+    ensure!(
+        out == b"first\nsecond\n",
+        "Logs gave {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let done = quern_tests::get(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Succeeded as i32,
+        "the job is {:?}",
+        done.state()
+    );
+    Ok(())
+}
+
+/// A job whose run_at is far ahead never starts during a test; used to
+/// check Logs on a job with no output yet.
+#[tokio::test]
+async fn logs_of_a_job_that_has_not_run_are_empty() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let mut spec = exec_spec(["echo", "never"]);
+    spec.run_at = Some(timestamp(SystemTime::now() + Duration::from_secs(3600)));
+    let job = submit(&mut client, spec).await?;
+    let out = read_logs(&mut client, job.id, LogStream::Unspecified).await?;
+    ensure!(
+        out == JobOutput::default(),
+        "a job that never ran has output {out:?}"
+    );
+    Ok(())
+}
