@@ -749,6 +749,10 @@ impl Writer {
                 self.commit_batch(ops);
             }
             if let Some(reply) = close {
+                // Release our handle on the database before saying so, so
+                // that once the last `Store` is dropped the file is closed
+                // and can be opened again at once.
+                drop(self);
                 tracing::debug!("store writer closed");
                 let _ = reply.send(());
                 return;

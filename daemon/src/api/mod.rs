@@ -76,7 +76,7 @@ impl Jobs for JobsService {
             .into_inner()
             .spec
             .ok_or_else(|| Error::invalid("spec", "missing; give the job to run"))?;
-        let spec = convert::spec_from_proto(spec, "spec", now)?;
+        let spec = convert::spec_from_proto(spec, convert::SpecPath(None), now)?;
         let mut out = self.store.submit(vec![spec], now).await?;
         let sub = out
             .pop()
@@ -114,7 +114,7 @@ impl Jobs for JobsService {
         let specs = specs
             .into_iter()
             .enumerate()
-            .map(|(i, s)| convert::spec_from_proto(s, &format!("specs[{i}]"), now))
+            .map(|(i, s)| convert::spec_from_proto(s, convert::SpecPath(Some(i)), now))
             .collect::<Result<Vec<_>, _>>()?;
         let subs = self.store.submit(specs, now).await?;
         let ids = subs.iter().map(|s| s.job.id).collect();
