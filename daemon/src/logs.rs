@@ -242,10 +242,10 @@ enum Chunk {
 
 impl LiveStream {
     fn pump(&self, src: &mut File) -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.cur)?;
+        // Opened on the first byte: most jobs print little or nothing, and
+        // not creating two empty files per job saves real time when jobs are
+        // short.
+        let mut file: Option<File> = None;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match src.read(&mut buf) {
@@ -254,7 +254,16 @@ impl LiveStream {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            file.write_all(&buf[..n])?;
+            let out = match &mut file {
+                Some(f) => f,
+                None => file.insert(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&self.cur)?,
+                ),
+            };
+            out.write_all(&buf[..n])?;
             {
                 let mut st = lock(&self.state);
                 st.total += n as u64;
@@ -262,11 +271,7 @@ impl LiveStream {
                     // Rotate under the lock so a reader never sees a state
                     // that disagrees with the files on disk.
                     std::fs::rename(&self.cur, &self.old)?;
-                    file = OpenOptions::new()
-                        .create(true)
-                        .truncate(true)
-                        .write(true)
-                        .open(&self.cur)?;
+                    file = None;
                     st.old_start = st.cur_start;
                     st.cur_start = st.total;
                 }

@@ -409,3 +409,56 @@ async fn logs_of_a_job_that_has_not_run_are_empty() -> Result<()> {
     );
     Ok(())
 }
+
+/// A program that does not exist fails the job with an error naming it,
+/// and a missing working directory fails it naming the directory: neither
+/// leaves the job stuck or the daemon hurt.
+#[tokio::test]
+async fn unstartable_jobs_fail_with_the_reason() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let missing = submit(&mut client, exec_spec(["quern-no-such-program", "x"])).await?;
+    let done = wait_for_terminal(&mut client, missing.id).await?;
+    ensure!(
+        done.state == JobState::Failed as i32
+            && done.error.contains("quern-no-such-program")
+            && done.error.contains("no such executable"),
+        "a missing program should fail naming it: {done:?}"
+    );
+    let mut spec = exec_spec(["true"]);
+    let gone = daemon.dir().join("no-such-dir");
+    exec_mut(&mut spec).cwd = gone.display().to_string();
+    let job = submit(&mut client, spec).await?;
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Failed as i32 && done.error.contains("no-such-dir"),
+        "a missing cwd should fail naming it: {done:?}"
+    );
+    // The daemon still runs jobs afterwards.
+    let ok = submit(&mut client, exec_spec(["true"])).await?;
+    let done = wait_for_terminal(&mut client, ok.id).await?;
+    ensure!(done.state == JobState::Succeeded as i32, "{done:?}");
+    Ok(())
+}
+
+/// The job sees its own argv, with argv[0] as given, and its process is
+/// the program itself (the daemon's exec shim replaced itself with it).
+#[tokio::test]
+async fn the_job_process_is_the_program_with_its_own_argv() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let job = submit(
+        &mut client,
+        exec_spec(["sh", "-c", "echo \"$0 $1\"; cat /proc/$$/comm", "first-arg"]),
+    )
+    .await?;
+    wait_for_terminal(&mut client, job.id).await?;
+    let out = read_logs(&mut client, job.id, LogStream::Stdout).await?;
+    ensure!(
+        out.stdout == b"first-arg \nsh\n".as_slice()
+            || out.stdout == b"first-arg \ndash\n".as_slice(),
+        "unexpected output {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}

@@ -7,10 +7,16 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 /// The kernel's boot id, which changes on every boot. Empty where unknown.
+/// Read once: it cannot change while we run, and every job start records it.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 /// A process's start time in clock ticks since boot (field 22 of

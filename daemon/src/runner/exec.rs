@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,16 +28,36 @@ pub struct Spawned {
     pub pumps: Vec<JoinHandle<()>>,
 }
 
+/// The hidden first argument that makes `quernd` act as the exec shim: see
+/// [`shim_main`].
+pub const SHIM_ARG: &str = "__quern-exec-shim";
+
+/// How a job process is started.
+#[derive(Clone, Debug)]
+pub enum Launcher {
+    /// Through the shim binary (normally `quernd` itself): the daemon starts
+    /// it with `posix_spawn`, which shares the daemon's memory until the
+    /// exec instead of copying its page tables, and the shim arms the
+    /// parent-death signal and execs the job. Forking a multi-threaded
+    /// daemon for every job costs milliseconds of page-table copying, TLB
+    /// shootdowns and copy-on-write faults; this costs one extra exec.
+    Shim(PathBuf),
+    /// fork, arm the parent-death signal in the child, exec. For embedders
+    /// of the library that have no shim binary.
+    Fork,
+}
+
 /// Starts `spec` as job `id`.
 ///
 /// Must be called from a runtime worker thread, never from `spawn_blocking`:
-/// the parent-death signal set below fires when the *thread* that forked the
-/// child exits, and blocking-pool threads exit when idle, which would kill
-/// the job early. Worker threads live as long as the daemon.
+/// the parent-death signal set up here fires when the *thread* that started
+/// the child exits, and blocking-pool threads exit when idle, which would
+/// kill the job early. Worker threads live as long as the daemon.
 pub fn spawn(
     id: JobId,
     spec: &ExecSpec,
     default_cwd: &Path,
+    launcher: &Launcher,
     live: &Arc<LiveLog>,
 ) -> Result<Spawned, String> {
     let cwd = spec.cwd.as_deref().map(Path::new).unwrap_or(default_cwd);
@@ -47,12 +67,46 @@ pub fn spawn(
             cwd.display()
         ));
     }
+    // Resolve the program here, so a missing one is a clear spawn error
+    // rather than an exit code from the shim.
+    let path_var = spec
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok());
+    let program = which::which_in(&spec.argv[0], path_var, cwd).map_err(|_| {
+        format!(
+            "cannot start {:?}: no such executable (looked in PATH and {})",
+            spec.argv[0],
+            cwd.display()
+        )
+    })?;
     let pipe = || {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create output pipe: {e}"))
     };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let mut cmd = Command::new(&spec.argv[0]);
+    let parent = nix::unistd::getpid();
+    let mut cmd = match launcher {
+        Launcher::Shim(shim) => {
+            let mut c = Command::new(shim);
+            c.arg(SHIM_ARG)
+                .arg(parent.as_raw().to_string())
+                .arg(&program)
+                .arg0(shim_arg0(&spec.argv[0]));
+            c
+        }
+        Launcher::Fork => {
+            let mut c = Command::new(&program);
+            #[cfg(target_os = "linux")]
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes async-signal-safe syscalls (prctl, getppid).
+            unsafe {
+                c.pre_exec(move || arm_parent_death(parent.as_raw()));
+            }
+            c
+        }
+    };
     cmd.args(&spec.argv[1..])
         .current_dir(cwd)
         .envs(&spec.env)
@@ -66,27 +120,6 @@ pub fn spawn(
         // process the job starts, not just the first.
         .process_group(0)
         .kill_on_drop(false);
-    #[cfg(target_os = "linux")]
-    {
-        let parent = nix::unistd::getpid();
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe syscalls (prctl, getppid).
-        unsafe {
-            cmd.pre_exec(move || {
-                // If quernd dies (even by kill -9), the leader dies with it
-                // instead of running on unsupervised.
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                // The daemon may have died between fork and prctl, in which
-                // case the signal was never armed.
-                if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::other(
-                        "quernd exited while starting the job",
-                    ));
-                }
-                Ok(())
-            });
-        }
-    }
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {:?}: {e}", spec.argv[0]))?;
@@ -104,6 +137,53 @@ pub fn spawn(
         })
         .collect();
     Ok(Spawned { child, pid, pumps })
+}
+
+/// The shim's argv[0]: the job's own, so that `ps` shows the job's name for
+/// the moment before the exec.
+fn shim_arg0(argv0: &str) -> String {
+    argv0.to_string()
+}
+
+/// Arms SIGKILL-on-parent-death, and refuses to go on if the parent (pid
+/// `parent`) already died, in which case the signal would never come.
+#[cfg(target_os = "linux")]
+fn arm_parent_death(parent: i32) -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err(std::io::Error::other(
+            "quernd exited while starting the job",
+        ));
+    }
+    Ok(())
+}
+
+/// The exec shim: `quernd __quern-exec-shim <daemon pid> <program> [args...]`
+/// (with argv[0] set to the job's). Arms the parent-death signal, so the job
+/// dies with the daemon even after kill -9, then execs the program in place:
+/// same pid, process group, cwd, environment and stdio. Never returns.
+pub fn shim_main(args: Vec<std::ffi::OsString>) -> ! {
+    use std::os::unix::process::CommandExt;
+    let parent: i32 = args
+        .get(2)
+        .and_then(|p| p.to_str())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    #[cfg(target_os = "linux")]
+    if let Err(e) = arm_parent_death(parent) {
+        eprintln!("quernd exec shim: {e}");
+        std::process::exit(127);
+    }
+    let (Some(program), Some(argv0)) = (args.get(3), args.first()) else {
+        eprintln!("quernd exec shim: missing program; this mode is for quernd's own use");
+        std::process::exit(127);
+    };
+    let err = std::process::Command::new(program)
+        .arg0(argv0)
+        .args(&args[4..])
+        .exec();
+    eprintln!("quernd: cannot start {program:?}: {err}");
+    std::process::exit(127);
 }
 
 /// Stops the whole group: SIGTERM, up to `grace` for the leader to exit,

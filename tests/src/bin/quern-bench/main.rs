@@ -38,7 +38,7 @@ async fn main() -> Result<()> {
         let mut runs = Vec::with_capacity(options.runs);
         for run in 1..=options.runs {
             eprintln!(
-                "{} run {run}/{}: {} with {jobs} jobs",
+                "{} run {run}/{} ({jobs} jobs): {}",
                 scenario.id(),
                 options.runs,
                 scenario.title()
