@@ -9,15 +9,9 @@ use quern_proto::v1::JobState;
 
 /// The priority names the daemon knows, with the numbers they stand for.
 ///
-/// The daemon is the authority on these; the list is kept here only so that
+/// The daemon is the authority on these; they are checked here only so that
 /// an obvious typo fails before anything is sent.
-pub const PRIORITY_NAMES: [(&str, i32); 5] = [
-    ("critical", 20),
-    ("high", 10),
-    ("normal", 0),
-    ("low", -10),
-    ("background", -20),
-];
+pub use quern_proto::PRIORITY_NAMES;
 
 /// The lowercase state names, in lifecycle order, as shown and accepted by
 /// quernctl.

@@ -21,14 +21,9 @@ pub fn now_micros() -> Micros {
         .unwrap_or(0)
 }
 
-/// Named priority classes and their numeric values.
-pub const PRIORITY_NAMES: [(&str, i32); 5] = [
-    ("critical", 20),
-    ("high", 10),
-    ("normal", 0),
-    ("low", -10),
-    ("background", -20),
-];
+/// Named priority classes and their numeric values, as the API defines
+/// them.
+pub use quern_proto::PRIORITY_NAMES;
 
 /// Resolves a priority name to its number.
 pub fn priority_from_name(name: &str) -> Option<i32> {

@@ -855,25 +855,21 @@ impl<'t> Tx<'t> {
                 at,
                 reply,
             } => {
-                let value = match self.load(id)? {
-                    Some(old) if old.state.tag() == StateTag::Queued => {
-                        let mut job = old.clone();
-                        job.state = state;
-                        job.attempts = attempt;
-                        job.started_at = Some(at);
-                        job.exit_code = None;
-                        job.error.clear();
-                        self.save(Some(&old), &job)?;
-                        self.emit(&job, at, false)?;
-                        Ok(job)
-                    }
-                    Some(old) => Err(StoreError::WrongState {
-                        id,
-                        state: old.state.tag().name(),
-                        hint: "only a queued job can start",
-                    }),
-                    None => Err(StoreError::NotFound(id)),
-                };
+                let value =
+                    match self.load_in(id, &[StateTag::Queued], "only a queued job can start")? {
+                        Ok(old) => {
+                            let mut job = old.clone();
+                            job.state = state;
+                            job.attempts = attempt;
+                            job.started_at = Some(at);
+                            job.exit_code = None;
+                            job.error.clear();
+                            self.save(Some(&old), &job)?;
+                            self.emit(&job, at, false)?;
+                            Ok(job)
+                        }
+                        Err(refused) => Err(refused),
+                    };
                 pending(reply, value)
             }
             Op::Finish {
@@ -884,27 +880,23 @@ impl<'t> Tx<'t> {
                 at,
                 reply,
             } => {
-                let value = match self.load(id)? {
-                    Some(old)
-                        if matches!(old.state.tag(), StateTag::Queued | StateTag::Running) =>
-                    {
-                        let job = self.finish(old, attempt, started_at, outcome, at)?;
-                        Ok(job)
-                    }
-                    Some(old) => Err(StoreError::WrongState {
-                        id,
-                        state: old.state.tag().name(),
-                        hint: "only a queued or running job can finish",
-                    }),
-                    None => Err(StoreError::NotFound(id)),
+                let value = match self.load_in(
+                    id,
+                    &[StateTag::Queued, StateTag::Running],
+                    "only a queued or running job can finish",
+                )? {
+                    Ok(old) => Ok(self.finish(old, attempt, started_at, outcome, at)?),
+                    Err(refused) => Err(refused),
                 };
                 pending(reply, value)
             }
             Op::CancelPending { id, at, reply } => {
-                let value = match self.load(id)? {
-                    Some(old)
-                        if matches!(old.state.tag(), StateTag::Queued | StateTag::Scheduled) =>
-                    {
+                let value = match self.load_in(
+                    id,
+                    &[StateTag::Queued, StateTag::Scheduled],
+                    "only queued, scheduled or running jobs can be cancelled",
+                )? {
+                    Ok(old) => {
                         let mut job = old.clone();
                         job.state = JobState::Cancelled { finished_at: at };
                         job.error = "cancelled by request".into();
@@ -914,12 +906,7 @@ impl<'t> Tx<'t> {
                         self.emit(&job, at, true)?;
                         Ok(job)
                     }
-                    Some(old) => Err(StoreError::WrongState {
-                        id,
-                        state: old.state.tag().name(),
-                        hint: "only queued, scheduled or running jobs can be cancelled",
-                    }),
-                    None => Err(StoreError::NotFound(id)),
+                    Err(refused) => Err(refused),
                 };
                 pending(reply, value)
             }
@@ -1061,6 +1048,26 @@ impl<'t> Tx<'t> {
             }
         }
         Ok(())
+    }
+
+    /// Loads a job that must be in one of `allowed`. The outer `Err` is a
+    /// storage failure; the inner one a refusal (unknown id, or a state that
+    /// does not allow the operation, explained by `hint`) that writes nothing.
+    fn load_in(
+        &self,
+        id: JobId,
+        allowed: &[StateTag],
+        hint: &'static str,
+    ) -> Result<Result<Job, StoreError>> {
+        Ok(match self.load(id)? {
+            Some(job) if allowed.contains(&job.state.tag()) => Ok(job),
+            Some(job) => Err(StoreError::WrongState {
+                id,
+                state: job.state.tag().name(),
+                hint,
+            }),
+            None => Err(StoreError::NotFound(id)),
+        })
     }
 
     fn load(&self, id: JobId) -> Result<Option<Job>> {

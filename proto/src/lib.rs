@@ -12,6 +12,16 @@ pub mod v1 {
     tonic::include_proto!("quern.v1");
 }
 
+/// The names `JobSpec.priority_name` accepts, with the priorities they stand
+/// for. Part of the API contract, like the proto file.
+pub const PRIORITY_NAMES: [(&str, i32); 5] = [
+    ("critical", 20),
+    ("high", 10),
+    ("normal", 0),
+    ("low", -10),
+    ("background", -20),
+];
+
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quern_descriptor");
 
