@@ -51,6 +51,8 @@ pub struct LogStore {
 /// The output of a running job.
 pub struct LiveLog {
     streams: [Arc<LiveStream>; 2],
+    /// Where this attempt's output begins in each stream.
+    start: [u64; 2],
 }
 
 struct LiveStream {
@@ -118,9 +120,9 @@ impl LogStore {
                 changed,
             })
         };
-        let live = Arc::new(LiveLog {
-            streams: [mk(Stream::Stdout), mk(Stream::Stderr)],
-        });
+        let streams = [mk(Stream::Stdout), mk(Stream::Stderr)];
+        let start = streams.each_ref().map(|s| lock(&s.state).total);
+        let live = Arc::new(LiveLog { streams, start });
         lock(&self.live).insert(id, live.clone());
         live
     }
@@ -168,6 +170,13 @@ fn read_or_empty(p: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 impl LiveLog {
+    /// The absolute position where this attempt's output begins in `s`.
+    /// Earlier attempts' output was compacted when they ended, so positions
+    /// do not carry over from one attempt to the next.
+    pub fn start(&self, s: Stream) -> u64 {
+        self.start[s as usize]
+    }
+
     fn stream(&self, s: Stream) -> &Arc<LiveStream> {
         match s {
             Stream::Stdout => &self.streams[0],

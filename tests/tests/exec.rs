@@ -462,3 +462,48 @@ async fn the_job_process_is_the_program_with_its_own_argv() -> Result<()> {
     );
     Ok(())
 }
+
+/// Following a retried job whose first attempt overflowed the cap still
+/// delivers the whole of the second attempt: positions restart with each
+/// attempt instead of carrying over from output that was compacted away.
+#[tokio::test]
+async fn logs_follow_carries_on_through_a_retry() -> Result<()> {
+    let daemon = TestDaemon::builder()
+        .config("log_cap_bytes = 65536")
+        .config("retry_base_delay = \"300ms\"")
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let mark = daemon.dir().join("second-attempt");
+    let script = format!(
+        "if [ -e {m} ]; then seq 100001 104000; else touch {m}; seq 1 20000; exit 1; fi",
+        m = mark.display()
+    );
+    let mut spec = sh(&script);
+    spec.max_attempts = 2;
+    // Delayed, so the stream is open before the first byte is written.
+    spec.run_at = Some(timestamp(SystemTime::now() + Duration::from_millis(500)));
+    let job = submit(&mut client, spec).await?;
+    let mut logs = open_logs(&mut client, job.id, true, LogStream::Stdout).await?;
+    let mut output = JobOutput::default();
+    while let Some(chunk) = timeout(quern_tests::WAIT, logs.message())
+        .await
+        .context("the followed stream did not end")??
+    {
+        output.stdout.extend_from_slice(&chunk.data);
+    }
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Succeeded as i32 && done.attempts == 2,
+        "{done:?}"
+    );
+    let second: String = (100001..=104000).map(|n| format!("{n}\n")).collect();
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        text.ends_with(&second) && text.contains("\n20000\n"),
+        "the followed output lacks the end of attempt 1 or part of attempt 2 ({} bytes, ends {:?})",
+        text.len(),
+        &text[text.len().saturating_sub(80)..]
+    );
+    Ok(())
+}

@@ -414,10 +414,9 @@ fn stream_to_proto(s: LogStreamKind) -> pb::LogStream {
 
 impl LogFeed {
     async fn run(self, follow: bool) {
-        // Absolute positions reached in each stream, kept across attempts so
-        // that following a retried job never repeats output.
+        // Positions reached in each stream of the attempt being followed.
         let mut pos = [0u64; 2];
-        let mut followed_live = false;
+        let mut followed: Option<Arc<crate::logs::LiveLog>> = None;
         loop {
             // Subscribe before looking at the job, so a change that happens
             // in between still wakes us.
@@ -431,14 +430,22 @@ impl LogFeed {
             };
             let terminal = job.state.tag().is_terminal();
             if let Some(live) = self.logs.live(self.id).filter(|_| follow) {
-                followed_live = true;
+                // The first attempt we follow is shown from its oldest kept
+                // byte (earlier attempts' output included); a later one from
+                // its own beginning, since what came before was sent live.
+                if followed.as_ref().is_some_and(|f| !Arc::ptr_eq(f, &live)) {
+                    for s in [LogStreamKind::Stdout, LogStreamKind::Stderr] {
+                        pos[s as usize] = live.start(s);
+                    }
+                }
+                followed = Some(live.clone());
                 if !self.follow_live(live, &mut pos).await {
                     return;
                 }
             }
             if terminal || !follow {
                 // Output already followed live has been sent.
-                if !followed_live {
+                if followed.is_none() {
                     self.send_stored().await;
                 }
                 return;
