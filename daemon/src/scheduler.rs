@@ -18,6 +18,9 @@ use crate::job::{Job, JobId, JobState, Micros, now_micros};
 use crate::runner::{RunnerCtx, Stop, run_attempt};
 use crate::store::StoreError;
 
+/// How long job starts pause after the store failed to record a job.
+const STORE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Messages the scheduler acts on.
 enum Msg {
     /// Jobs were submitted: some are ready, and/or one is due at `due`.
@@ -90,6 +93,10 @@ pub struct Scheduler {
     next_due: Option<Micros>,
     /// The ready index may hold jobs we have not started.
     maybe_ready: bool,
+    /// No job starts before this: set when the store failed to record a
+    /// job, so that a failing disk (full, read-only) does not turn into a
+    /// tight loop of jobs that run but cannot be recorded.
+    paused_until: Option<Instant>,
     tracker: TaskTracker,
 }
 
@@ -109,6 +116,7 @@ impl Scheduler {
             concurrency,
             next_due: None,
             maybe_ready: true,
+            paused_until: None,
             tracker: TaskTracker::new(),
         };
         (s, handle)
@@ -126,10 +134,14 @@ impl Scheduler {
                 self.promote().await;
             }
             self.dispatch().await;
-            let timer = self.next_due.map(|due| {
+            let due = self.next_due.map(|due| {
                 let wait = Duration::from_micros(due.saturating_sub(now_micros()));
                 Instant::now() + wait
             });
+            let timer = match (due, self.paused_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -188,7 +200,10 @@ impl Scheduler {
                     self.next_due = Some(self.next_due.map_or(*run_at, |n| n.min(*run_at)));
                 }
                 if let Err(e) = &result {
-                    tracing::error!(job = id, error = %e, "recording the end of a job failed; it stays as stored");
+                    tracing::error!(job = id, error = %e, "recording the job failed; it stays as stored, and no job starts for {STORE_FAILURE_PAUSE:?}");
+                    if !matches!(e, StoreError::Closed) {
+                        self.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
+                    }
                 }
                 if let Some(r) = self.running.remove(&id) {
                     self.release(id, r.released);
@@ -225,6 +240,12 @@ impl Scheduler {
 
     /// Starts ready jobs while slots are free.
     async fn dispatch(&mut self) {
+        if let Some(until) = self.paused_until {
+            if Instant::now() < until {
+                return;
+            }
+            self.paused_until = None;
+        }
         while self.maybe_ready && self.active < self.concurrency {
             let free = self.concurrency - self.active;
             let skip: HashSet<JobId> = self.running.keys().copied().collect();
