@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -85,7 +86,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl LogStore {
     /// Log files live in `dir`; each stream keeps at most `cap` bytes.
     pub fn new(dir: PathBuf, cap: u64) -> std::io::Result<LogStore> {
-        std::fs::create_dir_all(&dir)?;
+        // Job output is private to the daemon's user, whatever the umask.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         Ok(LogStore {
             dir,
             cap,
@@ -269,6 +274,7 @@ impl LiveStream {
                     OpenOptions::new()
                         .create(true)
                         .append(true)
+                        .mode(0o600)
                         .open(&self.cur)?,
                 ),
             };
@@ -305,7 +311,13 @@ impl LiveStream {
         }
         data.extend(read_or_empty(&self.cur)?);
         let tmp = self.cur.with_extension("compact");
-        std::fs::write(&tmp, &data)?;
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+            .write_all(&data)?;
         std::fs::rename(&tmp, &self.cur)?;
         std::fs::remove_file(&self.old)?;
         st.cur_start = st.total - data.len() as u64;

@@ -11,6 +11,7 @@
 //! through the `due` index, ordered by time.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -309,15 +310,29 @@ impl Store {
     /// than starting empty.
     pub fn open(state_dir: &Path, event_retention: u64, cache_bytes: usize) -> Result<Store> {
         let path = state_dir.join(DB_FILE);
-        let exists = path.exists();
+        // An empty file is one we created and then died before redb wrote
+        // its header: nothing to lose, so initialise it like a new one.
+        let fresh = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+        if fresh {
+            // Created here, mode 0600, so the queue (argv, env, labels) is
+            // private to the daemon's user whatever the umask; redb then
+            // initialises the empty file.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(db_err("create database file"))?;
+        }
         let mut builder = Database::builder();
         // redb's default page cache is 1 GiB, which would let the daemon's
         // memory grow with the queue; the OS page cache backs this one.
         builder.set_cache_size(cache_bytes);
-        let opened = if exists {
-            builder.open(&path)
-        } else {
+        let opened = if fresh {
             builder.create(&path)
+        } else {
+            builder.open(&path)
         };
         let db = opened.map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },

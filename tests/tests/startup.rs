@@ -139,3 +139,40 @@ async fn socket_is_mode_0600() -> Result<()> {
     ensure!(mode == 0o600, "socket mode is {mode:o}, expected 600");
     Ok(())
 }
+
+/// What the daemon stores (the queue with its argv and env, and the jobs'
+/// output) is private to the user even under a permissive umask.
+#[tokio::test]
+async fn stored_state_is_private_to_the_user() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let job = submit(&mut client, exec_spec(["echo", "secret output"])).await?;
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(done.state == JobState::Succeeded as i32, "{done:?}");
+    let mode = |p: std::path::PathBuf| -> Result<u32> {
+        Ok(std::fs::metadata(&p)?.permissions().mode() & 0o777)
+    };
+    let state = daemon.state_dir().to_path_buf();
+    let logs = state.join("logs");
+    let log = std::fs::read_dir(&logs)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}.", job.id)))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no log file for job {} in {}", job.id, logs.display()))?;
+    for (path, want) in [
+        (state.join("quern.redb"), 0o600),
+        (logs.clone(), 0o700),
+        (log, 0o600),
+    ] {
+        let got = mode(path.clone())?;
+        ensure!(
+            got == want,
+            "{} has mode {got:o}, expected {want:o}",
+            path.display()
+        );
+    }
+    Ok(())
+}
