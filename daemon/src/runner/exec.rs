@@ -92,8 +92,7 @@ pub fn spawn(
             let mut c = Command::new(shim);
             c.arg(SHIM_ARG)
                 .arg(parent.as_raw().to_string())
-                .arg(&program)
-                .arg0(shim_arg0(&spec.argv[0]));
+                .arg(&program);
             c
         }
         Launcher::Fork => {
@@ -107,7 +106,10 @@ pub fn spawn(
             c
         }
     };
-    cmd.args(&spec.argv[1..])
+    // The job's argv[0] as given, not the resolved path (with the shim, the
+    // shim carries it and passes it on at its exec).
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
         .current_dir(cwd)
         .envs(&spec.env)
         .env("QUERN_JOB_ID", id.to_string())
@@ -137,12 +139,6 @@ pub fn spawn(
         })
         .collect();
     Ok(Spawned { child, pid, pumps })
-}
-
-/// The shim's argv[0]: the job's own, so that `ps` shows the job's name for
-/// the moment before the exec.
-fn shim_arg0(argv0: &str) -> String {
-    argv0.to_string()
 }
 
 /// Arms SIGKILL-on-parent-death, and refuses to go on if the parent (pid
@@ -214,5 +210,55 @@ pub fn describe(status: &ExitStatus) -> (Option<i32>, String) {
             (None, format!("killed by signal {name}"))
         }
         (None, None) => (None, "ended for an unknown reason".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::LogStore;
+    use std::collections::BTreeMap;
+
+    /// The fork fallback (no shim binary) starts the job with its own argv[0],
+    /// in its own process group, with QUERN_JOB_ID set.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fork_launcher_runs_the_job_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().join("logs"), 1 << 20).unwrap();
+        let live = logs.start(42);
+        let spec = ExecSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "head -c 2 /proc/$$/cmdline; echo \" $QUERN_JOB_ID $(cut -d' ' -f5 /proc/$$/stat) $$\"".into(),
+            ],
+            cwd: None,
+            env: BTreeMap::new(),
+        };
+        let mut spawned = spawn(42, &spec, dir.path(), &Launcher::Fork, &live).unwrap();
+        let status = spawned.child.wait().await.unwrap();
+        for p in spawned.pumps {
+            p.await.unwrap();
+        }
+        assert!(status.success());
+        let out = String::from_utf8(logs.read_stored(42, Stream::Stdout).unwrap()).unwrap();
+        let pid = spawned.pid;
+        assert_eq!(out, format!("sh 42 {pid} {pid}\n"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().join("logs"), 1 << 20).unwrap();
+        let live = logs.start(1);
+        let spec = ExecSpec {
+            argv: vec!["quern-surely-missing".into()],
+            cwd: None,
+            env: BTreeMap::new(),
+        };
+        let err = spawn(1, &spec, dir.path(), &Launcher::Fork, &live)
+            .err()
+            .expect("must fail");
+        assert!(err.contains("quern-surely-missing"), "{err}");
     }
 }
