@@ -1162,15 +1162,20 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
-    /// Drops the oldest events beyond the retention window.
+    /// Drops the oldest events beyond the retention window, in one cursor
+    /// pass (a per-key remove walked the tree once per event and cost about
+    /// 13% of SubmitBatch throughput once the window was full).
     fn prune_events(&mut self, retention: u64) -> Result<()> {
         let c = &mut *self.counters;
-        while c.next_seq - c.first_seq > retention {
-            self.events
-                .remove(c.first_seq)
-                .map_err(db_err("prune events"))?;
-            c.first_seq += 1;
+        let excess = (c.next_seq - c.first_seq).saturating_sub(retention);
+        if excess == 0 {
+            return Ok(());
         }
+        let new_first = c.first_seq + excess;
+        self.events
+            .retain_in(c.first_seq..new_first, |_, _| false)
+            .map_err(db_err("prune events"))?;
+        c.first_seq = new_first;
         Ok(())
     }
 }
