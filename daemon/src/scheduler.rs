@@ -199,9 +199,14 @@ impl Scheduler {
                 {
                     self.next_due = Some(self.next_due.map_or(*run_at, |n| n.min(*run_at)));
                 }
-                if let Err(e) = &result {
-                    tracing::error!(job = id, error = %e, "recording the job failed; it stays as stored, and no job starts for {STORE_FAILURE_PAUSE:?}");
-                    if !matches!(e, StoreError::Closed) {
+                match &result {
+                    Ok(_) => {}
+                    // Shutting down: nothing to pause for.
+                    Err(e @ StoreError::Closed) => {
+                        tracing::warn!(job = id, error = %e, "recording the job failed; it stays as stored");
+                    }
+                    Err(e) => {
+                        tracing::error!(job = id, error = %e, "recording the job failed; it stays as stored, and no job starts for {STORE_FAILURE_PAUSE:?}");
                         self.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
                     }
                 }

@@ -870,22 +870,20 @@ impl<'t> Tx<'t> {
                 at,
                 reply,
             } => {
-                let value =
+                let old =
                     match self.load_in(id, &[StateTag::Queued], "only a queued job can start")? {
-                        Ok(old) => {
-                            let mut job = old.clone();
-                            job.state = state;
-                            job.attempts = attempt;
-                            job.started_at = Some(at);
-                            job.exit_code = None;
-                            job.error.clear();
-                            self.save(Some(&old), &job)?;
-                            self.emit(&job, at, false)?;
-                            Ok(job)
-                        }
-                        Err(refused) => Err(refused),
+                        Ok(old) => old,
+                        Err(refused) => return Ok(pending(reply, Err(refused))),
                     };
-                pending(reply, value)
+                let mut job = old.clone();
+                job.state = state;
+                job.attempts = attempt;
+                job.started_at = Some(at);
+                job.exit_code = None;
+                job.error.clear();
+                self.save(Some(&old), &job)?;
+                self.emit(&job, at, false)?;
+                pending(reply, Ok(job))
             }
             Op::Finish {
                 id,
@@ -895,35 +893,34 @@ impl<'t> Tx<'t> {
                 at,
                 reply,
             } => {
-                let value = match self.load_in(
+                let old = match self.load_in(
                     id,
                     &[StateTag::Queued, StateTag::Running],
                     "only a queued or running job can finish",
                 )? {
-                    Ok(old) => Ok(self.finish(old, attempt, started_at, outcome, at)?),
-                    Err(refused) => Err(refused),
+                    Ok(old) => old,
+                    Err(refused) => return Ok(pending(reply, Err(refused))),
                 };
-                pending(reply, value)
+                let job = self.finish(old, attempt, started_at, outcome, at)?;
+                pending(reply, Ok(job))
             }
             Op::CancelPending { id, at, reply } => {
-                let value = match self.load_in(
+                let old = match self.load_in(
                     id,
                     &[StateTag::Queued, StateTag::Scheduled],
                     "only queued, scheduled or running jobs can be cancelled",
                 )? {
-                    Ok(old) => {
-                        let mut job = old.clone();
-                        job.state = JobState::Cancelled { finished_at: at };
-                        job.error = "cancelled by request".into();
-                        job.exit_code = None;
-                        self.save(Some(&old), &job)?;
-                        self.release_key(&job)?;
-                        self.emit(&job, at, true)?;
-                        Ok(job)
-                    }
-                    Err(refused) => Err(refused),
+                    Ok(old) => old,
+                    Err(refused) => return Ok(pending(reply, Err(refused))),
                 };
-                pending(reply, value)
+                let mut job = old.clone();
+                job.state = JobState::Cancelled { finished_at: at };
+                job.error = "cancelled by request".into();
+                job.exit_code = None;
+                self.save(Some(&old), &job)?;
+                self.release_key(&job)?;
+                self.emit(&job, at, true)?;
+                pending(reply, Ok(job))
             }
             Op::Promote { now, reply } => {
                 let mut due_ids = Vec::new();
