@@ -29,10 +29,6 @@ pub struct Config {
     pub retry_max_delay: Duration,
     /// SIGTERM-to-SIGKILL grace for cancel, timeout and shutdown.
     pub default_grace: Duration,
-    /// The binary that starts exec jobs (normally `quernd` itself, see
-    /// `runner::exec::Launcher`); `None` forks directly. Set by the binary,
-    /// not by the config file.
-    pub exec_shim: Option<PathBuf>,
 }
 
 /// Errors loading configuration.
@@ -163,7 +159,6 @@ impl Config {
             retry_base_delay: duration("retry_base_delay", file.retry_base_delay, "1s")?,
             retry_max_delay: duration("retry_max_delay", file.retry_max_delay, "1h")?,
             default_grace: duration("default_grace", file.default_grace, "10s")?,
-            exec_shim: None,
         })
     }
 
@@ -179,7 +174,6 @@ impl Config {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(3600),
             default_grace: Duration::from_secs(10),
-            exec_shim: None,
         }
     }
 }

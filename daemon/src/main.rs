@@ -27,15 +27,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // quernd doubles as the shim that starts exec jobs; that mode must run
-    // before anything else (no logging, no flag parsing).
-    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if raw
-        .get(1)
-        .is_some_and(|a| a == quern_daemon::runner::exec::SHIM_ARG)
-    {
-        quern_daemon::runner::exec::shim_main(raw);
-    }
     let args = Args::parse();
     init_tracing();
     match run(args) {
@@ -48,20 +39,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = Config::load(Overrides {
+    let config = Config::load(Overrides {
         state_dir: args.state_dir,
         socket: args.socket,
         concurrency: args.concurrency,
         config_file: args.config,
     })?;
-    // /proc/self/exe names the running binary's own inode, so the shim still
-    // works after a package upgrade replaced the file on disk.
-    let self_exe = PathBuf::from("/proc/self/exe");
-    config.exec_shim = if self_exe.exists() {
-        Some(self_exe)
-    } else {
-        std::env::current_exe().ok()
-    };
     // Bind before the runtime starts any threads: binding sets the umask
     // for a moment, which is process-wide.
     let listener = quern_daemon::bind(&config.socket)?;

@@ -189,10 +189,6 @@ pub async fn run(
         logs: logs.clone(),
         config: config.clone(),
         default_cwd: config.state_dir.clone(),
-        launcher: match &config.exec_shim {
-            Some(shim) => runner::exec::Launcher::Shim(shim.clone()),
-            None => runner::exec::Launcher::Fork,
-        },
     });
     let (scheduler, sched_handle) = Scheduler::new(ctx, config.concurrency);
 

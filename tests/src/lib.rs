@@ -910,9 +910,27 @@ fn parse_stat(stat: &str) -> Option<(char, u32)> {
 /// for at most `grace`. One that the daemon really left behind (a `sleep
 /// 100`) outlives any grace a test uses, and fails the assertion.
 pub async fn assert_group_gone(pgid: u32, grace: Duration) -> Result<()> {
+    let survivors = survivors(processes_in_group(pgid), grace).await?;
+    ensure!(
+        survivors.is_empty(),
+        "processes of group {pgid} survive: {survivors:?}"
+    );
+    Ok(())
+}
+
+/// Asserts that process `pid` exits within `grace` (waited for through a
+/// pidfd, as in [`assert_group_gone`]).
+pub async fn assert_process_gone(pid: u32, grace: Duration) -> Result<()> {
+    let survivors = survivors(vec![pid], grace).await?;
+    ensure!(survivors.is_empty(), "process survives: {survivors:?}");
+    Ok(())
+}
+
+/// Which of `pids` are still alive after `grace`, described.
+async fn survivors(pids: Vec<u32>, grace: Duration) -> Result<Vec<String>> {
     let deadline = tokio::time::Instant::now() + grace;
     let mut survivors = Vec::new();
-    for pid in processes_in_group(pgid) {
+    for pid in pids {
         let Some(fd) = pidfd_open(pid) else {
             // It exited between the scan and pidfd_open.
             continue;
@@ -929,11 +947,7 @@ pub async fn assert_group_gone(pgid: u32, grace: Duration) -> Result<()> {
             survivors.push(describe_process(pid));
         }
     }
-    ensure!(
-        survivors.is_empty(),
-        "processes of group {pgid} survive: {survivors:?}"
-    );
-    Ok(())
+    Ok(survivors)
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {

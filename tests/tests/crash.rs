@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, Result, ensure};
 use quern_proto::v1::{JobSpec, JobState};
 use quern_tests::{
-    TestDaemon, assert_group_gone, exec_spec, get, processes_in_group, sh, submit, timestamp,
-    wait_for_running, wait_for_stdout,
+    TestDaemon, assert_group_gone, assert_process_gone, exec_spec, get, processes_in_group, sh,
+    submit, timestamp, wait_for_running, wait_for_stdout,
 };
 use rand::Rng as _;
 
@@ -144,4 +144,29 @@ async fn kill9_loses_no_acknowledged_job_and_recovers_running_ones() -> Result<(
         assert_group_gone(job.pid, Duration::from_secs(10)).await?;
     }
     Ok(())
+}
+
+/// The kernel kills a job's process as soon as quernd dies, before any
+/// restart: the parent-death signal is armed in every job process. (Its
+/// children are left to boot recovery, tested above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_process_dies_with_the_daemon() -> Result<()> {
+    let mut daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let job = submit(&mut client, exec_spec(["sleep", "1000"])).await?;
+    let job = wait_for_running(&mut client, job.id).await?;
+    ensure!(
+        processes_in_group(job.pid) == vec![job.pid],
+        "the job's group should hold just its own process"
+    );
+    daemon.kill9().await?;
+    let gone = assert_process_gone(job.pid, Duration::from_secs(10)).await;
+    if gone.is_err() {
+        // Leave nothing behind for the next test.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(job.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    gone
 }

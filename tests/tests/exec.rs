@@ -442,13 +442,13 @@ async fn unstartable_jobs_fail_with_the_reason() -> Result<()> {
 }
 
 /// The job sees its own argv, with argv[0] as given, and its process is
-/// the program itself (the daemon's exec shim replaced itself with it).
+/// the program itself, not some launcher in between.
 #[tokio::test]
 async fn the_job_process_is_the_program_with_its_own_argv() -> Result<()> {
     let daemon = TestDaemon::start().await?;
     let mut client = daemon.client();
     // argv[0] is "sh" as given (not the resolved /usr/bin/sh), and the
-    // process's name is the program's, not the shim's.
+    // process's name is the program's.
     let job = submit(
         &mut client,
         exec_spec([

@@ -1,7 +1,8 @@
-//! Operating-system specifics: process identity and process groups, and
-//! service-manager readiness.
+//! Operating-system specifics: starting job processes, process identity and
+//! process groups, and service-manager readiness.
 
 pub mod process;
+pub mod spawn;
 
 /// Tells the service manager (systemd, or a test harness speaking the same
 /// protocol through `NOTIFY_SOCKET`) that the daemon is ready.

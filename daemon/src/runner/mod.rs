@@ -39,8 +39,6 @@ pub struct RunnerCtx {
     pub config: Arc<Config>,
     /// The working directory of jobs that name none.
     pub default_cwd: PathBuf,
-    /// How exec jobs are started.
-    pub launcher: exec::Launcher,
 }
 
 /// How long to wait for output pipes to drain after the group was killed.
@@ -83,7 +81,7 @@ pub async fn run_attempt(
     let JobKind::Exec(spec) = &job.spec.kind;
     let live = ctx.logs.start(id);
     let started_at = now_micros();
-    let spawned = exec::spawn(id, spec, &ctx.default_cwd, &ctx.launcher, &live);
+    let spawned = exec::spawn(id, spec, &ctx.default_cwd, &live);
     let mut spawned = match spawned {
         Ok(s) => s,
         Err(error) => {
