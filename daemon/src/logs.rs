@@ -1,5 +1,5 @@
 //! Captured job output: one capped file pair per stream, written by a pump
-//! thread per pipe, and read back (or followed live) by `Logs`.
+//! per pipe, and read back (or followed live) by `Logs`.
 //!
 //! Capping keeps the newest bytes: when the current file reaches the cap it
 //! is renamed to `.1` and a new one started, so the newest `cap` bytes are
@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -190,20 +191,41 @@ impl LiveLog {
     }
 
     /// Copies everything from `src` (a pipe's read end) into the stream's
-    /// files until EOF, then compacts them. Blocking: run it on a blocking
-    /// thread.
-    pub fn pump(&self, s: Stream, mut src: File) {
+    /// files until EOF, then compacts them.
+    ///
+    /// The first read waits in the runtime's epoll: most short jobs print
+    /// nothing, and their streams end there without a thread. Output that
+    /// does come is copied on a blocking thread, because file writes (and
+    /// rotation) may block.
+    pub async fn pump(self: Arc<Self>, s: Stream, src: OwnedFd) {
         let stream = self.stream(s).clone();
-        if let Err(e) = stream.pump(&mut src) {
-            tracing::warn!(file = %stream.cur.display(), error = %e, "writing job output failed; the rest of this stream is discarded");
-            // Drain the pipe anyway so the job never blocks on a full pipe.
-            let _ = std::io::copy(&mut src, &mut std::io::sink());
+        let (first, src) = match first_read(src).await {
+            Ok(FirstRead::Eof) => {
+                stream.finish();
+                return;
+            }
+            Ok(FirstRead::Data(first, src)) => (first, src),
+            Err((e, src)) => {
+                tracing::warn!(file = %stream.cur.display(), error = %e, "waiting for job output failed; copying it on a thread");
+                (Vec::new(), src)
+            }
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let mut src = File::from(src);
+            if let Err(e) = stream.pump(&first, &mut src) {
+                tracing::warn!(file = %stream.cur.display(), error = %e, "writing job output failed; the rest of this stream is discarded");
+                // Drain the pipe anyway so the job never blocks on a full pipe.
+                let _ = std::io::copy(&mut src, &mut std::io::sink());
+            }
+            if let Err(e) = stream.compact() {
+                tracing::warn!(file = %stream.cur.display(), error = %e, "compacting job output failed");
+            }
+            stream.finish();
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "job output copier failed");
         }
-        if let Err(e) = stream.compact() {
-            tracing::warn!(file = %stream.cur.display(), error = %e, "compacting job output failed");
-        }
-        lock(&stream.state).done = true;
-        stream.changed.send_modify(|v| *v += 1);
     }
 
     /// Streams one output stream from absolute position `start` (or its
@@ -245,6 +267,71 @@ impl LiveLog {
     }
 }
 
+/// What the first read of a pipe found.
+enum FirstRead {
+    /// The write ends all closed with nothing written.
+    Eof,
+    /// Some bytes, and the pipe (blocking again) for the rest.
+    Data(Vec<u8>, OwnedFd),
+}
+
+/// Waits, without a thread, until `src` has bytes or reaches EOF, and reads
+/// what is there. On failure the pipe comes back for a blocking copy.
+async fn first_read(src: OwnedFd) -> Result<FirstRead, (std::io::Error, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+    let set_nonblocking = |fd: &OwnedFd, on: bool| -> std::io::Result<()> {
+        let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+        let flags = if on {
+            flags | OFlag::O_NONBLOCK
+        } else {
+            flags - OFlag::O_NONBLOCK
+        };
+        fcntl(fd, FcntlArg::F_SETFL(flags))?;
+        Ok(())
+    };
+    if let Err(e) = set_nonblocking(&src, true) {
+        return Err((e, src));
+    }
+    // SAFETY: the AsyncFd owns the descriptor until into_inner gives it
+    // back; nothing else closes or replaces it meanwhile.
+    let afd = match unsafe { AsyncFd::register_with_interest(src, Interest::READABLE) } {
+        Ok(afd) => afd,
+        Err(e) => {
+            let (src, e) = e.into_parts();
+            return Err((e, src));
+        }
+    };
+    let mut buf = vec![0u8; CHUNK];
+    let read = loop {
+        let mut guard = match afd.readable().await {
+            Ok(g) => g,
+            Err(e) => break Err(e),
+        };
+        match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), &mut buf).map_err(Into::into)) {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(r) => break r,
+            Err(_would_block) => continue,
+        }
+    };
+    let src = afd.into_inner();
+    match read {
+        Ok(0) => Ok(FirstRead::Eof),
+        Ok(n) => {
+            buf.truncate(n);
+            match set_nonblocking(&src, false) {
+                Ok(()) => Ok(FirstRead::Data(buf, src)),
+                Err(e) => Err((e, src)),
+            }
+        }
+        Err(e) => {
+            let _ = set_nonblocking(&src, false);
+            Err((e, src))
+        }
+    }
+}
+
 enum Chunk {
     /// Bytes, and the position after them.
     Data(u64, Vec<u8>),
@@ -255,11 +342,14 @@ enum Chunk {
 }
 
 impl LiveStream {
-    fn pump(&self, src: &mut File) -> std::io::Result<()> {
+    /// Appends `first` (bytes already read off the pipe), then everything
+    /// else from `src` until EOF.
+    fn pump(&self, first: &[u8], src: &mut File) -> std::io::Result<()> {
         // Opened on the first byte: most jobs print little or nothing, and
         // not creating two empty files per job saves real time when jobs are
         // short.
         let mut file: Option<File> = None;
+        self.append(&mut file, first)?;
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match src.read(&mut buf) {
@@ -268,31 +358,45 @@ impl LiveStream {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            let out = match &mut file {
-                Some(f) => f,
-                None => file.insert(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o600)
-                        .open(&self.cur)?,
-                ),
-            };
-            out.write_all(&buf[..n])?;
-            {
-                let mut st = lock(&self.state);
-                st.total += n as u64;
-                if st.total - st.cur_start >= self.cap {
-                    // Rotate under the lock so a reader never sees a state
-                    // that disagrees with the files on disk.
-                    std::fs::rename(&self.cur, &self.old)?;
-                    file = None;
-                    st.old_start = st.cur_start;
-                    st.cur_start = st.total;
-                }
-            }
-            self.changed.send_modify(|v| *v += 1);
+            self.append(&mut file, &buf[..n])?;
         }
+    }
+
+    fn append(&self, file: &mut Option<File>, data: &[u8]) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let out = match file {
+            Some(f) => f,
+            None => file.insert(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.cur)?,
+            ),
+        };
+        out.write_all(data)?;
+        {
+            let mut st = lock(&self.state);
+            st.total += data.len() as u64;
+            if st.total - st.cur_start >= self.cap {
+                // Rotate under the lock so a reader never sees a state
+                // that disagrees with the files on disk.
+                std::fs::rename(&self.cur, &self.old)?;
+                *file = None;
+                st.old_start = st.cur_start;
+                st.cur_start = st.total;
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Marks the writer done and wakes readers.
+    fn finish(&self) {
+        lock(&self.state).done = true;
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// Rewrites `.1` + current as a single file of the newest `cap` bytes.
@@ -377,9 +481,29 @@ mod tests {
     use super::*;
     use std::os::fd::OwnedFd;
 
-    fn pipe() -> (File, File) {
+    fn pipe() -> (OwnedFd, File) {
         let (r, w): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
-        (File::from(r), File::from(w))
+        (r, File::from(w))
+    }
+
+    /// A stream that closes without a byte ends in the runtime: the
+    /// follower is told it is done, and no file is created.
+    #[tokio::test]
+    async fn a_silent_stream_ends_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().to_path_buf(), 1024).unwrap();
+        let live = logs.start(3);
+        let (r, w) = pipe();
+        let pump = tokio::spawn(live.clone().pump(Stream::Stderr, r));
+        let (tx, mut rx) = mpsc::channel(16);
+        let l2 = live.clone();
+        let follower = tokio::spawn(async move { l2.follow(Stream::Stderr, 0, tx).await });
+        drop(w);
+        pump.await.unwrap();
+        assert_eq!(follower.await.unwrap().unwrap(), 0);
+        assert!(rx.recv().await.is_none());
+        assert!(!dir.path().join("3.err").exists());
+        assert!(logs.read_stored(3, Stream::Stderr).unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +513,7 @@ mod tests {
         let live = logs.start(7);
         let (r, mut w) = pipe();
         let l2 = live.clone();
-        let pump = std::thread::spawn(move || l2.pump(Stream::Stdout, r));
+        let pump = tokio::spawn(l2.pump(Stream::Stdout, r));
         let (tx, mut rx) = mpsc::channel(16);
         let l3 = live.clone();
         let follower = tokio::spawn(async move { l3.follow(Stream::Stdout, 0, tx).await });
@@ -405,7 +529,7 @@ mod tests {
             seen.extend(chunk);
         }
         follower.await.unwrap().unwrap();
-        pump.join().unwrap();
+        pump.await.unwrap();
         // The follower may have skipped bytes rotated away, but what it saw
         // is a contiguous suffix-ending run of the output.
         assert!(expected.ends_with(&seen[seen.len() - 1024..]));

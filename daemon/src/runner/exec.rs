@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -25,7 +24,7 @@ pub struct Spawned {
     pub child: JobProcess,
     /// The leader's pid.
     pub pid: u32,
-    /// The threads copying stdout and stderr to the log files; they end when
+    /// The tasks copying stdout and stderr to the log files; they end when
     /// every process holding the pipes has exited.
     pub pumps: Vec<JoinHandle<()>>,
 }
@@ -83,10 +82,7 @@ pub fn spawn(
     let pid = child.pid();
     let pumps = [(Stream::Stdout, out_r), (Stream::Stderr, err_r)]
         .into_iter()
-        .map(|(s, fd): (Stream, OwnedFd)| {
-            let live = live.clone();
-            tokio::task::spawn_blocking(move || live.pump(s, File::from(fd)))
-        })
+        .map(|(s, fd): (Stream, OwnedFd)| tokio::spawn(live.clone().pump(s, fd)))
         .collect();
     Ok(Spawned { child, pid, pumps })
 }
