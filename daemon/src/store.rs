@@ -606,14 +606,18 @@ fn list_jobs(db: &Database, q: &ListQuery) -> Result<(Vec<Job>, Option<JobId>)> 
     if lo > hi || (q.after == Some(0) && !q.oldest_first) {
         return Ok((found, None));
     }
-    let take = |id: u64, found: &mut Vec<Job>| -> Result<bool> {
-        if let Some(v) = jobs.get(id).map_err(db_err("read job"))? {
-            let job: Job = decode(v.value())?;
-            if matches(&job, q) {
-                found.push(job);
-            }
+    // Adds `job` if it matches; true once the page is full.
+    let keep = |job: Job, found: &mut Vec<Job>| -> bool {
+        if matches(&job, q) {
+            found.push(job);
         }
-        Ok(found.len() >= want)
+        found.len() >= want
+    };
+    let take = |id: u64, found: &mut Vec<Job>| -> Result<bool> {
+        Ok(match jobs.get(id).map_err(db_err("read job"))? {
+            Some(v) => keep(decode(v.value())?, found),
+            None => found.len() >= want,
+        })
     };
     let filtered = q.kind.is_some() || !q.labels.is_empty();
     if q.states.is_empty() {
@@ -626,12 +630,8 @@ fn list_jobs(db: &Database, q: &ListQuery) -> Result<(Vec<Job>, Option<JobId>)> 
         };
         for row in rows {
             let (_, v) = row.map_err(db_err("read jobs"))?;
-            let job: Job = decode(v.value())?;
-            if matches(&job, q) {
-                found.push(job);
-                if found.len() >= want {
-                    break;
-                }
+            if keep(decode(v.value())?, &mut found) {
+                break;
             }
         }
     } else {

@@ -16,7 +16,7 @@
 //! Elsewhere the job is started with std's `posix_spawn` path and there is
 //! no parent-death signal.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -36,33 +36,6 @@ pub struct SpawnSpec<'a> {
     pub stdout: OwnedFd,
     /// Becomes the job's stderr.
     pub stderr: OwnedFd,
-}
-
-/// Which step of starting the process failed, for the error message.
-fn step_name(step: i32) -> &'static str {
-    match step {
-        STEP_PARENT => "arming the parent-death signal",
-        STEP_PGROUP => "creating its process group",
-        STEP_CWD => "changing to its working directory",
-        STEP_STDIO => "setting up its stdin, stdout and stderr",
-        _ => "executing it",
-    }
-}
-
-const STEP_PARENT: i32 = 1;
-const STEP_PGROUP: i32 = 2;
-const STEP_CWD: i32 = 3;
-const STEP_STDIO: i32 = 4;
-const STEP_EXEC: i32 = 5;
-
-fn cstring(s: &OsStr, what: &str) -> io::Result<CString> {
-    use std::os::unix::ffi::OsStrExt;
-    CString::new(s.as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} contains a NUL byte"),
-        )
-    })
 }
 
 /// A started job process, not yet waited for.
@@ -140,12 +113,39 @@ fn portable_spawn(spec: SpawnSpec<'_>) -> io::Result<JobProcess> {
 #[cfg(target_os = "linux")]
 mod linux {
     use super::*;
+    use std::ffi::{CString, OsStr};
     use std::os::fd::{AsRawFd, FromRawFd, RawFd};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::ExitStatusExt;
     use std::sync::atomic::{AtomicI32, Ordering};
     use tokio::io::Interest;
     use tokio::io::unix::AsyncFd;
+
+    /// Which step of starting the process failed, for the error message.
+    fn step_name(step: i32) -> &'static str {
+        match step {
+            STEP_PARENT => "arming the parent-death signal",
+            STEP_PGROUP => "creating its process group",
+            STEP_CWD => "changing to its working directory",
+            STEP_STDIO => "setting up its stdin, stdout and stderr",
+            _ => "executing it",
+        }
+    }
+
+    const STEP_PARENT: i32 = 1;
+    const STEP_PGROUP: i32 = 2;
+    const STEP_CWD: i32 = 3;
+    const STEP_STDIO: i32 = 4;
+    const STEP_EXEC: i32 = 5;
+
+    fn cstring(s: &OsStr, what: &str) -> io::Result<CString> {
+        CString::new(s.as_bytes()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} contains a NUL byte"),
+            )
+        })
+    }
 
     /// The child's stack. It runs a handful of system calls and nothing
     /// else, but glibc's wrappers and a debug build's frames need some room.

@@ -22,8 +22,6 @@ use crate::platform::spawn::{JobProcess, SpawnSpec};
 pub struct Spawned {
     /// The leader process; its pid is also the group id.
     pub child: JobProcess,
-    /// The leader's pid.
-    pub pid: u32,
     /// The tasks copying stdout and stderr to the log files; they end when
     /// every process holding the pipes has exited.
     pub pumps: Vec<JoinHandle<()>>,
@@ -79,12 +77,11 @@ pub fn spawn(
     .map_err(|e| format!("cannot start {:?}: {e}", spec.argv[0]))?;
     // The write ends were moved into the spawn and are closed by now, so
     // the pumps see EOF once the job's processes are gone.
-    let pid = child.pid();
     let pumps = [(Stream::Stdout, out_r), (Stream::Stderr, err_r)]
         .into_iter()
         .map(|(s, fd): (Stream, OwnedFd)| tokio::spawn(live.clone().pump(s, fd)))
         .collect();
-    Ok(Spawned { child, pid, pumps })
+    Ok(Spawned { child, pumps })
 }
 
 /// The job's environment: the daemon's, without its readiness socket (not
@@ -158,7 +155,7 @@ mod tests {
         }
         assert!(status.success());
         let out = String::from_utf8(logs.read_stored(42, Stream::Stdout).unwrap()).unwrap();
-        let pid = spawned.pid;
+        let pid = spawned.child.pid();
         assert_eq!(out, format!("sh 42 {pid} {pid}\n"));
     }
 

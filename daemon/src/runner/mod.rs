@@ -94,7 +94,7 @@ pub async fn run_attempt(
                 .await;
         }
     };
-    let pid = spawned.pid;
+    let pid = spawned.child.pid();
     let running = JobState::Running {
         pid,
         pid_start: start_time(pid).unwrap_or(0),
