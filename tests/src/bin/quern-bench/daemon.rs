@@ -250,6 +250,34 @@ impl Quernd {
         })
     }
 
+    /// The CPU time the daemon's own threads have used so far (user plus
+    /// system; its jobs' time is not included).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let path = format!("/proc/{}/stat", self.pid()?);
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        // Fields after the command name, which may hold spaces: utime and
+        // stime are fields 14 and 15, so 11 and 12 after the parenthesis.
+        let ticks: Vec<u64> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+            .into_iter()
+            .flatten()
+            .map_while(|field| field.parse().ok())
+            .collect();
+        let [utime, stime] = ticks[..] else {
+            bail!("{path} has no readable utime and stime");
+        };
+        // SAFETY: sysconf only reads a constant.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let per_sec = u64::try_from(per_sec)
+            .ok()
+            .filter(|&n| n > 0)
+            .context("the clock tick rate is unknown")?;
+        Ok(Duration::from_secs_f64(
+            (utime + stime) as f64 / per_sec as f64,
+        ))
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns how long the drain
     /// took.
     pub async fn stop(&mut self) -> Result<Duration> {
