@@ -22,10 +22,33 @@ pub fn boot_id() -> String {
 /// A process's start time in clock ticks since boot (field 22 of
 /// `/proc/<pid>/stat`), or `None` if there is no such process.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses, so count
-    // fields from after its closing parenthesis: field 3 is index 0 there.
-    let rest = &stat[stat.rfind(')')? + 1..];
+    use std::io::Read;
+    // Read into a fixed buffer until the line's end: the line is well under
+    // 1 KiB and comes in one read, where `read_to_string` would stat the
+    // file and then read it in growing pieces, six system calls on every
+    // job start.
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if buf[len - 1] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let stat = &buf[..len];
+    // The command name (field 2) may contain spaces, parentheses and bytes
+    // that are not UTF-8, so count fields from after its closing
+    // parenthesis: field 3 is index 0 there.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
