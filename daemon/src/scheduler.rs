@@ -254,7 +254,7 @@ impl Scheduler {
         while self.maybe_ready && self.active < self.concurrency {
             let free = self.concurrency - self.active;
             let skip: HashSet<JobId> = self.running.keys().copied().collect();
-            let jobs = match self.ctx.store.ready(free, skip).await {
+            let jobs = match self.ctx.store.ready(free, &skip) {
                 Ok(j) => j,
                 Err(e) => {
                     tracing::error!(error = %e, "reading ready jobs failed");

@@ -485,8 +485,15 @@ impl Store {
     }
 
     /// Up to `limit` queued jobs in run order, skipping ids in `skip`.
-    pub async fn ready(&self, limit: usize, skip: HashSet<JobId>) -> Result<Vec<Job>> {
-        self.read(move |db| ready_jobs(db, limit, &skip)).await
+    ///
+    /// Unlike the other reads, this one runs on the caller's thread: it
+    /// reads at most `limit + skip.len()` index entries and as many jobs,
+    /// almost always from the cache, and the scheduler calls it for every
+    /// free slot. The hop to a blocking thread and back cost more than the
+    /// read (quern-bench p3: 0.72-0.78 ms of daemon CPU per job with the
+    /// hop, 0.66-0.68 without).
+    pub fn ready(&self, limit: usize, skip: &HashSet<JobId>) -> Result<Vec<Job>> {
+        ready_jobs(&self.db, limit, skip)
     }
 
     /// When the earliest scheduled job is due.
@@ -1285,7 +1292,7 @@ mod tests {
         drop(store);
 
         let store = Store::open(dir.path(), 100, 1 << 20).unwrap();
-        let ready = store.ready(10, HashSet::new()).await.unwrap();
+        let ready = store.ready(10, &HashSet::new()).unwrap();
         let order: Vec<u64> = ready.iter().map(|j| j.id).collect();
         assert_eq!(order, vec![3, 2, 4, 1]);
         let more = store.submit(vec![spec(0)], 2).await.unwrap();
