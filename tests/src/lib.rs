@@ -889,13 +889,17 @@ pub fn processes_in_group(pgid: u32) -> Vec<u32> {
     pids
 }
 
-/// Parses the state and process group out of a `/proc/<pid>/stat` line.
+/// The fields of a `/proc/<pid>/stat` line from the third (the state) on.
 ///
 /// The second field is the command name in parentheses, which may itself
 /// contain spaces and parentheses, so fields are counted from the last ')'.
+pub fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
+/// Parses the state and process group out of a `/proc/<pid>/stat` line.
 fn parse_stat(stat: &str) -> Option<(char, u32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
+    let mut fields = stat_fields(stat)?;
     let state = fields.next()?.chars().next()?;
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;

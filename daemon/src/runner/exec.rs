@@ -130,7 +130,6 @@ pub fn describe(status: &ExitStatus) -> (Option<i32>, String) {
 mod tests {
     use super::*;
     use crate::logs::LogStore;
-    use std::collections::BTreeMap;
 
     /// A job starts with its own argv[0], in its own process group, with
     /// QUERN_JOB_ID set.

@@ -255,13 +255,11 @@ impl Quernd {
     pub fn cpu_time(&self) -> Result<Duration> {
         let path = format!("/proc/{}/stat", self.pid()?);
         let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        // Fields after the command name, which may hold spaces: utime and
-        // stime are fields 14 and 15, so 11 and 12 after the parenthesis.
-        let ticks: Vec<u64> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        // utime and stime are fields 14 and 15: 11 and 12 counted from the
+        // state, the first field after the command name.
+        let ticks: Vec<u64> = quern_tests::stat_fields(&stat)
             .into_iter()
-            .flatten()
+            .flat_map(|fields| fields.skip(11).take(2))
             .map_while(|field| field.parse().ok())
             .collect();
         let [utime, stime] = ticks[..] else {
