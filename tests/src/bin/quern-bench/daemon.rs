@@ -253,27 +253,7 @@ impl Quernd {
     /// The CPU time the daemon's own threads have used so far (user plus
     /// system; its jobs' time is not included).
     pub fn cpu_time(&self) -> Result<Duration> {
-        let path = format!("/proc/{}/stat", self.pid()?);
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        // utime and stime are fields 14 and 15: 11 and 12 counted from the
-        // state, the first field after the command name.
-        let ticks: Vec<u64> = quern_tests::stat_fields(&stat)
-            .into_iter()
-            .flat_map(|fields| fields.skip(11).take(2))
-            .map_while(|field| field.parse().ok())
-            .collect();
-        let [utime, stime] = ticks[..] else {
-            bail!("{path} has no readable utime and stime");
-        };
-        // SAFETY: sysconf only reads a constant.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let per_sec = u64::try_from(per_sec)
-            .ok()
-            .filter(|&n| n > 0)
-            .context("the clock tick rate is unknown")?;
-        Ok(Duration::from_secs_f64(
-            (utime + stime) as f64 / per_sec as f64,
-        ))
+        cpu_time(self.pid()?)
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns how long the drain
@@ -325,4 +305,58 @@ impl Quernd {
         }
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// The CPU time the threads of process `pid` have used so far (user plus
+/// system; its children's time is not included).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // utime and stime are fields 14 and 15: 11 and 12 counted from the
+    // state, the first field after the command name.
+    let ticks: Vec<u64> = quern_tests::stat_fields(&stat)
+        .into_iter()
+        .flat_map(|fields| fields.skip(11).take(2))
+        .map_while(|field| field.parse().ok())
+        .collect();
+    let [utime, stime] = ticks[..] else {
+        bail!("{path} has no readable utime and stime");
+    };
+    // SAFETY: sysconf only reads a constant.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_sec = u64::try_from(per_sec)
+        .ok()
+        .filter(|&n| n > 0)
+        .context("the clock tick rate is unknown")?;
+    Ok(Duration::from_secs_f64(
+        (utime + stime) as f64 / per_sec as f64,
+    ))
+}
+
+/// How many times the threads of process `pid` have been switched out so
+/// far, voluntarily (to wait) or not. Each voluntary switch is a sleep and
+/// a wake-up, which on a VM can cost more than the work between them, and
+/// unlike the CPU time the count hardly depends on how busy the host is.
+pub fn context_switches(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
+        let path = task
+            .with_context(|| format!("cannot read {dir}"))?
+            .path()
+            .join("status");
+        // A thread that exited since the listing has no status left.
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches:")
+                    || l.starts_with("nonvoluntary_ctxt_switches:")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
 }

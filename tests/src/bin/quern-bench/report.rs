@@ -24,6 +24,8 @@ pub enum Unit {
     Ratio,
     /// A plain number of things.
     Count,
+    /// An average number of things per operation, to two decimals.
+    Mean,
 }
 
 impl Unit {
@@ -33,7 +35,7 @@ impl Unit {
             Unit::Millis => "ms",
             Unit::MiB => "MiB",
             Unit::Ratio => "x",
-            Unit::Count => "",
+            Unit::Count | Unit::Mean => "",
         }
     }
 
@@ -44,14 +46,14 @@ impl Unit {
             Unit::JobsPerSec | Unit::Count => thousands(value),
             Unit::Millis => significant(value),
             Unit::MiB => format!("{value:.1}"),
-            Unit::Ratio => format!("{value:.2}"),
+            Unit::Ratio | Unit::Mean => format!("{value:.2}"),
         }
     }
 
     /// The figure with its unit.
     fn format(self, value: f64) -> String {
         match self {
-            Unit::Count => self.number(value),
+            Unit::Count | Unit::Mean => self.number(value),
             Unit::Ratio => format!("{}x", self.number(value)),
             _ => format!("{} {}", self.number(value), self.name()),
         }

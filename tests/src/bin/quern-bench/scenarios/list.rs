@@ -5,17 +5,23 @@
 //! scheduled ones. Listing `scheduled` finds a full page at once; listing
 //! `succeeded` newest first has to get past every scheduled job unless the
 //! daemon indexes by state, which is what this scenario is meant to expose.
+//!
+//! The calls are timed from one thread, one at a time, and the natural limit
+//! of a call is measured in the same run: a round trip of the same sizes over
+//! a Unix socket, with nothing but an echo on the other end.
 
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use prost::Message;
 use quern_proto::v1::jobs_client::JobsClient;
 use quern_proto::v1::{JobState, ListRequest, ListResponse};
 use tonic::transport::Channel;
 
-use super::{Ctx, EventWatch, budget, exec, fill, in_an_hour, request, stats};
-use crate::daemon::DaemonConfig;
-use crate::report::{Metric, Run, Target};
+use super::{Ctx, EventWatch, budget, exec, fill, in_an_hour, stats};
+use crate::daemon::{DaemonConfig, context_switches, cpu_time};
+use crate::report::{Metric, Run, Target, Unit};
 use crate::stats::Summary;
 
 const PAGE: u32 = 100;
@@ -52,49 +58,42 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
 
     // Enough calls for a p99 that means something, fewer for tiny stores.
     let calls = jobs.clamp(100, 1_000);
-
-    let mut first = Vec::new();
-    for _ in 0..calls {
-        let started = Instant::now();
-        let page = list(&mut client, JobState::Scheduled, String::new()).await?;
-        first.push(started.elapsed());
-        expect_page(&page, JobState::Scheduled, jobs.min(u64::from(PAGE)))?;
+    let socket = daemon.socket().to_path_buf();
+    let pid = daemon.pid()?;
+    let timed = tokio::task::spawn_blocking(move || {
+        // The calls are made from one thread with its own single-threaded
+        // runtime, as a command-line client or a script would make them.
+        // On the bench's shared multi-threaded runtime every call also
+        // passed between the bench's own threads, and on this 2-core
+        // machine those wake-ups were as costly as the daemon's side.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a runtime for the List client")?
+            .block_on(time_calls(&socket, pid, jobs, finished, calls))
+    })
+    .await
+    .context("the List client panicked")??;
+    let (request_bytes, reply_bytes) = (timed.request_bytes, timed.reply_bytes);
+    let mut floor =
+        tokio::task::spawn_blocking(move || raw_round_trips(request_bytes, reply_bytes, calls))
+            .await
+            .context("the raw round trip loop panicked")??;
+    for (walk, seen) in timed.walks.iter().enumerate() {
+        run.check_count(
+            format!("scheduled jobs seen in paging walk {}", walk + 1),
+            jobs,
+            *seen,
+        )?;
     }
+    let Timed {
+        mut first,
+        mut paging,
+        mut sparse,
+        ..
+    } = timed;
 
-    // Follow page tokens from the newest job down, starting over when the
-    // last page is reached. A walk that reaches the end must have seen every
-    // scheduled job exactly once.
-    let mut paging = Vec::new();
-    let mut token = String::new();
-    let mut seen = 0u64;
-    let mut walks = 0u64;
-    for _ in 0..calls {
-        let started = Instant::now();
-        let page = list(&mut client, JobState::Scheduled, std::mem::take(&mut token)).await?;
-        paging.push(started.elapsed());
-        expect_state(&page, JobState::Scheduled)?;
-        seen += page.jobs.len() as u64;
-        token = page.next_page_token;
-        if token.is_empty() {
-            walks += 1;
-            run.check_count(
-                format!("scheduled jobs seen in paging walk {walks}"),
-                jobs,
-                seen,
-            )?;
-            seen = 0;
-        }
-    }
-
-    let mut sparse = Vec::new();
-    for _ in 0..calls {
-        let started = Instant::now();
-        let page = list(&mut client, JobState::Succeeded, String::new()).await?;
-        sparse.push(started.elapsed());
-        expect_page(&page, JobState::Succeeded, finished.min(u64::from(PAGE)))?;
-    }
-
-    for (key, label, samples) in [
+    for (key, label, variant) in [
         ("scheduled_first", "scheduled, first page", &mut first),
         (
             "scheduled_paging",
@@ -107,7 +106,7 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
             &mut sparse,
         ),
     ] {
-        let s = Summary::of(samples);
+        let s = Summary::of(&mut variant.samples);
         run.push(Metric::millis(
             format!("{key}_p50"),
             format!("{label}, p50"),
@@ -117,9 +116,202 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
             Metric::millis(format!("{key}_p99"), format!("{label}, p99"), s.p99)
                 .target(Target::AtMost(2.0)),
         );
+        // The daemon's own CPU per call: steadier than the latencies on a
+        // noisy machine, and the figure to compare builds by.
+        run.push(Metric::millis(
+            format!("{key}_daemon_cpu"),
+            format!("{label}, quernd CPU per call"),
+            variant.daemon_cpu.div_f64(calls as f64),
+        ));
+        run.push(Metric::new(
+            format!("{key}_daemon_switches"),
+            format!("{label}, quernd context switches per call"),
+            variant.daemon_switches as f64 / calls as f64,
+            Unit::Mean,
+        ));
     }
+    // The natural limit of a List call on this machine, in the same run.
+    let s = Summary::of(&mut floor);
+    run.push(Metric::millis(
+        "raw_round_trip_p50",
+        format!("raw round trip, {request_bytes} B out, {reply_bytes} B back, p50"),
+        s.p50,
+    ));
+    run.push(Metric::millis(
+        "raw_round_trip_p99",
+        format!("raw round trip, {request_bytes} B out, {reply_bytes} B back, p99"),
+        s.p99,
+    ));
     daemon.stop().await?;
     Ok(run)
+}
+
+/// The List calls of one variant: their latencies, and the daemon CPU
+/// they used together.
+#[derive(Default)]
+struct Variant {
+    samples: Vec<Duration>,
+    daemon_cpu: Duration,
+    daemon_switches: u64,
+}
+
+/// What the List client measured.
+struct Timed {
+    first: Variant,
+    paging: Variant,
+    sparse: Variant,
+    /// For each paging walk that reached the end, the jobs it saw.
+    walks: Vec<u64>,
+    /// The encoded sizes of a first-page request and its response.
+    request_bytes: usize,
+    reply_bytes: usize,
+}
+
+/// Makes `calls` List calls of each variant on a fresh connection.
+async fn time_calls(
+    socket: &Path,
+    pid: u32,
+    jobs: u64,
+    finished: u64,
+    calls: u64,
+) -> Result<Timed> {
+    let mut client = JobsClient::new(
+        quern_proto::connect(socket)
+            .await
+            .with_context(|| format!("cannot connect to quernd at {}", socket.display()))?,
+    );
+    let mut timed = Timed {
+        first: Variant::default(),
+        paging: Variant::default(),
+        sparse: Variant::default(),
+        walks: Vec::new(),
+        request_bytes: 0,
+        reply_bytes: 0,
+    };
+
+    let cpu = cpu_time(pid)?;
+    let switches = context_switches(pid)?;
+    for _ in 0..calls {
+        let started = Instant::now();
+        let page = list(&mut client, JobState::Scheduled, String::new()).await?;
+        timed.first.samples.push(started.elapsed());
+        expect_page(&page, JobState::Scheduled, jobs.min(u64::from(PAGE)))?;
+        timed.reply_bytes = page.encoded_len();
+    }
+    timed.request_bytes = request(JobState::Scheduled, String::new()).encoded_len();
+    timed.first.daemon_cpu = cpu_time(pid)?.saturating_sub(cpu);
+    timed.first.daemon_switches = context_switches(pid)?.saturating_sub(switches);
+
+    // Follow page tokens from the newest job down, starting over when the
+    // last page is reached. A walk that reaches the end must have seen every
+    // scheduled job exactly once.
+    let cpu = cpu_time(pid)?;
+    let switches = context_switches(pid)?;
+    let mut token = String::new();
+    let mut seen = 0u64;
+    for _ in 0..calls {
+        let started = Instant::now();
+        let page = list(&mut client, JobState::Scheduled, std::mem::take(&mut token)).await?;
+        timed.paging.samples.push(started.elapsed());
+        expect_state(&page, JobState::Scheduled)?;
+        seen += page.jobs.len() as u64;
+        token = page.next_page_token;
+        if token.is_empty() {
+            timed.walks.push(seen);
+            seen = 0;
+        }
+    }
+    timed.paging.daemon_cpu = cpu_time(pid)?.saturating_sub(cpu);
+    timed.paging.daemon_switches = context_switches(pid)?.saturating_sub(switches);
+
+    let cpu = cpu_time(pid)?;
+    let switches = context_switches(pid)?;
+    for _ in 0..calls {
+        let started = Instant::now();
+        let page = list(&mut client, JobState::Succeeded, String::new()).await?;
+        timed.sparse.samples.push(started.elapsed());
+        expect_page(&page, JobState::Succeeded, finished.min(u64::from(PAGE)))?;
+    }
+    timed.sparse.daemon_cpu = cpu_time(pid)?.saturating_sub(cpu);
+    timed.sparse.daemon_switches = context_switches(pid)?.saturating_sub(switches);
+    Ok(timed)
+}
+
+/// Times `calls` round trips of `request` bytes out and `reply` bytes back
+/// over a Unix socket to a forked child that only echoes: the natural limit
+/// of one List call on this machine, with no gRPC, HTTP/2 or store in
+/// between. The echo runs in a child process, as quernd does.
+fn raw_round_trips(request: usize, reply: usize, calls: u64) -> Result<Vec<Duration>> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    let (mut ours, theirs) =
+        std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?;
+    let mut inbox = vec![0u8; request];
+    let outbox = vec![7u8; reply];
+    // SAFETY: the child only calls read, write and _exit, which are
+    // async-signal-safe, on memory allocated before the fork; it never
+    // returns into Rust code that could touch the parent's other threads'
+    // state.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        bail!("cannot fork: {}", std::io::Error::last_os_error());
+    }
+    if child == 0 {
+        let fd = theirs.as_raw_fd();
+        // SAFETY: as above; the buffers outlive the loop, and the lengths
+        // passed are theirs.
+        unsafe {
+            libc::close(ours.as_raw_fd());
+            loop {
+                let mut got = 0;
+                while got < request {
+                    let n = libc::read(fd, inbox.as_mut_ptr().add(got).cast(), request - got);
+                    if n <= 0 {
+                        libc::_exit(0);
+                    }
+                    got += n as usize;
+                }
+                let mut sent = 0;
+                while sent < reply {
+                    let n = libc::write(fd, outbox.as_ptr().add(sent).cast(), reply - sent);
+                    if n <= 0 {
+                        libc::_exit(1);
+                    }
+                    sent += n as usize;
+                }
+            }
+        }
+    }
+    drop(theirs);
+    let out = vec![1u8; request];
+    let mut back = vec![0u8; reply];
+    let mut samples = Vec::with_capacity(calls as usize);
+    let timed = (|| -> std::io::Result<()> {
+        for _ in 0..calls {
+            let started = Instant::now();
+            ours.write_all(&out)?;
+            ours.read_exact(&mut back)?;
+            samples.push(started.elapsed());
+        }
+        Ok(())
+    })();
+    drop(ours);
+    let mut status = 0;
+    // SAFETY: waits for the child forked above, which exits once its end of
+    // the socket reads end of file.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    timed.context("the raw round trip to the echoing child failed")?;
+    Ok(samples)
+}
+
+fn request(state: JobState, page_token: String) -> ListRequest {
+    ListRequest {
+        states: vec![state.into()],
+        page_size: PAGE,
+        page_token,
+        ..ListRequest::default()
+    }
 }
 
 async fn list(
@@ -128,12 +320,7 @@ async fn list(
     page_token: String,
 ) -> Result<ListResponse> {
     Ok(client
-        .list(request(ListRequest {
-            states: vec![state.into()],
-            page_size: PAGE,
-            page_token,
-            ..ListRequest::default()
-        }))
+        .list(super::request(request(state, page_token)))
         .await
         .context("List failed")?
         .into_inner())

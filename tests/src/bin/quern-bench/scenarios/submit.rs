@@ -11,7 +11,7 @@ use quern_proto::v1::jobs_client::JobsClient;
 use tokio::task::JoinSet;
 
 use super::{Ctx, exec, fill, in_an_hour, request, stats};
-use crate::daemon::DaemonConfig;
+use crate::daemon::{DaemonConfig, context_switches, cpu_time};
 use crate::report::{Metric, Run, Target, Unit};
 use crate::stats::Summary;
 
@@ -30,8 +30,11 @@ pub async fn concurrent(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
 
     let spec = exec(&["true"], Some(in_an_hour()));
     let mut run = Run::default();
+    let pid = daemon.pid()?;
     for &level in levels {
         let mut tasks = JoinSet::new();
+        let cpu = cpu_time(pid)?;
+        let switches = context_switches(pid)?;
         let started = Instant::now();
         for (i, client) in clients.iter().take(level).enumerate() {
             let mut client = client.clone();
@@ -58,6 +61,8 @@ pub async fn concurrent(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
             latencies.extend(done.context("a submitting client panicked")??);
         }
         let elapsed = started.elapsed();
+        let cpu = cpu_time(pid)?.saturating_sub(cpu);
+        let switches = context_switches(pid)?.saturating_sub(switches);
         run.check_count(
             format!("Submits acknowledged with {level} clients"),
             jobs,
@@ -93,6 +98,19 @@ pub async fn concurrent(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
             format!("clients_{level}_p99"),
             format!("{level} {plural}: Submit p99"),
             latency.p99,
+        ));
+        // Steadier than the rate on a noisy machine: what each Submit cost
+        // the daemon.
+        run.push(Metric::millis(
+            format!("clients_{level}_daemon_cpu"),
+            format!("{level} {plural}: quernd CPU per job"),
+            cpu.div_f64(jobs as f64),
+        ));
+        run.push(Metric::new(
+            format!("clients_{level}_daemon_switches"),
+            format!("{level} {plural}: quernd context switches per job"),
+            switches as f64 / jobs as f64,
+            Unit::Mean,
         ));
     }
 
