@@ -209,19 +209,17 @@ pub async fn run(
     // Only our own user may talk to us. The socket's mode already says so;
     // this also holds if someone loosens it.
     let me = nix::unistd::getuid().as_raw();
-    let incoming = UnixListenerStream::new(listener)
-        .filter(move |conn| match conn {
-            Ok(stream) => match stream.peer_cred() {
-                Ok(cred) if cred.uid() == me => true,
-                Ok(cred) => {
-                    tracing::warn!(uid = cred.uid(), "refused a connection from another user");
-                    false
-                }
-                Err(_) => false,
-            },
-            Err(_) => true,
-        })
-        .map(|conn| conn.and_then(|stream| quern_proto::UnixConn::new(stream.into_std()?)));
+    let incoming = UnixListenerStream::new(listener).filter(move |conn| match conn {
+        Ok(stream) => match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => true,
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), "refused a connection from another user");
+                false
+            }
+            Err(_) => false,
+        },
+        Err(_) => true,
+    });
 
     let tracker = TaskTracker::new();
     let server_stop = shutdown.child_token();

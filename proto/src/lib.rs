@@ -1,14 +1,10 @@
 //! The quern gRPC API (`quern.v1`) as generated Rust types, plus
-//! [`connect`], which opens a channel to a daemon over its Unix socket, and
-//! [`UnixConn`], the connection type both ends use.
+//! [`connect`], which opens a channel to a daemon over its Unix socket.
 
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
-
-mod conn;
-pub use conn::UnixConn;
 
 /// Generated types and clients/servers for package `quern.v1`.
 pub mod v1 {
@@ -42,7 +38,7 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<Channel, tonic::transpo
             let socket = socket.clone();
             async move {
                 let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(UnixConn::new(stream.into_std()?)?))
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
             }
         }))
         .await
