@@ -11,7 +11,7 @@ use quern_proto::v1::JobState;
 use quern_proto::v1::jobs_client::JobsClient;
 
 use super::{Ctx, EventWatch, budget, exec, fill, stats};
-use crate::daemon::DaemonConfig;
+use crate::daemon::{DaemonConfig, context_switches};
 use crate::report::{Metric, Run, Target, Unit};
 
 /// Runs `jobs` `/bin/true` jobs through the daemon, then `jobs` raw spawns.
@@ -22,7 +22,9 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     let concurrency = stats(&mut client).await?.concurrency.max(1);
     let mut events = EventWatch::subscribe(daemon.channel().await?).await?;
 
+    let pid = daemon.pid()?;
     let cpu_before = daemon.cpu_time()?;
+    let switches_before = context_switches(pid)?;
     let started = Instant::now();
     // Submitting happens concurrently with the first jobs running: that is
     // part of the end-to-end cost being measured.
@@ -54,6 +56,7 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     }
     let elapsed = started.elapsed();
     let daemon_cpu = daemon.cpu_time()?.saturating_sub(cpu_before);
+    let daemon_switches = context_switches(pid)?.saturating_sub(switches_before);
     submitting.await.context("the submitting task panicked")??;
     if failed > 0 {
         bail!("{failed} of {jobs} /bin/true jobs did not succeed; first: {first_error}");
@@ -82,6 +85,14 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
         "daemon_cpu_per_job",
         "quernd CPU per job",
         daemon_cpu.div_f64(jobs as f64),
+    ));
+    // Each switch is a sleep and a wake-up of one of the daemon's threads,
+    // which on a VM can cost more than the work between them.
+    run.push(Metric::new(
+        "daemon_switches_per_job",
+        "quernd context switches per job",
+        daemon_switches as f64 / jobs as f64,
+        Unit::Mean,
     ));
     run.push(Metric::new(
         "concurrency",
