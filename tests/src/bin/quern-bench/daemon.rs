@@ -337,6 +337,9 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
 /// far, voluntarily (to wait) or not. Each voluntary switch is a sleep and
 /// a wake-up, which on a VM can cost more than the work between them, and
 /// unlike the CPU time the count hardly depends on how busy the host is.
+/// A thread that exits between two readings takes its count with it, so a
+/// difference can come out low; quernd's threads live as long as it does,
+/// except idle blocking-pool threads.
 pub fn context_switches(pid: u32) -> Result<u64> {
     let dir = format!("/proc/{pid}/task");
     let mut total = 0;
