@@ -91,14 +91,26 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, DaemonError
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             match std::os::unix::net::UnixStream::connect(path) {
-                Ok(stream) => {
-                    let owner = peer_pid(&stream)
-                        .map_or_else(|| "another process".to_string(), |p| format!("pid {p}"));
-                    return Err(DaemonError::SocketInUse {
-                        path: path.to_path_buf(),
-                        owner,
-                    });
-                }
+                // A socket records who called listen(). If that process is
+                // gone, what answered is a copy of its socket held by one of
+                // its job processes that has neither exec'd nor died yet:
+                // after a kill -9, that lasts until the parent-death signal
+                // is delivered. The socket is stale all the same.
+                Ok(stream) => match peer_pid(&stream) {
+                    Some(pid) if !process_exists(pid) => {
+                        tracing::info!(socket = %path.display(), pid, "replacing the socket of a daemon that is gone");
+                        std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+                    }
+                    pid => {
+                        return Err(DaemonError::SocketInUse {
+                            path: path.to_path_buf(),
+                            owner: pid.map_or_else(
+                                || "another process".to_string(),
+                                |p| format!("pid {p}"),
+                            ),
+                        });
+                    }
+                },
                 Err(_) => {
                     tracing::info!(socket = %path.display(), "replacing stale socket");
                     std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
@@ -126,6 +138,38 @@ fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<i32> {
     nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .ok()
         .map(|c| c.pid())
+}
+
+/// Whether process `pid` exists (another user's counts).
+fn process_exists(pid: i32) -> bool {
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// How long a start waits for the database lock of a daemon that is gone.
+const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the store, waiting up to [`STORE_LOCK_WAIT`] while its file is
+/// locked.
+///
+/// After a kill -9, a job process of the dead daemon that has neither
+/// exec'd nor died yet holds a copy of the database's descriptor, and with
+/// it redb's lock, until its parent-death signal is delivered: a few
+/// milliseconds, longer on a loaded machine. The lock cannot be waited on
+/// through redb, so the open is retried every 10 ms; a lock that outlasts
+/// the wait belongs to a live daemon and is reported as such.
+async fn open_store(dir: &Path, retention: u64, cache_bytes: usize) -> Result<Store, StoreError> {
+    let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match Store::open(dir, retention, cache_bytes) {
+            Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Creates `dir` (mode 0700) if needed. The /tmp fallback must be ours and
@@ -167,11 +211,12 @@ pub async fn run(
         .mode(0o700)
         .create(&config.state_dir)
         .map_err(io_err("create state directory", &config.state_dir))?;
-    let store = Store::open(
+    let store = open_store(
         &config.state_dir,
         config.event_retention,
         config.db_cache_bytes,
-    )?;
+    )
+    .await?;
     let log_dir = config.state_dir.join("logs");
     let logs = Arc::new(
         LogStore::new(log_dir.clone(), config.log_cap_bytes)
@@ -299,4 +344,112 @@ async fn recover(store: &Store, config: &Config) -> Result<(), DaemonError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Forks a child that runs `then` (async-signal-safe calls only) and
+    /// exits; returns its pid.
+    fn fork_child(then: impl FnOnce()) -> libc::pid_t {
+        // SAFETY: the child only runs `then`, which the callers keep to
+        // async-signal-safe calls, and then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            then();
+            // SAFETY: ends the child without running any Rust cleanup.
+            unsafe { libc::_exit(0) };
+        }
+        pid
+    }
+
+    fn reap(pid: libc::pid_t) {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    }
+
+    /// The socket answers, but the process that made it listen is gone: as
+    /// after a kill -9 while a job process of the dead daemon still holds a
+    /// copy of its socket. A new start must replace it, not refuse.
+    #[test]
+    fn a_socket_whose_listening_process_is_gone_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quernd.sock");
+        let old = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        nix::sys::socket::bind(
+            old.as_raw_fd(),
+            &nix::sys::socket::UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        let raw = old.as_raw_fd();
+        // SAFETY: listen(2) on a descriptor this process owns.
+        let child = fork_child(|| unsafe {
+            libc::listen(raw, 8);
+        });
+        reap(child);
+        // Precondition: the old socket still answers, through our copy.
+        let probe = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert_eq!(peer_pid(&probe), Some(child));
+        drop(probe);
+
+        let listener = bind(&path).expect("a socket whose daemon is gone is stale");
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        listener
+            .accept()
+            .expect("the new socket takes the connection");
+    }
+
+    #[test]
+    fn a_socket_whose_listening_process_lives_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quernd.sock");
+        let _first = bind(&path).unwrap();
+        match bind(&path) {
+            Err(DaemonError::SocketInUse { owner, .. }) => {
+                assert_eq!(owner, format!("pid {}", std::process::id()));
+            }
+            other => panic!("expected SocketInUse, got {other:?}"),
+        }
+    }
+
+    /// A process that inherited the database's descriptor holds its lock
+    /// for a moment after the daemon is gone; the start waits it out. The
+    /// lock here is the whole-file flock redb also takes on Linux, which a
+    /// forked process shares until it exits, like the daemon's own locks.
+    #[tokio::test]
+    async fn a_start_waits_for_a_database_lock_held_by_a_dying_process() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path(), 10, 1 << 20).unwrap().close().await;
+        let db = std::fs::File::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        // SAFETY: flock(2) on a descriptor this test owns.
+        let locked = unsafe { libc::flock(db.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
+        let child = fork_child(|| {
+            // SAFETY: usleep is async-signal-safe.
+            unsafe { libc::usleep(300_000) };
+        });
+        // Closing our descriptor leaves the lock to the child's copy, as a
+        // kill -9 leaves it to a job process that has not exec'd yet.
+        drop(db);
+        // Precondition: the lock is what a plain open runs into.
+        assert!(matches!(
+            Store::open(dir.path(), 10, 1 << 20),
+            Err(StoreError::InUse { .. })
+        ));
+
+        let store = open_store(dir.path(), 10, 1 << 20).await;
+        reap(child);
+        assert!(store.is_ok(), "{:?}", store.err());
+    }
 }
