@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::job::{Job, JobId, JobState, Micros, now_micros};
+use crate::job::{Job, JobId, JobState, Micros, StateTag, now_micros};
 use crate::runner::{RunnerCtx, Stop, run_attempt};
 use crate::store::StoreError;
 
@@ -212,8 +212,23 @@ impl Scheduler {
                 }
                 if let Some(r) = self.running.remove(&id) {
                     self.release(id, r.released);
+                    // A Cancel that arrived while the job ran gets the job as
+                    // the cancel left it. If the job ended on its own first
+                    // (its outcome may even have been committed and seen
+                    // before the Cancel came in), the cancel stopped
+                    // nothing: the store decides as for any job we do not
+                    // run, so a finished job is refused and one queued again
+                    // for a retry is cancelled before it can run again.
+                    let answer = match result {
+                        Ok(job)
+                            if !r.waiters.is_empty() && job.state.tag() != StateTag::Cancelled =>
+                        {
+                            self.ctx.store.cancel_pending(id, now_micros()).await
+                        }
+                        other => other,
+                    };
                     for w in r.waiters {
-                        let _ = w.send(result.clone());
+                        let _ = w.send(answer.clone());
                     }
                 }
             }

@@ -243,6 +243,53 @@ async fn cancel_of_finished_or_unknown_jobs_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// A Cancel that meets a failing job with a retry left cancels it, however
+/// the two race: whether it lands while the job is queued, while it runs,
+/// in the moment after it exited but before its failure is recorded, or
+/// after its retry was scheduled. A Cancel that answered with the job
+/// scheduled to run again would have cancelled nothing.
+#[tokio::test]
+async fn cancel_racing_a_failure_still_cancels_the_retry() -> Result<()> {
+    // The retry waits an hour, so it can only be the Cancel that ends it.
+    let daemon = TestDaemon::builder()
+        .config(r#"retry_base_delay = "1h""#)
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let mut spec = exec_spec(["false"]);
+    spec.max_attempts = 2;
+    // Each round lets the job get a little further before the Cancel, by
+    // one more Get round trip, so the rounds spread over every window.
+    for round in 0..40 {
+        let job = submit(&mut client, spec.clone()).await?;
+        for _ in 0..round % 8 {
+            quern_tests::get(&mut client, job.id).await?;
+        }
+        let reply = client
+            .cancel(CancelRequest {
+                id: job.id,
+                grace: Some(duration(Duration::ZERO)),
+            })
+            .await
+            .with_context(|| format!("cancel of job {} in round {round}", job.id))?
+            .into_inner()
+            .job
+            .context("CancelResponse has no job")?;
+        ensure!(
+            reply.state == JobState::Cancelled as i32,
+            "round {round}: Cancel answered with the job {:?}: {reply:?}",
+            reply.state()
+        );
+        let after = quern_tests::get(&mut client, job.id).await?;
+        ensure!(
+            after.state == JobState::Cancelled as i32 && after.attempts <= 1,
+            "round {round}: after the Cancel the job is {:?}: {after:?}",
+            after.state()
+        );
+    }
+    Ok(())
+}
+
 /// stdout and stderr are captured, and kept apart.
 #[tokio::test]
 async fn stdout_and_stderr_are_captured_separately() -> Result<()> {
