@@ -29,7 +29,14 @@ pub struct Config {
     pub retry_max_delay: Duration,
     /// SIGTERM-to-SIGKILL grace for cancel, timeout and shutdown.
     pub default_grace: Duration,
+    /// How long the store may hold a job's "running" or outcome write, while
+    /// short jobs keep it busy, to share one commit with others. Zero never
+    /// holds one. Job events can come up to this much later under such load.
+    pub commit_linger: Duration,
 }
+
+/// The longest [`Config::commit_linger`] accepted.
+const MAX_COMMIT_LINGER: Duration = Duration::from_millis(100);
 
 /// Errors loading configuration.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +97,8 @@ pub struct FileConfig {
     pub retry_max_delay: Option<String>,
     /// See [`Config::default_grace`].
     pub default_grace: Option<String>,
+    /// See [`Config::commit_linger`].
+    pub commit_linger: Option<String>,
 }
 
 /// Values given on the command line or in the environment; they win over the
@@ -149,6 +158,17 @@ impl Config {
                 reason: "must be at least 1",
             });
         }
+        let commit_linger = duration("commit_linger", file.commit_linger, "2ms")?;
+        if commit_linger > MAX_COMMIT_LINGER {
+            return Err(ConfigError::Invalid {
+                key: "commit_linger",
+                value: format!(
+                    "{:?}",
+                    humantime::format_duration(commit_linger).to_string()
+                ),
+                reason: "must be at most 100ms (a longer wait only delays job events); \"0s\" turns it off",
+            });
+        }
         Ok(Config {
             state_dir,
             socket,
@@ -159,6 +179,7 @@ impl Config {
             retry_base_delay: duration("retry_base_delay", file.retry_base_delay, "1s")?,
             retry_max_delay: duration("retry_max_delay", file.retry_max_delay, "1h")?,
             default_grace: duration("default_grace", file.default_grace, "10s")?,
+            commit_linger,
         })
     }
 
@@ -174,6 +195,7 @@ impl Config {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(3600),
             default_grace: Duration::from_secs(10),
+            commit_linger: Duration::from_millis(2),
         }
     }
 }
@@ -235,6 +257,27 @@ mod tests {
         assert_eq!(cfg.log_cap_bytes, 65536);
         assert_eq!(cfg.state_dir, PathBuf::from("/x"));
         assert_eq!(cfg.default_grace, Duration::from_secs(10));
+        assert_eq!(cfg.commit_linger, Duration::from_millis(2));
+    }
+
+    #[test]
+    fn commit_linger_can_be_set_or_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        for (text, want) in [
+            ("commit_linger = \"0s\"", Duration::ZERO),
+            ("commit_linger = \"500us\"", Duration::from_micros(500)),
+            ("commit_linger = \"100ms\"", Duration::from_millis(100)),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let cfg = Config::load(Overrides {
+                config_file: Some(path.clone()),
+                state_dir: Some("/s".into()),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(cfg.commit_linger, want, "{text}");
+        }
     }
 
     #[test]
@@ -245,6 +288,11 @@ mod tests {
             ("concurency = 3", "concurency"),
             ("default_grace = \"soon\"", "default_grace"),
             ("concurrency = 0", "concurrency"),
+            (
+                "commit_linger = \"1s\"",
+                "commit_linger = \"1s\" is invalid: must be at most 100ms",
+            ),
+            ("commit_linger = 2", "commit_linger"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = Config::load(Overrides {

@@ -18,7 +18,7 @@ use crate::logs::LogStore;
 use crate::platform;
 use crate::runner::{self, RunnerCtx};
 use crate::scheduler::Scheduler;
-use crate::store::{Store, StoreError};
+use crate::store::{Commit, Store, StoreError};
 
 /// Largest gRPC message accepted. Above one spec's own 1 MiB limit so that
 /// big batches fit, and so that an oversized spec gets a precise
@@ -160,10 +160,15 @@ const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// milliseconds, longer on a loaded machine. The lock cannot be waited on
 /// through redb, so the open is retried every 10 ms; a lock that outlasts
 /// the wait belongs to a live daemon and is reported as such.
-async fn open_store(dir: &Path, retention: u64, cache_bytes: usize) -> Result<Store, StoreError> {
+async fn open_store(config: &Config) -> Result<Store, StoreError> {
     let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
     loop {
-        match Store::open(dir, retention, cache_bytes) {
+        match Store::open(
+            &config.state_dir,
+            config.event_retention,
+            config.db_cache_bytes,
+            config.commit_linger,
+        ) {
             Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
@@ -211,12 +216,7 @@ pub async fn run(
         .mode(0o700)
         .create(&config.state_dir)
         .map_err(io_err("create state directory", &config.state_dir))?;
-    let store = open_store(
-        &config.state_dir,
-        config.event_retention,
-        config.db_cache_bytes,
-    )
-    .await?;
+    let store = open_store(&config).await?;
     let log_dir = config.state_dir.join("logs");
     let logs = Arc::new(
         LogStore::new(log_dir.clone(), config.log_cap_bytes)
@@ -335,7 +335,15 @@ async fn recover(store: &Store, config: &Config) -> Result<(), DaemonError> {
         }
         let outcome = runner::interrupted(config, &job);
         let after = store
-            .finish(job.id, job.attempts, job.started_at, outcome, now_micros())
+            // One job after another: each would wait out a linger.
+            .finish(
+                job.id,
+                job.attempts,
+                job.started_at,
+                outcome,
+                now_micros(),
+                Commit::Now,
+            )
             .await?;
         tracing::warn!(
             job = job.id,
@@ -430,7 +438,10 @@ mod tests {
     #[tokio::test]
     async fn a_start_waits_for_a_database_lock_held_by_a_dying_process() {
         let dir = tempfile::tempdir().unwrap();
-        Store::open(dir.path(), 10, 1 << 20).unwrap().close().await;
+        Store::open(dir.path(), 10, 1 << 20, std::time::Duration::ZERO)
+            .unwrap()
+            .close()
+            .await;
         let db = std::fs::File::open(dir.path().join(crate::store::DB_FILE)).unwrap();
         // SAFETY: flock(2) on a descriptor this test owns.
         let locked = unsafe { libc::flock(db.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -444,11 +455,15 @@ mod tests {
         drop(db);
         // Precondition: the lock is what a plain open runs into.
         assert!(matches!(
-            Store::open(dir.path(), 10, 1 << 20),
+            Store::open(dir.path(), 10, 1 << 20, std::time::Duration::ZERO),
             Err(StoreError::InUse { .. })
         ));
 
-        let store = open_store(dir.path(), 10, 1 << 20).await;
+        let config = Config {
+            state_dir: dir.path().to_path_buf(),
+            ..Config::for_dir(dir.path())
+        };
+        let store = open_store(&config).await;
         reap(child);
         assert!(store.is_ok(), "{:?}", store.err());
     }

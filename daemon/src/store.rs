@@ -10,11 +10,13 @@
 //! the `ready` index, ordered by (priority desc, id asc), and delayed ones
 //! through the `due` index, ordered by time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle,
@@ -47,6 +49,26 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// How many queued requests one transaction takes at most, so that one huge
 /// burst cannot delay its first acknowledgements without bound.
 const MAX_BATCH_OPS: usize = 4096;
+
+/// How many job-progress writes (see [`Commit::Grouped`]) must have come
+/// within one linger window before the writer waits for more. One job at a
+/// time writes two per run, so an idle daemon never waits; short jobs
+/// running back to back on every slot write many more.
+const LINGER_MIN_OPS: usize = 4;
+
+/// How soon a write must be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// As soon as the writer is free: someone is waiting on it, or the
+    /// caller writes one at a time and would wait on every linger.
+    Now,
+    /// A job's progress, which no client is waiting to have acknowledged:
+    /// while the daemon is busy with short jobs, the writer may hold it for
+    /// up to the configured linger so that it shares a commit (and its
+    /// `fdatasync`s) with others like it. Its events go out when it
+    /// commits, so they can come up to that much later.
+    Grouped,
+}
 
 /// Errors from the store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -280,6 +302,7 @@ enum Op {
         started_at: Option<Micros>,
         outcome: Outcome,
         at: Micros,
+        commit: Commit,
         reply: oneshot::Sender<Result<Job>>,
     },
     CancelPending {
@@ -296,12 +319,25 @@ enum Op {
     },
 }
 
+impl Op {
+    /// Whether the writer may hold this op back to group it with others.
+    /// Only the runner marks jobs running, so those always may.
+    fn may_wait(&self) -> bool {
+        match self {
+            Op::MarkRunning { .. } => true,
+            Op::Finish { commit, .. } => *commit == Commit::Grouped,
+            _ => false,
+        }
+    }
+}
+
 /// A handle to the store: cheap to clone, usable from any task.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
     ops: mpsc::Sender<Op>,
     events: broadcast::Sender<Event>,
+    commits: Arc<AtomicU64>,
 }
 
 /// Capacity of the live event channel. A subscriber that falls further
@@ -312,7 +348,15 @@ impl Store {
     /// Opens (or creates) the database in `state_dir` and starts the writer
     /// thread. Refuses a corrupt file or an unknown schema version rather
     /// than starting empty.
-    pub fn open(state_dir: &Path, event_retention: u64, cache_bytes: usize) -> Result<Store> {
+    ///
+    /// `commit_linger` is how long the writer may hold a job's progress
+    /// while it is busy (see [`Commit::Grouped`]); zero never holds it.
+    pub fn open(
+        state_dir: &Path,
+        event_retention: u64,
+        cache_bytes: usize,
+        commit_linger: Duration,
+    ) -> Result<Store> {
         let path = state_dir.join(DB_FILE);
         // An empty file is one we created and then died before redb wrote
         // its header: nothing to lose, so initialise it like a new one.
@@ -349,17 +393,26 @@ impl Store {
         let db = Arc::new(db);
         let (ops, rx) = mpsc::channel();
         let (events, _) = broadcast::channel(LIVE_EVENTS);
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             counters,
             retention: event_retention,
             events: events.clone(),
+            linger: commit_linger,
+            pace: Pace::new(commit_linger),
+            commits: commits.clone(),
         };
         std::thread::Builder::new()
             .name("quern-store".into())
             .spawn(move || writer.run(rx))
             .map_err(db_err("start writer thread"))?;
-        Ok(Store { db, ops, events })
+        Ok(Store {
+            db,
+            ops,
+            events,
+            commits,
+        })
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
@@ -419,7 +472,9 @@ impl Store {
         }
     }
 
-    /// Records how an attempt ended.
+    /// Records how an attempt ended. The runner passes
+    /// [`Commit::Grouped`]; a caller that records one job after another
+    /// passes [`Commit::Now`].
     pub async fn finish(
         &self,
         id: JobId,
@@ -427,6 +482,7 @@ impl Store {
         started_at: Option<Micros>,
         outcome: Outcome,
         at: Micros,
+        commit: Commit,
     ) -> Result<Job> {
         self.call(|reply| Op::Finish {
             id,
@@ -434,6 +490,7 @@ impl Store {
             started_at,
             outcome,
             at,
+            commit,
             reply,
         })
         .await
@@ -457,6 +514,12 @@ impl Store {
         if self.ops.send(Op::Close { reply }).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// How many transactions the writer has committed since open: for
+    /// tests and diagnostics of how writes are grouped.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Live events, published after each commit.
@@ -807,6 +870,52 @@ struct Writer {
     counters: Counters,
     retention: u64,
     events: broadcast::Sender<Event>,
+    /// See [`Store::open`]'s `commit_linger`.
+    linger: Duration,
+    pace: Pace,
+    /// Transactions committed since open.
+    commits: Arc<AtomicU64>,
+}
+
+/// Whether grouped writes (see [`Commit::Grouped`]) are coming fast enough
+/// to be worth waiting for: at least [`LINGER_MIN_OPS`] within one window.
+struct Pace {
+    window: Duration,
+    /// When the latest grouped writes were committed, newest last; at most
+    /// [`LINGER_MIN_OPS`] of them, which is all the question needs.
+    recent: VecDeque<Instant>,
+}
+
+impl Pace {
+    fn new(window: Duration) -> Pace {
+        Pace {
+            window,
+            recent: VecDeque::with_capacity(LINGER_MIN_OPS),
+        }
+    }
+
+    /// Whether, with `waiting` grouped writes in hand at `now`, enough have
+    /// come within the window.
+    fn busy(&mut self, now: Instant, waiting: usize) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > self.window)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.len() + waiting >= LINGER_MIN_OPS
+    }
+
+    /// Records that `count` grouped writes were committed at `at`.
+    fn note(&mut self, at: Instant, count: usize) {
+        for _ in 0..count.min(LINGER_MIN_OPS) {
+            if self.recent.len() == LINGER_MIN_OPS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(at);
+        }
+    }
 }
 
 /// A reply to send once the batch's fate is known.
@@ -831,6 +940,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.linger(&rx, &mut batch);
             let mut close = None;
             let ops: Vec<Op> = batch
                 .into_iter()
@@ -857,6 +967,40 @@ impl Writer {
         }
     }
 
+    /// While short jobs keep every slot busy, each job's "running" and
+    /// outcome writes would otherwise get a commit of their own, with two
+    /// `fdatasync`s each; that was the store thread's largest cost in P3
+    /// (see docs/benchmarks.md). So when `batch` holds only such writes and
+    /// at least [`LINGER_MIN_OPS`] came within the last linger window, wait
+    /// up to one window for more to share the commit. Any other write ends
+    /// the wait at once, so nothing a client waits on is held back.
+    fn linger(&mut self, rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+        if self.linger.is_zero() || !batch.iter().all(Op::may_wait) {
+            return;
+        }
+        let now = Instant::now();
+        if self.pace.busy(now, batch.len()) {
+            let deadline = now + self.linger;
+            while batch.len() < MAX_BATCH_OPS {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                match rx.recv_timeout(left) {
+                    Ok(op) => {
+                        let may_wait = op.may_wait();
+                        batch.push(op);
+                        if !may_wait {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let grouped = batch.iter().filter(|op| op.may_wait()).count();
+        self.pace.note(Instant::now(), grouped);
+    }
+
     fn commit_batch(&mut self, ops: Vec<Op>) {
         let mut counters = self.counters;
         let mut published = Vec::new();
@@ -879,6 +1023,7 @@ impl Writer {
                 counters.save(&mut meta)?;
             }
             txn.commit().map_err(db_err("commit"))?;
+            self.commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })();
         match result {
@@ -979,6 +1124,7 @@ impl<'t> Tx<'t> {
                 outcome,
                 at,
                 reply,
+                ..
             } => {
                 let old = match self.load_in(
                     id,
@@ -1303,7 +1449,7 @@ mod tests {
     #[tokio::test]
     async fn ready_order_survives_reopen_and_ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 100, 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 100, 1 << 20, Duration::ZERO).unwrap();
         let subs = store
             .submit(vec![spec(-20), spec(0), spec(20), spec(0)], 1)
             .await
@@ -1313,7 +1459,7 @@ mod tests {
         store.close().await;
         drop(store);
 
-        let store = Store::open(dir.path(), 100, 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 100, 1 << 20, Duration::ZERO).unwrap();
         let ready = store.ready(10, &HashSet::new()).unwrap();
         let order: Vec<u64> = ready.iter().map(|j| j.id).collect();
         assert_eq!(order, vec![3, 2, 4, 1]);
@@ -1327,7 +1473,7 @@ mod tests {
     #[tokio::test]
     async fn events_window_is_bounded_and_reports_pruning() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 3, 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 3, 1 << 20, Duration::ZERO).unwrap();
         store
             .submit((0..5).map(|_| spec(0)).collect(), 1)
             .await
@@ -1352,7 +1498,7 @@ mod tests {
     #[tokio::test]
     async fn list_pages_agree_with_a_brute_force_model() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 10_000, 1 << 20).unwrap();
+        let store = Store::open(dir.path(), 10_000, 1 << 20, Duration::ZERO).unwrap();
         let specs = (1..=400u64)
             .map(|n| {
                 let mut s = spec(0);
@@ -1430,10 +1576,126 @@ mod tests {
         let path = dir.path().join(DB_FILE);
         let garbage = vec![0x5au8; 8192];
         std::fs::write(&path, &garbage).unwrap();
-        let err = Store::open(dir.path(), 10, 1 << 20)
+        let err = Store::open(dir.path(), 10, 1 << 20, Duration::ZERO)
             .err()
             .expect("must refuse");
         assert!(err.to_string().contains("quern.redb"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    fn running(pid: u32) -> JobState {
+        JobState::Running {
+            pid,
+            pid_start: 1,
+            boot_id: "boot".into(),
+        }
+    }
+
+    #[test]
+    fn pace_is_busy_only_when_enough_grouped_writes_came_within_the_window() {
+        let window = Duration::from_millis(2);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut pace = Pace::new(window);
+        // One job at a time: a "running" write, then its outcome.
+        assert!(!pace.busy(ms(0), 1));
+        pace.note(ms(0), 1);
+        assert!(!pace.busy(ms(1), 1));
+        pace.note(ms(1), 1);
+        // Two more in hand, within the window of the two before: busy.
+        assert!(pace.busy(ms(2), 2));
+        // A few in hand at once is busy by itself.
+        assert!(Pace::new(window).busy(t0, LINGER_MIN_OPS));
+        // The earlier ones age out of the window.
+        assert!(!pace.busy(ms(10), 2));
+        // Many at once are remembered as enough, not more.
+        pace.note(ms(10), 100);
+        assert_eq!(pace.recent.len(), LINGER_MIN_OPS);
+        assert!(pace.busy(ms(11), 0));
+        assert!(!pace.busy(ms(13), 0));
+    }
+
+    /// While grouped writes come fast, the writer holds them for one
+    /// commit; any other write ends the wait at once. The linger is far
+    /// longer than the test may take, so a wait that nothing ended would
+    /// show as a timeout, not as a slow pass.
+    #[tokio::test]
+    async fn grouped_writes_share_a_commit_and_other_writes_are_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let linger = Duration::from_secs(30);
+        let prompt = Duration::from_secs(10);
+        let store = Store::open(dir.path(), 1000, 1 << 20, linger).unwrap();
+        let jobs: Vec<u64> = store
+            .submit((0..12).map(|_| spec(0)).collect(), 1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.job.id)
+            .collect();
+
+        // Fewer than LINGER_MIN_OPS so far: each commits alone.
+        let before = store.commits();
+        for &id in &jobs[..LINGER_MIN_OPS - 1] {
+            let marked = tokio::time::timeout(prompt, store.mark_running(id, 1, running(1), 2));
+            marked.await.expect("an idle writer held a write").unwrap();
+        }
+        assert_eq!(store.commits() - before, LINGER_MIN_OPS as u64 - 1);
+
+        // Now busy: the next grouped writes wait for each other, however
+        // slowly they come (each would otherwise be a commit of its own).
+        let before = store.commits();
+        let mut marks = Vec::new();
+        for &id in &jobs[LINGER_MIN_OPS - 1..] {
+            marks.push(store.mark_running(id, 1, running(1), 3));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(store.commits(), before, "a grouped write was not held");
+        // An outcome written with Commit::Now is not held, and ends the
+        // wait for those before it.
+        let done = tokio::time::timeout(
+            prompt,
+            store.finish(
+                jobs[0],
+                1,
+                Some(2),
+                Outcome::Succeeded { exit_code: 0 },
+                4,
+                Commit::Now,
+            ),
+        )
+        .await
+        .expect("a Commit::Now write was held")
+        .unwrap();
+        assert!(matches!(done.state, JobState::Succeeded { .. }), "{done:?}");
+        for m in marks {
+            let job = tokio::time::timeout(prompt, m).await.unwrap().unwrap();
+            assert!(matches!(job.state, JobState::Running { .. }), "{job:?}");
+        }
+        assert_eq!(store.commits() - before, 1, "the held writes were split");
+
+        // A client's write ends the wait too.
+        let before = store.commits();
+        let (grouped, submitted) = tokio::time::timeout(prompt, async {
+            // Sent first, so that it is the write the writer holds.
+            let grouped = tokio::spawn({
+                let store = store.clone();
+                let id = jobs[1];
+                async move {
+                    let outcome = Outcome::Succeeded { exit_code: 0 };
+                    store
+                        .finish(id, 1, Some(2), outcome, 5, Commit::Grouped)
+                        .await
+                }
+            });
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(5));
+            let submitted = store.submit(vec![spec(0)], 6).await;
+            (grouped.await.unwrap(), submitted)
+        })
+        .await
+        .expect("a Submit was held behind a grouped write");
+        grouped.unwrap();
+        submitted.unwrap();
+        assert_eq!(store.commits() - before, 1);
     }
 }

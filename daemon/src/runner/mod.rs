@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::job::{Job, JobKind, JobState, now_micros, retry_delay};
 use crate::logs::LogStore;
 use crate::platform::process::{boot_id, signal_group, start_time};
-use crate::store::{Outcome, Store, StoreError};
+use crate::store::{Commit, Outcome, Store, StoreError};
 
 /// Why the scheduler wants a job stopped.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +75,7 @@ pub async fn run_attempt(
         };
         return ctx
             .store
-            .finish(id, attempt, None, outcome, now_micros())
+            .finish(id, attempt, None, outcome, now_micros(), Commit::Grouped)
             .await;
     }
     let JobKind::Exec(spec) = &job.spec.kind;
@@ -90,7 +90,14 @@ pub async fn run_attempt(
             let outcome = failed(&ctx.config, &job, attempt, None, error);
             return ctx
                 .store
-                .finish(id, attempt, Some(started_at), outcome, now_micros())
+                .finish(
+                    id,
+                    attempt,
+                    Some(started_at),
+                    outcome,
+                    now_micros(),
+                    Commit::Grouped,
+                )
                 .await;
         }
     };
@@ -163,7 +170,14 @@ pub async fn run_attempt(
     };
     let result = ctx
         .store
-        .finish(id, attempt, Some(started_at), outcome, now_micros())
+        .finish(
+            id,
+            attempt,
+            Some(started_at),
+            outcome,
+            now_micros(),
+            Commit::Grouped,
+        )
         .await;
     ctx.logs.finish(id);
     result
