@@ -260,6 +260,16 @@ mod tests {
         assert_eq!(cfg.commit_linger, Duration::from_millis(2));
     }
 
+    /// Loads a config file holding `text`, written to `path`.
+    fn load_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        std::fs::write(path, text).unwrap();
+        Config::load(Overrides {
+            config_file: Some(path.to_path_buf()),
+            state_dir: Some("/s".into()),
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn commit_linger_can_be_set_or_turned_off() {
         let dir = tempfile::tempdir().unwrap();
@@ -269,13 +279,7 @@ mod tests {
             ("commit_linger = \"500us\"", Duration::from_micros(500)),
             ("commit_linger = \"100ms\"", Duration::from_millis(100)),
         ] {
-            std::fs::write(&path, text).unwrap();
-            let cfg = Config::load(Overrides {
-                config_file: Some(path.clone()),
-                state_dir: Some("/s".into()),
-                ..Default::default()
-            })
-            .unwrap();
+            let cfg = load_text(&path, text).unwrap();
             assert_eq!(cfg.commit_linger, want, "{text}");
         }
     }
@@ -294,13 +298,7 @@ mod tests {
             ),
             ("commit_linger = 2", "commit_linger"),
         ] {
-            std::fs::write(&path, text).unwrap();
-            let err = Config::load(Overrides {
-                config_file: Some(path.clone()),
-                state_dir: Some("/s".into()),
-                ..Default::default()
-            })
-            .unwrap_err();
+            let err = load_text(&path, text).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");
         }
     }

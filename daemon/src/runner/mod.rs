@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::job::{Job, JobKind, JobState, now_micros, retry_delay};
+use crate::job::{Job, JobId, JobKind, JobState, Micros, now_micros, retry_delay};
 use crate::logs::LogStore;
 use crate::platform::process::{boot_id, signal_group, start_time};
 use crate::store::{Commit, Outcome, Store, StoreError};
@@ -73,10 +73,7 @@ pub async fn run_attempt(
             Stop::Cancel { .. } => Outcome::Cancelled { exit_code: None },
             Stop::Shutdown => Outcome::Requeue,
         };
-        return ctx
-            .store
-            .finish(id, attempt, None, outcome, now_micros(), Commit::Grouped)
-            .await;
+        return record(&ctx, id, attempt, None, outcome).await;
     }
     let JobKind::Exec(spec) = &job.spec.kind;
     let live = ctx.logs.start(id);
@@ -88,17 +85,7 @@ pub async fn run_attempt(
             // Nothing ran, so no output will come.
             ctx.logs.finish(id);
             let outcome = failed(&ctx.config, &job, attempt, None, error);
-            return ctx
-                .store
-                .finish(
-                    id,
-                    attempt,
-                    Some(started_at),
-                    outcome,
-                    now_micros(),
-                    Commit::Grouped,
-                )
-                .await;
+            return record(&ctx, id, attempt, Some(started_at), outcome).await;
         }
     };
     let pid = spawned.child.pid();
@@ -168,19 +155,24 @@ pub async fn run_attempt(
         Ended::Stopped(Stop::Cancel { .. }) => Outcome::Cancelled { exit_code: None },
         Ended::Stopped(Stop::Shutdown) => Outcome::Requeue,
     };
-    let result = ctx
-        .store
-        .finish(
-            id,
-            attempt,
-            Some(started_at),
-            outcome,
-            now_micros(),
-            Commit::Grouped,
-        )
-        .await;
+    let result = record(&ctx, id, attempt, Some(started_at), outcome).await;
     ctx.logs.finish(id);
     result
+}
+
+/// Records how an attempt ended. No client waits on it, so the store may
+/// group it with other jobs' progress while it is busy.
+async fn record(
+    ctx: &RunnerCtx,
+    id: JobId,
+    attempt: u32,
+    started_at: Option<Micros>,
+    outcome: Outcome,
+) -> Result<Job, StoreError> {
+    let at = now_micros();
+    ctx.store
+        .finish(id, attempt, started_at, outcome, at, Commit::Grouped)
+        .await
 }
 
 async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
