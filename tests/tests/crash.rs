@@ -2,10 +2,11 @@
 //! concurrent submits and running jobs, restart it, and check that nothing
 //! acknowledged was lost and the interrupted jobs were recovered.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, ensure};
-use quern_proto::v1::{JobSpec, JobState};
+use quern_proto::v1::{JobSpec, JobState, SubmitBatchRequest};
 use quern_tests::{
     TestDaemon, assert_group_gone, assert_process_gone, exec_spec, get, processes_in_group, sh,
     submit, timestamp, wait_for_running, wait_for_stdout,
@@ -169,4 +170,69 @@ async fn a_job_process_dies_with_the_daemon() -> Result<()> {
         );
     }
     gone
+}
+
+/// kill -9 while short jobs run back to back, with their progress writes
+/// held to share commits (a long `commit_linger` makes the crash all but
+/// certain to land while some are held): every outcome a client was shown
+/// is still there after the restart, and every job still ends, none lost
+/// and none stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_among_short_jobs_keeps_every_outcome_that_was_shown() -> Result<()> {
+    const JOBS: usize = 300;
+    const SEEN_BEFORE_CRASH: usize = 20;
+    let mut daemon = TestDaemon::builder()
+        .concurrency(2)
+        .config(r#"commit_linger = "100ms""#)
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let mut events = quern_tests::EventStream::from_now(&mut client, 0).await?;
+    let ids = client
+        .submit_batch(SubmitBatchRequest {
+            specs: vec![exec_spec(["true"]); JOBS],
+        })
+        .await
+        .context("SubmitBatch")?
+        .into_inner()
+        .ids;
+    ensure!(ids.len() == JOBS, "{} ids for {JOBS} jobs", ids.len());
+
+    let mut shown = HashSet::new();
+    while shown.len() < SEEN_BEFORE_CRASH {
+        let e = events
+            .wait_for(|e| e.state == JobState::Succeeded as i32)
+            .await?;
+        shown.insert(e.job_id);
+    }
+    daemon.kill9().await?;
+    daemon.restart().await?;
+    let mut client = daemon.client();
+
+    for id in &shown {
+        let job = get(&mut client, *id).await?;
+        ensure!(
+            job.state == JobState::Succeeded as i32,
+            "job {id} was shown succeeded before the crash and is now {:?}: {job:?}",
+            job.state()
+        );
+    }
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+    for id in &ids {
+        let job = quern_tests::wait_for_terminal(&mut client, *id)
+            .await
+            .with_context(|| format!("job {id} never finished after the restart"))?;
+        let interrupted = job.state == JobState::Failed as i32
+            && job.error.contains("interrupted by daemon restart");
+        ensure!(
+            job.state == JobState::Succeeded as i32 || interrupted,
+            "job {id} ended {:?} with error {:?}",
+            job.state(),
+            job.error
+        );
+        *outcomes.entry(job.state().as_str_name()).or_default() += 1;
+    }
+    // Shown with --nocapture, and with the failure if a check above fails.
+    eprintln!("after kill -9 and restart: {outcomes:?}");
+    Ok(())
 }
