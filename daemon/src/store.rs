@@ -399,7 +399,6 @@ impl Store {
             counters,
             retention: event_retention,
             events: events.clone(),
-            linger: commit_linger,
             pace: Pace::new(commit_linger),
             commits: commits.clone(),
         };
@@ -870,8 +869,7 @@ struct Writer {
     counters: Counters,
     retention: u64,
     events: broadcast::Sender<Event>,
-    /// See [`Store::open`]'s `commit_linger`.
-    linger: Duration,
+    /// Its window is [`Store::open`]'s `commit_linger`.
     pace: Pace,
     /// Transactions committed since open.
     commits: Arc<AtomicU64>,
@@ -975,12 +973,12 @@ impl Writer {
     /// up to one window for more to share the commit. Any other write ends
     /// the wait at once, so nothing a client waits on is held back.
     fn linger(&mut self, rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
-        if self.linger.is_zero() || !batch.iter().all(Op::may_wait) {
+        if self.pace.window.is_zero() || !batch.iter().all(Op::may_wait) {
             return;
         }
         let now = Instant::now();
         if self.pace.busy(now, batch.len()) {
-            let deadline = now + self.linger;
+            let deadline = now + self.pace.window;
             while batch.len() < MAX_BATCH_OPS {
                 let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                     break;
