@@ -15,7 +15,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use redb::{
@@ -25,6 +24,8 @@ use redb::{
 use tokio::sync::{broadcast, oneshot};
 
 use crate::job::{Event, Job, JobId, JobSpec, JobState, Micros, StateTag};
+
+mod inbox;
 
 /// The on-disk format version. Bump it, and add a migration, whenever a
 /// table's layout or a record's encoding changes.
@@ -335,7 +336,7 @@ impl Op {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    ops: mpsc::Sender<Op>,
+    ops: inbox::Sender<Op>,
     events: broadcast::Sender<Event>,
     commits: Arc<AtomicU64>,
 }
@@ -391,7 +392,7 @@ impl Store {
         })?;
         let counters = init_schema(&db, &path)?;
         let db = Arc::new(db);
-        let (ops, rx) = mpsc::channel();
+        let (ops, rx) = inbox::channel();
         let (events, _) = broadcast::channel(LIVE_EVENTS);
         let commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
@@ -416,8 +417,15 @@ impl Store {
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.ops.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        self.send(make(tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `op` for the writer; only an op that may not wait wakes a
+    /// writer that lingers (see [`Writer::linger`]).
+    fn send(&self, op: Op) -> Result<()> {
+        let urgent = !op.may_wait();
+        self.ops.send(op, urgent).map_err(|_| StoreError::Closed)
     }
 
     /// Runs a read that may be long (a scan) on a blocking-pool thread.
@@ -458,7 +466,7 @@ impl Store {
         at: Micros,
     ) -> impl std::future::Future<Output = Result<Job>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let sent = self.ops.send(Op::MarkRunning {
+        let sent = self.send(Op::MarkRunning {
             id,
             attempt,
             state,
@@ -466,7 +474,7 @@ impl Store {
             reply,
         });
         async move {
-            sent.map_err(|_| StoreError::Closed)?;
+            sent?;
             rx.await.map_err(|_| StoreError::Closed)?
         }
     }
@@ -510,7 +518,7 @@ impl Store {
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.ops.send(Op::Close { reply }).is_ok() {
+        if self.send(Op::Close { reply }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -929,19 +937,13 @@ fn pending<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, value: Result<T
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_OPS {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
+    fn run(mut self, rx: inbox::Receiver<Op>) {
+        let mut batch = Vec::new();
+        while rx.recv(&mut batch, MAX_BATCH_OPS) {
             self.linger(&rx, &mut batch);
             let mut close = None;
             let ops: Vec<Op> = batch
-                .into_iter()
+                .drain(..)
                 .filter_map(|op| match op {
                     Op::Close { reply } => {
                         close = Some(reply);
@@ -958,6 +960,7 @@ impl Writer {
                 // that once the last `Store` is dropped the file is closed
                 // and can be opened again at once.
                 drop(self);
+                drop(rx);
                 tracing::debug!("store writer closed");
                 let _ = reply.send(());
                 return;
@@ -970,30 +973,16 @@ impl Writer {
     /// `fdatasync`s each; that was the store thread's largest cost in P3
     /// (see docs/benchmarks.md). So when `batch` holds only such writes and
     /// at least [`LINGER_MIN_OPS`] came within the last linger window, wait
-    /// up to one window for more to share the commit. Any other write ends
-    /// the wait at once, so nothing a client waits on is held back.
-    fn linger(&mut self, rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+    /// up to one window for more to share the commit. Such writes join
+    /// without waking the writer; any other write ends the wait at once, so
+    /// nothing a client waits on is held back.
+    fn linger(&mut self, rx: &inbox::Receiver<Op>, batch: &mut Vec<Op>) {
         if self.pace.window.is_zero() || !batch.iter().all(Op::may_wait) {
             return;
         }
         let now = Instant::now();
         if self.pace.busy(now, batch.len()) {
-            let deadline = now + self.pace.window;
-            while batch.len() < MAX_BATCH_OPS {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                match rx.recv_timeout(left) {
-                    Ok(op) => {
-                        let may_wait = op.may_wait();
-                        batch.push(op);
-                        if !may_wait {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
+            rx.linger(batch, MAX_BATCH_OPS, now + self.pace.window);
         }
         let grouped = batch.iter().filter(|op| op.may_wait()).count();
         self.pace.note(Instant::now(), grouped);
