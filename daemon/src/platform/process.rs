@@ -43,7 +43,11 @@ pub fn start_time(pid: u32) -> Option<u64> {
             Err(_) => return None,
         }
     }
-    let stat = &buf[..len];
+    parse_start_time(&buf[..len])
+}
+
+/// The start time (field 22) in the text of a `/proc/<pid>/stat` file.
+pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
     // The command name (field 2) may contain spaces, parentheses and bytes
     // that are not UTF-8, so count fields from after its closing
     // parenthesis: field 3 is index 0 there.

@@ -41,6 +41,7 @@ pub struct SpawnSpec<'a> {
 /// A started job process, not yet waited for.
 pub struct JobProcess {
     pid: u32,
+    start_time: Option<u64>,
     status: Option<ExitStatus>,
     #[cfg(target_os = "linux")]
     waiter: linux::Waiter,
@@ -52,6 +53,13 @@ impl JobProcess {
     /// The process id, which is also its process group id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The process's start time as `/proc/<pid>/stat` gives it, which with
+    /// the pid tells this process from a later one that reuses the pid;
+    /// `None` where unknown.
+    pub fn start_time(&self) -> Option<u64> {
+        self.start_time
     }
 
     /// Waits for the process to exit and reaps it. Cancel-safe, and may be
@@ -105,6 +113,7 @@ fn portable_spawn(spec: SpawnSpec<'_>) -> io::Result<JobProcess> {
         .ok_or_else(|| io::Error::other("the job process vanished before its pid was read"))?;
     Ok(JobProcess {
         pid,
+        start_time: crate::platform::process::start_time(pid),
         status: None,
         child,
     })
@@ -189,6 +198,11 @@ mod linux {
         stdout: RawFd,
         stderr: RawFd,
         parent: libc::pid_t,
+        /// Where the child copies its own `/proc/self/stat`, for its start
+        /// time, and how many bytes it copied (negative: none).
+        stat: *mut u8,
+        stat_cap: usize,
+        stat_len: std::sync::atomic::AtomicIsize,
         /// Set by the child before it gives up: which step failed...
         failed_step: AtomicI32,
         /// ...and its errno.
@@ -198,9 +212,10 @@ mod linux {
     /// The child side, running on its own stack in the daemon's memory
     /// until execve replaces it.
     extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` points at the parent's ChildArgs, which outlives the
-        // child's use of it: the parent is suspended (CLONE_VFORK) until we
-        // exec or exit. Every call below is a plain system call wrapper.
+        // SAFETY: `arg` points at the parent's ChildArgs (and the buffer it
+        // names), which outlive the child's use of them: the parent is
+        // suspended (CLONE_VFORK) until we exec or exit. Every call below is
+        // a plain system call wrapper.
         unsafe {
             let a = &*(arg as *const ChildArgs);
             let fail = |step: i32| -> libc::c_int {
@@ -220,6 +235,20 @@ mod linux {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                     libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize);
                 }
+            }
+            // The child reads its own start time: the daemon reading
+            // `/proc/<pid>/stat` after the start waits for the exec to
+            // finish (the kernel holds a lock of the process while it
+            // execs), a thread switch per job. Best effort: without /proc
+            // the start time is unknown, as it was before.
+            let fd = libc::open(
+                c"/proc/self/stat".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                let n = libc::read(fd, a.stat.cast(), a.stat_cap);
+                a.stat_len.store(n, Ordering::Relaxed);
+                libc::close(fd);
             }
             if libc::setpgid(0, 0) != 0 {
                 return fail(STEP_PGROUP);
@@ -303,6 +332,7 @@ mod linux {
         let stdin = dev_null()?;
         let stdout = above_stdio(spec.stdout)?;
         let stderr = above_stdio(spec.stderr)?;
+        let mut stat = [0u8; 1024];
         let args = ChildArgs {
             program: program.as_ptr(),
             argv: argv_ptrs.as_ptr(),
@@ -312,6 +342,9 @@ mod linux {
             stdout: stdout.as_raw_fd(),
             stderr: stderr.as_raw_fd(),
             parent: std::process::id() as libc::pid_t,
+            stat: stat.as_mut_ptr(),
+            stat_cap: stat.len(),
+            stat_len: std::sync::atomic::AtomicIsize::new(-1),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
         };
@@ -362,8 +395,12 @@ mod linux {
             ));
         }
         let waiter = Waiter::new(pid)?;
+        let start_time = usize::try_from(args.stat_len.load(Ordering::Relaxed))
+            .ok()
+            .and_then(|n| crate::platform::process::parse_start_time(&stat[..n.min(stat.len())]));
         Ok(JobProcess {
             pid: pid as u32,
+            start_time,
             status: None,
             waiter,
         })
@@ -597,6 +634,30 @@ mod tests {
             assert!(ran.status.success(), "{}", ran.err);
             assert_eq!(ran.out, format!("/dev/null\n{i}\n"));
         }
+    }
+
+    /// The start time taken at spawn is the one `/proc` shows for the
+    /// running job, which is what recovery compares after a crash.
+    #[tokio::test]
+    async fn the_start_time_is_the_one_proc_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_r, w) = std::io::pipe().unwrap();
+        let (_r2, w2) = std::io::pipe().unwrap();
+        let mut child = spawn(SpawnSpec {
+            program: Path::new("/bin/sleep"),
+            argv: &["sleep".to_string(), "60".to_string()],
+            cwd: dir.path(),
+            env: Vec::new(),
+            stdout: w.into(),
+            stderr: w2.into(),
+        })
+        .unwrap();
+        let pid = child.pid();
+        let shown = crate::platform::process::start_time(pid);
+        crate::platform::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        child.wait().await.unwrap();
+        assert!(shown.is_some(), "no /proc/{pid}/stat for a running job");
+        assert_eq!(child.start_time(), shown);
     }
 
     #[tokio::test]

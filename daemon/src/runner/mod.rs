@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::job::{Job, JobId, JobKind, JobState, Micros, now_micros, retry_delay};
 use crate::logs::LogStore;
-use crate::platform::process::{boot_id, signal_group, start_time};
+use crate::platform::process::{boot_id, signal_group};
 use crate::store::{Commit, Outcome, Store, StoreError};
 
 /// Why the scheduler wants a job stopped.
@@ -91,7 +91,7 @@ pub async fn run_attempt(
     let pid = spawned.child.pid();
     let running = JobState::Running {
         pid,
-        pid_start: start_time(pid).unwrap_or(0),
+        pid_start: spawned.child.start_time().unwrap_or(0),
         boot_id: boot_id(),
     };
     // Not awaited here: the commit overlaps with the job's run. The
