@@ -789,10 +789,29 @@ pub async fn wait_for_stdout(
     id: u64,
     needle: &str,
 ) -> Result<()> {
-    let mut logs = open_logs(client, id, true, LogStream::Stdout).await?;
+    wait_for_output(client, id, LogStream::Stdout, needle).await
+}
+
+/// Follows one of job `id`'s streams (stdout or stderr) until it contains
+/// `needle`.
+pub async fn wait_for_output(
+    client: &mut JobsClient<Channel>,
+    id: u64,
+    stream: LogStream,
+    needle: &str,
+) -> Result<()> {
+    let mut logs = open_logs(client, id, true, stream).await?;
     let mut output = JobOutput::default();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !String::from_utf8_lossy(&output.stdout).contains(needle) {
+    let seen = |o: &JobOutput| {
+        let bytes = if stream == LogStream::Stderr {
+            &o.stderr
+        } else {
+            &o.stdout
+        };
+        String::from_utf8_lossy(bytes).contains(needle)
+    };
+    while !seen(&output) {
         let chunk = tokio::time::timeout_at(deadline, logs.message())
             .await
             .map_err(|_| anyhow!("job {id} printed no {needle:?} within {WAIT:?}"))?

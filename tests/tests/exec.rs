@@ -8,7 +8,7 @@ use quern_proto::v1::{CancelRequest, Job, JobSpec, JobState, LogStream};
 use quern_tests::{
     EventStream, JobOutput, TestDaemon, assert_group_gone, duration, exec_mut, exec_spec,
     expect_code, open_logs, processes_in_group, read_logs, sh, submit, system_time, timestamp,
-    wait_for_running, wait_for_stdout, wait_for_terminal,
+    wait_for_output, wait_for_running, wait_for_stdout, wait_for_terminal,
 };
 use tokio::time::timeout;
 use tonic::Code;
@@ -287,6 +287,51 @@ async fn cancel_racing_a_failure_still_cancels_the_retry() -> Result<()> {
             after.state()
         );
     }
+    Ok(())
+}
+
+/// A job asked to stop gets its grace period to finish, and its output is
+/// copied meanwhile: one that writes more than a pipe holds only once it
+/// gets SIGTERM finishes writing and exits, instead of blocking on a full
+/// pipe until the SIGKILL at the end of the grace.
+#[tokio::test]
+async fn a_stopping_job_can_write_more_than_a_pipe_holds() -> Result<()> {
+    const BYTES: usize = 200_000;
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    // Silent on stdout until SIGTERM; "ready" on stderr once the trap is
+    // set, so the cancel cannot come before it.
+    let script = format!(
+        "trap 'head -c {BYTES} /dev/zero | tr \"\\000\" x; exit 0' TERM; \
+         echo ready >&2; while :; do sleep 1; done"
+    );
+    let job = submit(&mut client, sh(&script)).await?;
+    wait_for_output(&mut client, job.id, LogStream::Stderr, "ready").await?;
+    let cancelled = timeout(
+        quern_tests::WAIT,
+        client.cancel(CancelRequest {
+            id: job.id,
+            // Far longer than the test may take: a job blocked on its
+            // pipe would only end at the SIGKILL after it.
+            grace: Some(duration(Duration::from_secs(600))),
+        }),
+    )
+    .await
+    .context("the job did not end within the wait: its output is not copied while it stops")??
+    .into_inner()
+    .job
+    .context("CancelResponse has no job")?;
+    ensure!(
+        cancelled.state == JobState::Cancelled as i32,
+        "Cancel returned the job {:?}: {cancelled:?}",
+        cancelled.state()
+    );
+    let out = read_logs(&mut client, job.id, LogStream::Stdout).await?;
+    ensure!(
+        out.stdout.len() == BYTES && out.stdout.iter().all(|&b| b == b'x'),
+        "captured {} bytes of stdout, expected {BYTES} x's",
+        out.stdout.len()
+    );
     Ok(())
 }
 

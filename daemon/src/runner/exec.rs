@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -11,7 +10,6 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
-use tokio::task::JoinHandle;
 
 use crate::job::{ExecSpec, JobId};
 use crate::logs::{LiveLog, Stream};
@@ -22,10 +20,19 @@ use crate::platform::spawn::{JobProcess, SpawnSpec};
 pub struct Spawned {
     /// The leader process; its pid is also the group id.
     pub child: JobProcess,
-    /// The tasks copying stdout and stderr to the log files; they end when
-    /// every process holding the pipes has exited.
-    pub pumps: Vec<JoinHandle<()>>,
+    /// Copies stdout and stderr to the log files; it ends when every
+    /// process holding the pipes has exited. The caller must poll it while
+    /// the job runs, or a job that fills a pipe blocks.
+    ///
+    /// A future rather than two spawned tasks: a task each cost an
+    /// allocation and a scheduling round per job, and three tasks woken at
+    /// once by a job's exit had the runtime wake a second worker to share
+    /// them.
+    pub pumps: Pumps,
 }
+
+/// See [`Spawned::pumps`].
+pub type Pumps = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Starts `spec` as job `id`.
 ///
@@ -77,10 +84,13 @@ pub fn spawn(
     .map_err(|e| format!("cannot start {:?}: {e}", spec.argv[0]))?;
     // The write ends were moved into the spawn and are closed by now, so
     // the pumps see EOF once the job's processes are gone.
-    let pumps = [(Stream::Stdout, out_r), (Stream::Stderr, err_r)]
-        .into_iter()
-        .map(|(s, fd): (Stream, OwnedFd)| tokio::spawn(live.clone().pump(s, fd)))
-        .collect();
+    let (out, err) = (
+        live.clone().pump(Stream::Stdout, out_r),
+        live.clone().pump(Stream::Stderr, err_r),
+    );
+    let pumps = Box::pin(async move {
+        tokio::join!(out, err);
+    });
     Ok(Spawned { child, pumps })
 }
 
@@ -148,10 +158,8 @@ mod tests {
             env: BTreeMap::new(),
         };
         let mut spawned = spawn(42, &spec, dir.path(), &live).unwrap();
-        let status = spawned.child.wait().await.unwrap();
-        for p in spawned.pumps {
-            p.await.unwrap();
-        }
+        let (status, ()) = tokio::join!(spawned.child.wait(), spawned.pumps);
+        let status = status.unwrap();
         assert!(status.success());
         let out = String::from_utf8(logs.read_stored(42, Stream::Stdout).unwrap()).unwrap();
         let pid = spawned.child.pid();

@@ -100,35 +100,50 @@ pub async fn run_attempt(
     let marked = ctx.store.mark_running(id, attempt, running, started_at);
     let timeout = job.spec.timeout;
     let grace = ctx.config.default_grace;
-    let ended = tokio::select! {
-        status = spawned.child.wait() => match status {
-            Ok(s) => Ended::Exited(s),
-            Err(e) => {
-                tracing::error!(job = id, error = %e, "waiting for job process failed");
-                Ended::Stopped(Stop::Cancel { grace: Duration::ZERO })
+    let mut pumps = spawned.pumps;
+    let child = &mut spawned.child;
+    let work = async {
+        tokio::select! {
+            status = child.wait() => match status {
+                Ok(s) => Ended::Exited(s),
+                Err(e) => {
+                    tracing::error!(job = id, error = %e, "waiting for job process failed");
+                    Ended::Stopped(Stop::Cancel { grace: Duration::ZERO })
+                }
+            },
+            _ = sleep_or_forever(timeout) => {
+                let _ = exec::terminate(child, pid, grace).await;
+                Ended::TimedOut(timeout.unwrap_or_default())
             }
-        },
-        _ = sleep_or_forever(timeout) => {
-            let _ = exec::terminate(&mut spawned.child, pid, grace).await;
-            Ended::TimedOut(timeout.unwrap_or_default())
+            s = &mut stop => {
+                // A dropped sender means the scheduler is gone: treat as shutdown.
+                let s = s.unwrap_or(Stop::Shutdown);
+                let g = match s { Stop::Cancel { grace } => grace, Stop::Shutdown => grace };
+                let _ = exec::terminate(child, pid, g).await;
+                Ended::Stopped(s)
+            }
         }
-        s = &mut stop => {
-            // A dropped sender means the scheduler is gone: treat as shutdown.
-            let s = s.unwrap_or(Stop::Shutdown);
-            let g = match s { Stop::Cancel { grace } => grace, Stop::Shutdown => grace };
-            let _ = exec::terminate(&mut spawned.child, pid, g).await;
-            Ended::Stopped(s)
+    };
+    // The output is copied all along, also while a stopped job gets its
+    // grace period, so a job that writes a lot never blocks on a full pipe.
+    let mut work = std::pin::pin!(work);
+    let mut drained = false;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut work => break ended,
+            () = &mut pumps, if !drained => drained = true,
         }
     };
     // The leader is gone; take down anything it left behind in its group,
     // so that nothing of the job outlives it.
     signal_group(pid, Signal::SIGKILL);
-    let drain = futures_join(spawned.pumps);
-    if tokio::time::timeout(DRAIN_LIMIT, drain).await.is_err() {
+    if !drained && tokio::time::timeout(DRAIN_LIMIT, &mut pumps).await.is_err() {
         tracing::warn!(
             job = id,
             "job output still open after its group was killed; a process left the group"
         );
+        // Keep copying what it writes, without holding up the job's end.
+        tokio::spawn(pumps);
     }
     // The processes are gone: the slot can take the next job while the
     // outcome is committed.
@@ -173,12 +188,6 @@ async fn record(
     ctx.store
         .finish(id, attempt, started_at, outcome, at, Commit::Grouped)
         .await
-}
-
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for h in handles {
-        let _ = h.await;
-    }
 }
 
 async fn sleep_or_forever(d: Option<Duration>) {
