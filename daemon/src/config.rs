@@ -30,8 +30,8 @@ pub struct Config {
     /// SIGTERM-to-SIGKILL grace for cancel, timeout and shutdown.
     pub default_grace: Duration,
     /// How long the store may hold a job's "running" or outcome write, while
-    /// short jobs keep it busy, to share one commit with others. Zero never
-    /// holds one. Job events can come up to this much later under such load,
+    /// short jobs keep it busy (at least two jobs' writes within 2 ms), to
+    /// share one commit with others. Zero never holds one. Job events can come up to this much later under such load,
     /// and a crash (kill -9, power loss) can catch up to this much more of
     /// jobs' progress unrecorded: such a job is recovered like any job
     /// running at a crash, as interrupted, or queued to run again if it was
@@ -162,7 +162,7 @@ impl Config {
                 reason: "must be at least 1",
             });
         }
-        let commit_linger = duration("commit_linger", file.commit_linger, "2ms")?;
+        let commit_linger = duration("commit_linger", file.commit_linger, "10ms")?;
         if commit_linger > MAX_COMMIT_LINGER {
             return Err(ConfigError::Invalid {
                 key: "commit_linger",
@@ -199,7 +199,7 @@ impl Config {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(3600),
             default_grace: Duration::from_secs(10),
-            commit_linger: Duration::from_millis(2),
+            commit_linger: Duration::from_millis(10),
         }
     }
 }
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(cfg.log_cap_bytes, 65536);
         assert_eq!(cfg.state_dir, PathBuf::from("/x"));
         assert_eq!(cfg.default_grace, Duration::from_secs(10));
-        assert_eq!(cfg.commit_linger, Duration::from_millis(2));
+        assert_eq!(cfg.commit_linger, Duration::from_millis(10));
     }
 
     /// Loads a config file holding `text`, written to `path`.

@@ -52,10 +52,34 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const MAX_BATCH_OPS: usize = 4096;
 
 /// How many job-progress writes (see [`Commit::Grouped`]) must have come
-/// within one linger window before the writer waits for more. One job at a
+/// within [`BUSY_WINDOW`] before the writer waits for more. One job at a
 /// time writes two per run, so an idle daemon never waits; short jobs
 /// running back to back on every slot write many more.
 const LINGER_MIN_OPS: usize = 4;
+
+/// How far back the writer looks to judge whether job progress comes fast
+/// enough to wait for (or the linger, if shorter). Fixed rather than the
+/// linger itself: with a 10 ms linger, four writes in 10 ms would call one
+/// job started every few milliseconds "busy", and hold its events.
+const BUSY_WINDOW: Duration = Duration::from_millis(2);
+
+/// How the writer groups job progress.
+#[derive(Clone, Copy, Debug)]
+struct Linger {
+    /// The longest a write is held.
+    max: Duration,
+    /// See [`BUSY_WINDOW`].
+    busy_window: Duration,
+}
+
+impl Linger {
+    fn new(max: Duration) -> Linger {
+        Linger {
+            max,
+            busy_window: max.min(BUSY_WINDOW),
+        }
+    }
+}
 
 /// How soon a write must be committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +382,20 @@ impl Store {
         cache_bytes: usize,
         commit_linger: Duration,
     ) -> Result<Store> {
+        Store::open_with(
+            state_dir,
+            event_retention,
+            cache_bytes,
+            Linger::new(commit_linger),
+        )
+    }
+
+    fn open_with(
+        state_dir: &Path,
+        event_retention: u64,
+        cache_bytes: usize,
+        linger: Linger,
+    ) -> Result<Store> {
         let path = state_dir.join(DB_FILE);
         // An empty file is one we created and then died before redb wrote
         // its header: nothing to lose, so initialise it like a new one.
@@ -400,7 +438,8 @@ impl Store {
             counters,
             retention: event_retention,
             events: events.clone(),
-            pace: Pace::new(commit_linger),
+            linger: linger.max,
+            pace: Pace::new(linger.busy_window),
             commits: commits.clone(),
         };
         std::thread::Builder::new()
@@ -877,14 +916,16 @@ struct Writer {
     counters: Counters,
     retention: u64,
     events: broadcast::Sender<Event>,
-    /// Its window is [`Store::open`]'s `commit_linger`.
+    /// [`Store::open`]'s `commit_linger`.
+    linger: Duration,
     pace: Pace,
     /// Transactions committed since open.
     commits: Arc<AtomicU64>,
 }
 
 /// Whether grouped writes (see [`Commit::Grouped`]) are coming fast enough
-/// to be worth waiting for: at least [`LINGER_MIN_OPS`] within one window.
+/// to be worth waiting for: at least [`LINGER_MIN_OPS`] within one window
+/// ([`BUSY_WINDOW`]).
 struct Pace {
     window: Duration,
     /// When the latest grouped writes were committed, newest last; at most
@@ -972,17 +1013,17 @@ impl Writer {
     /// outcome writes would otherwise get a commit of their own, with two
     /// `fdatasync`s each; that was the store thread's largest cost in P3
     /// (see docs/benchmarks.md). So when `batch` holds only such writes and
-    /// at least [`LINGER_MIN_OPS`] came within the last linger window, wait
-    /// up to one window for more to share the commit. Such writes join
+    /// at least [`LINGER_MIN_OPS`] came within the last [`BUSY_WINDOW`],
+    /// wait up to the linger for more to share the commit. Such writes join
     /// without waking the writer; any other write ends the wait at once, so
     /// nothing a client waits on is held back.
     fn linger(&mut self, rx: &inbox::Receiver<Op>, batch: &mut Vec<Op>) {
-        if self.pace.window.is_zero() || !batch.iter().all(Op::may_wait) {
+        if self.linger.is_zero() || !batch.iter().all(Op::may_wait) {
             return;
         }
         let now = Instant::now();
         if self.pace.busy(now, batch.len()) {
-            rx.linger(batch, MAX_BATCH_OPS, now + self.pace.window);
+            rx.linger(batch, MAX_BATCH_OPS, now + self.linger);
         }
         let grouped = batch.iter().filter(|op| op.may_wait()).count();
         self.pace.note(Instant::now(), grouped);
@@ -1578,6 +1619,17 @@ mod tests {
         }
     }
 
+    /// A long linger still judges "busy" over a short window, so one job
+    /// every few milliseconds never has its events held.
+    #[test]
+    fn the_busy_window_is_short_whatever_the_linger() {
+        let long = Linger::new(Duration::from_millis(10));
+        assert_eq!(long.max, Duration::from_millis(10));
+        assert_eq!(long.busy_window, BUSY_WINDOW);
+        let short = Linger::new(Duration::from_micros(500));
+        assert_eq!(short.busy_window, Duration::from_micros(500));
+    }
+
     #[test]
     fn pace_is_busy_only_when_enough_grouped_writes_came_within_the_window() {
         let window = Duration::from_millis(2);
@@ -1609,9 +1661,14 @@ mod tests {
     #[tokio::test]
     async fn grouped_writes_share_a_commit_and_other_writes_are_not_held() {
         let dir = tempfile::tempdir().unwrap();
-        let linger = Duration::from_secs(30);
+        // Judged busy over the whole linger too: the test's writes come
+        // slowly, so that a held write shows in the commit count.
+        let linger = Linger {
+            max: Duration::from_secs(30),
+            busy_window: Duration::from_secs(30),
+        };
         let prompt = Duration::from_secs(10);
-        let store = Store::open(dir.path(), 1000, 1 << 20, linger).unwrap();
+        let store = Store::open_with(dir.path(), 1000, 1 << 20, linger).unwrap();
         let jobs: Vec<u64> = store
             .submit((0..12).map(|_| spec(0)).collect(), 1)
             .await

@@ -175,8 +175,10 @@ pub async fn run_attempt(
     result
 }
 
-/// Records how an attempt ended. No client waits on it, so the store may
-/// group it with other jobs' progress while it is busy.
+/// Records how an attempt ended. Mostly no client waits on that, so the
+/// store may group it with other jobs' progress while it is busy; but a
+/// Cancel call is answered with the cancelled job, so that outcome is
+/// committed at once.
 async fn record(
     ctx: &RunnerCtx,
     id: JobId,
@@ -185,8 +187,12 @@ async fn record(
     outcome: Outcome,
 ) -> Result<Job, StoreError> {
     let at = now_micros();
+    let commit = match outcome {
+        Outcome::Cancelled { .. } => Commit::Now,
+        _ => Commit::Grouped,
+    };
     ctx.store
-        .finish(id, attempt, started_at, outcome, at, Commit::Grouped)
+        .finish(id, attempt, started_at, outcome, at, commit)
         .await
 }
 
