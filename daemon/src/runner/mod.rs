@@ -79,7 +79,7 @@ pub async fn run_attempt(
     let live = ctx.logs.start(id);
     let started_at = now_micros();
     let spawned = exec::spawn(id, spec, &ctx.default_cwd, &live);
-    let mut spawned = match spawned {
+    let spawned = match spawned {
         Ok(s) => s,
         Err(error) => {
             // Nothing ran, so no output will come.
@@ -101,41 +101,48 @@ pub async fn run_attempt(
     let timeout = job.spec.timeout;
     let grace = ctx.config.default_grace;
     let mut pumps = spawned.pumps;
-    let child = &mut spawned.child;
-    let work = async {
-        tokio::select! {
-            status = child.wait() => match status {
-                Ok(s) => Ended::Exited(s),
-                Err(e) => {
-                    tracing::error!(job = id, error = %e, "waiting for job process failed");
-                    Ended::Stopped(Stop::Cancel { grace: Duration::ZERO })
-                }
-            },
-            _ = sleep_or_forever(timeout) => {
-                let _ = exec::terminate(child, pid, grace).await;
-                Ended::TimedOut(timeout.unwrap_or_default())
-            }
-            s = &mut stop => {
-                // A dropped sender means the scheduler is gone: treat as shutdown.
-                let s = s.unwrap_or(Stop::Shutdown);
-                let g = match s { Stop::Cancel { grace } => grace, Stop::Shutdown => grace };
-                let _ = exec::terminate(child, pid, g).await;
-                Ended::Stopped(s)
-            }
-        }
-    };
-    // The output is copied all along, also while a stopped job gets its
-    // grace period, so a job that writes a lot never blocks on a full pipe.
-    let mut work = std::pin::pin!(work);
     let mut drained = false;
-    let ended = loop {
-        tokio::select! {
-            ended = &mut work => break ended,
-            () = &mut pumps, if !drained => drained = true,
+    // In a block so that the leader's handle, and its pidfd, close as soon
+    // as it is reaped rather than when the outcome is committed, which
+    // under load can be a linger later: every open descriptor makes each
+    // later job start copy a bigger table.
+    let ended = {
+        let mut child = spawned.child;
+        let child = &mut child;
+        let work = async {
+            tokio::select! {
+                status = child.wait() => match status {
+                    Ok(s) => Ended::Exited(s),
+                    Err(e) => {
+                        tracing::error!(job = id, error = %e, "waiting for job process failed");
+                        Ended::Stopped(Stop::Cancel { grace: Duration::ZERO })
+                    }
+                },
+                _ = sleep_or_forever(timeout) => {
+                    let _ = exec::terminate(child, pid, grace).await;
+                    Ended::TimedOut(timeout.unwrap_or_default())
+                }
+                s = &mut stop => {
+                    // A dropped sender means the scheduler is gone: treat as shutdown.
+                    let s = s.unwrap_or(Stop::Shutdown);
+                    let g = match s { Stop::Cancel { grace } => grace, Stop::Shutdown => grace };
+                    let _ = exec::terminate(child, pid, g).await;
+                    Ended::Stopped(s)
+                }
+            }
+        };
+        // The output is copied all along, also while a stopped job gets its
+        // grace period, so a job that writes a lot never blocks on a full pipe.
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                ended = &mut work => break ended,
+                () = &mut pumps, if !drained => drained = true,
+            }
         }
     };
-    // The leader is gone; take down anything it left behind in its group,
-    // so that nothing of the job outlives it.
+    // Take down anything the leader left behind in its group, so that
+    // nothing of the job outlives it.
     signal_group(pid, Signal::SIGKILL);
     if !drained && tokio::time::timeout(DRAIN_LIMIT, &mut pumps).await.is_err() {
         tracing::warn!(
