@@ -6,7 +6,7 @@
 //! has started, so its memory does not grow with the queue.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -23,8 +23,8 @@ const STORE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Messages the scheduler acts on.
 enum Msg {
-    /// Jobs were submitted: some are ready, and/or one is due at `due`.
-    Wake { ready: bool, due: Option<Micros> },
+    /// Jobs were submitted: see [`Submitted`] for which.
+    Wake,
     /// Stop a job; reply with it once it has stopped.
     Cancel {
         id: JobId,
@@ -44,6 +44,32 @@ enum Msg {
 #[derive(Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::UnboundedSender<Msg>,
+    submitted: Arc<Mutex<Submitted>>,
+}
+
+/// What submissions the scheduler has not looked at yet, merged, so that
+/// one [`Msg::Wake`] covers however many came meanwhile. The scheduler runs
+/// on its own thread, and a message per Submit woke that thread once per
+/// call under many concurrent clients (P1a: twice the daemon's context
+/// switches per job).
+#[derive(Default)]
+struct Submitted {
+    /// Some are ready to run.
+    ready: bool,
+    /// The earliest one scheduled for later.
+    due: Option<Micros>,
+    /// A `Wake` is on its way.
+    told: bool,
+    /// When the scheduler will next read the store's due jobs at the
+    /// latest: a job scheduled for that time or later needs no wake-up
+    /// (P1a submits jobs for an hour ahead). `None` while the scheduler is
+    /// reading that index, so a job stored meanwhile is never missed.
+    timer: Option<Micros>,
+}
+
+fn lock(m: &Mutex<Submitted>) -> std::sync::MutexGuard<'_, Submitted> {
+    // Only plain fields are set under it, so a panic cannot leave it torn.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl SchedulerHandle {
@@ -58,8 +84,20 @@ impl SchedulerHandle {
                 _ => {}
             }
         }
-        if ready || due.is_some() {
-            let _ = self.tx.send(Msg::Wake { ready, due });
+        if !ready && due.is_none() {
+            return;
+        }
+        let mut s = lock(&self.submitted);
+        if !ready && s.timer.zip(due).is_some_and(|(timer, due)| timer <= due) {
+            return;
+        }
+        s.ready |= ready;
+        if let Some(d) = due {
+            s.due = Some(s.due.map_or(d, |n| n.min(d)));
+        }
+        if !std::mem::replace(&mut s.told, true) {
+            drop(s);
+            let _ = self.tx.send(Msg::Wake);
         }
     }
 
@@ -98,6 +136,8 @@ pub struct Scheduler {
     /// tight loop of jobs that run but cannot be recorded.
     paused_until: Option<Instant>,
     tracker: TaskTracker,
+    /// Shared with every [`SchedulerHandle`].
+    submitted: Arc<Mutex<Submitted>>,
 }
 
 impl Scheduler {
@@ -106,7 +146,11 @@ impl Scheduler {
     /// [`run`]: Scheduler::run
     pub fn new(ctx: Arc<RunnerCtx>, concurrency: usize) -> (Scheduler, SchedulerHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = SchedulerHandle { tx: tx.clone() };
+        let submitted = Arc::new(Mutex::new(Submitted::default()));
+        let handle = SchedulerHandle {
+            tx: tx.clone(),
+            submitted: submitted.clone(),
+        };
         let s = Scheduler {
             ctx,
             rx,
@@ -118,6 +162,7 @@ impl Scheduler {
             maybe_ready: true,
             paused_until: None,
             tracker: TaskTracker::new(),
+            submitted,
         };
         (s, handle)
     }
@@ -131,9 +176,12 @@ impl Scheduler {
         }
         loop {
             if self.next_due.is_some_and(|d| d <= now_micros()) {
+                // Submits during the read must wake us (see `timer`).
+                lock(&self.submitted).timer = None;
                 self.promote().await;
             }
             self.dispatch().await;
+            lock(&self.submitted).timer = self.next_due;
             let due = self.next_due.map(|due| {
                 let wait = Duration::from_micros(due.saturating_sub(now_micros()));
                 Instant::now() + wait
@@ -162,7 +210,8 @@ impl Scheduler {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Wake { ready, due } => {
+            Msg::Wake => {
+                let Submitted { ready, due, .. } = std::mem::take(&mut *lock(&self.submitted));
                 self.maybe_ready |= ready;
                 if let Some(d) = due {
                     self.next_due = Some(self.next_due.map_or(d, |n| n.min(d)));
@@ -288,7 +337,6 @@ impl Scheduler {
 
     fn start(&mut self, job: Job) {
         let (stop_tx, stop_rx) = oneshot::channel();
-        let (released_tx, released_rx) = oneshot::channel();
         let id = job.id;
         self.running.insert(
             id,
@@ -301,16 +349,16 @@ impl Scheduler {
         self.active += 1;
         let ctx = self.ctx.clone();
         let tx = self.tx.clone();
-        let tx2 = self.tx.clone();
-        self.tracker.spawn(async move {
-            if released_rx.await.is_ok() {
-                let _ = tx2.send(Msg::Released { id });
+        let released = {
+            let tx = self.tx.clone();
+            move || {
+                let _ = tx.send(Msg::Released { id });
             }
-        });
-        // Spawned onto the runtime's worker threads, where the job process
+        };
+        // Spawned onto the jobs thread's runtime, where the job process
         // is forked: see runner::exec::spawn for why that matters.
         self.tracker.spawn(async move {
-            let result = run_attempt(ctx, job, stop_rx, released_tx).await;
+            let result = run_attempt(ctx, job, stop_rx, released).await;
             let _ = tx.send(Msg::Exited {
                 id,
                 result: Box::new(result),
@@ -341,7 +389,7 @@ impl Scheduler {
                 Some(Msg::Cancel { reply, .. }) => {
                     let _ = reply.send(Err(StoreError::Closed));
                 }
-                Some(Msg::Wake { .. }) | Some(Msg::Released { .. }) => {}
+                Some(Msg::Wake) | Some(Msg::Released { .. }) => {}
                 None => break,
             }
         }
@@ -354,5 +402,100 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{ExecSpec, JobKind, JobSpec};
+    use std::collections::BTreeMap;
+
+    fn job(state: JobState) -> Job {
+        Job {
+            id: 1,
+            spec: JobSpec {
+                kind: JobKind::Exec(ExecSpec {
+                    argv: vec!["true".into()],
+                    cwd: None,
+                    env: BTreeMap::new(),
+                }),
+                priority: 0,
+                labels: BTreeMap::new(),
+                run_at: None,
+                timeout: None,
+                max_attempts: 1,
+                idempotency_key: None,
+            },
+            state,
+            queued_at: 0,
+            attempts: 0,
+            started_at: None,
+            exit_code: None,
+            error: String::new(),
+        }
+    }
+
+    /// However many Submits come before the scheduler looks, it gets one
+    /// wake-up, and sees all of them: ready jobs, and the earliest due.
+    #[test]
+    fn submissions_merge_into_one_wake_until_the_scheduler_looks() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let submitted = Arc::new(Mutex::new(Submitted::default()));
+        let handle = SchedulerHandle {
+            tx,
+            submitted: submitted.clone(),
+        };
+        handle.submitted(&[job(JobState::Scheduled { run_at: 50 })]);
+        handle.submitted(&[job(JobState::Queued)]);
+        handle.submitted(&[job(JobState::Scheduled { run_at: 20 })]);
+        // Finished jobs (an idempotent resubmit) need no wake-up at all.
+        handle.submitted(&[job(JobState::Succeeded { finished_at: 1 })]);
+        assert!(matches!(rx.try_recv(), Ok(Msg::Wake)));
+        assert!(rx.try_recv().is_err(), "more than one wake-up was sent");
+
+        // What the scheduler does on the wake-up.
+        let seen = std::mem::take(&mut *lock(&submitted));
+        assert!(seen.ready);
+        assert_eq!(seen.due, Some(20));
+
+        // Once it has looked, the next Submit wakes it again.
+        handle.submitted(&[job(JobState::Scheduled { run_at: 70 })]);
+        assert!(matches!(rx.try_recv(), Ok(Msg::Wake)));
+        let seen = std::mem::take(&mut *lock(&submitted));
+        assert!(!seen.ready);
+        assert_eq!(seen.due, Some(70));
+    }
+
+    /// A job due no earlier than the scheduler's own timer needs no
+    /// wake-up; an earlier one, a ready one, or any while the scheduler
+    /// rereads the due jobs (no timer published) does.
+    #[test]
+    fn jobs_due_after_the_schedulers_timer_do_not_wake_it() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let submitted = Arc::new(Mutex::new(Submitted::default()));
+        let handle = SchedulerHandle {
+            tx,
+            submitted: submitted.clone(),
+        };
+        let mut woken = |handle: &SchedulerHandle, job: Job| {
+            handle.submitted(&[job]);
+            let woke = rx.try_recv().is_ok();
+            // The scheduler looks, and publishes its timer again.
+            let timer = lock(&submitted).timer;
+            *lock(&submitted) = Submitted {
+                timer,
+                ..Submitted::default()
+            };
+            woke
+        };
+        assert!(woken(&handle, job(JobState::Scheduled { run_at: 80 })));
+        lock(&submitted).timer = Some(60);
+        assert!(!woken(&handle, job(JobState::Scheduled { run_at: 60 })));
+        assert!(!woken(&handle, job(JobState::Scheduled { run_at: 80 })));
+        assert!(woken(&handle, job(JobState::Scheduled { run_at: 59 })));
+        assert!(woken(&handle, job(JobState::Queued)));
+        lock(&submitted).timer = None;
+        assert!(woken(&handle, job(JobState::Scheduled { run_at: 80 })));
     }
 }

@@ -56,14 +56,14 @@ enum Ended {
 /// Runs the next attempt of `job` (which the store has as queued) to the
 /// end, and returns the job as stored afterwards.
 ///
-/// `released` fires once the job's processes are gone, before the outcome
-/// is committed, so the scheduler can reuse the slot without waiting for
-/// the disk.
+/// `released` is called once the job's processes are gone, before the
+/// outcome is committed, so the scheduler can reuse the slot without
+/// waiting for the disk. It is not called if the job never started.
 pub async fn run_attempt(
     ctx: Arc<RunnerCtx>,
     job: Job,
     mut stop: oneshot::Receiver<Stop>,
-    released: oneshot::Sender<()>,
+    released: impl FnOnce(),
 ) -> Result<Job, StoreError> {
     let attempt = job.attempts + 1;
     let id = job.id;
@@ -154,7 +154,7 @@ pub async fn run_attempt(
     }
     // The processes are gone: the slot can take the next job while the
     // outcome is committed.
-    let _ = released.send(());
+    released();
     if let Err(e) = marked.await {
         // Without a record of it running, the store still has the job
         // queued, and it will be started again.
