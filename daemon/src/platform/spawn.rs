@@ -16,7 +16,8 @@
 //! Elsewhere the job is started with std's `posix_spawn` path and there is
 //! no parent-death signal.
 
-use std::ffi::OsString;
+use std::borrow::Cow;
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -30,8 +31,10 @@ pub struct SpawnSpec<'a> {
     pub argv: &'a [String],
     /// The working directory.
     pub cwd: &'a Path,
-    /// The whole environment of the new process.
-    pub env: Vec<(OsString, OsString)>,
+    /// The whole environment of the new process, as `KEY=VALUE` strings.
+    /// Borrowed where it can be: the variables every job inherits are
+    /// encoded once (see `runner::exec`).
+    pub env: Vec<Cow<'a, CStr>>,
     /// Becomes the job's stdout.
     pub stdout: OwnedFd,
     /// Becomes the job's stderr.
@@ -101,7 +104,15 @@ fn portable_spawn(spec: SpawnSpec<'_>) -> io::Result<JobProcess> {
         .args(&spec.argv[1..])
         .current_dir(spec.cwd)
         .env_clear()
-        .envs(spec.env)
+        .envs(spec.env.iter().filter_map(|kv| {
+            use std::os::unix::ffi::OsStrExt;
+            let kv = kv.to_bytes();
+            let eq = kv.iter().position(|&b| b == b'=')?;
+            Some((
+                std::ffi::OsStr::from_bytes(&kv[..eq]),
+                std::ffi::OsStr::from_bytes(&kv[eq + 1..]),
+            ))
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::from(spec.stdout))
         .stderr(Stdio::from(spec.stderr))
@@ -304,31 +315,13 @@ mod linux {
             .iter()
             .map(|a| cstring(OsStr::new(a), "an argument"))
             .collect::<io::Result<_>>()?;
-        let envs: Vec<CString> = spec
-            .env
-            .iter()
-            .map(|(k, v)| {
-                let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
-                kv.extend_from_slice(k.as_bytes());
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("environment variable {k:?} contains a NUL byte"),
-                    )
-                })
-            })
-            .collect::<io::Result<_>>()?;
         let cwd = cstring(spec.cwd.as_os_str(), "the working directory")?;
-        let ptrs = |v: &[CString]| {
-            v.iter()
-                .map(|c| c.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
+        let ptrs = |v: &mut dyn Iterator<Item = *const libc::c_char>| {
+            v.chain(std::iter::once(std::ptr::null()))
                 .collect::<Vec<_>>()
         };
-        let argv_ptrs = ptrs(&argv);
-        let env_ptrs = ptrs(&envs);
+        let argv_ptrs = ptrs(&mut argv.iter().map(|c| c.as_ptr()));
+        let env_ptrs = ptrs(&mut spec.env.iter().map(|c| c.as_ptr()));
         let stdin = dev_null()?;
         let stdout = above_stdio(spec.stdout)?;
         let stderr = above_stdio(spec.stderr)?;
@@ -512,7 +505,7 @@ mod tests {
             program: Path::new("/bin/sh"),
             argv: &argv,
             cwd,
-            env: vec![("QUERN_TEST".into(), "yes".into())],
+            env: vec![Cow::Borrowed(c"QUERN_TEST=yes")],
             stdout: out_w.into(),
             stderr: err_w.into(),
         })?;

@@ -1,11 +1,14 @@
 //! The exec job kind: runs argv directly, with no shell, in its own process
 //! group, with stdout and stderr captured.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -78,7 +81,7 @@ pub fn spawn(
         // The job's argv[0] as given, not the resolved path.
         argv: &spec.argv,
         cwd,
-        env: job_env(id, &spec.env),
+        env: job_env(id, &spec.env)?,
         stdout: out_w,
         stderr: err_w,
     })
@@ -97,13 +100,48 @@ pub fn spawn(
 
 /// The job's environment: the daemon's, without its readiness socket (not
 /// the job's business), then the job's own variables, then `QUERN_JOB_ID`.
-fn job_env(id: JobId, own: &BTreeMap<String, String>) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(k, _)| k != "NOTIFY_SOCKET")
-        .collect();
-    env.extend(own.iter().map(|(k, v)| (k.into(), v.into())));
-    env.insert("QUERN_JOB_ID".into(), id.to_string().into());
-    env.into_iter().collect()
+fn job_env(id: JobId, own: &BTreeMap<String, String>) -> Result<Vec<Cow<'static, CStr>>, String> {
+    let inherited = inherited_env();
+    let mut env = Vec::with_capacity(inherited.len() + own.len() + 1);
+    for (key, kv) in inherited {
+        let replaced = key == "QUERN_JOB_ID" || key.to_str().is_some_and(|k| own.contains_key(k));
+        if !replaced {
+            env.push(Cow::Borrowed(kv.as_c_str()));
+        }
+    }
+    let entry = |k: &str, v: &str| {
+        CString::new(format!("{k}={v}"))
+            .map(Cow::Owned)
+            .map_err(|_| format!("environment variable {k:?} contains a NUL byte"))
+    };
+    for (k, v) in own {
+        env.push(entry(k, v)?);
+    }
+    env.push(entry("QUERN_JOB_ID", &id.to_string())?);
+    Ok(env)
+}
+
+/// The daemon's environment less `NOTIFY_SOCKET`, each variable with its
+/// name and as the `KEY=VALUE` string a job gets. Read once, at the first
+/// job start: the daemon never changes its own environment, and copying
+/// every variable twice per job was most of a job start's allocations in
+/// P3.
+fn inherited_env() -> &'static [(OsString, CString)] {
+    static ENV: OnceLock<Vec<(OsString, CString)>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars_os()
+            .filter(|(k, _)| k != "NOTIFY_SOCKET")
+            .filter_map(|(k, v)| {
+                let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
+                kv.extend_from_slice(k.as_bytes());
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                // The environment cannot hold a NUL byte; skip rather than
+                // trust that.
+                Some((k, CString::new(kv).ok()?))
+            })
+            .collect()
+    })
 }
 
 /// Stops the whole group: SIGTERM, up to `grace` for the leader to exit,
@@ -165,6 +203,30 @@ mod tests {
         let out = String::from_utf8(logs.read_stored(42, Stream::Stdout).unwrap()).unwrap();
         let pid = spawned.child.pid();
         assert_eq!(out, format!("sh 42 {pid} {pid}\n"));
+    }
+
+    /// A job's own variable replaces the inherited one of the same name,
+    /// and the rest of the daemon's environment comes along unchanged.
+    #[test]
+    fn a_jobs_own_variables_replace_inherited_ones() {
+        let inherited = inherited_env();
+        assert!(
+            inherited.iter().any(|(k, _)| k == "PATH"),
+            "the test process has no PATH"
+        );
+        let own = BTreeMap::from([("PATH".to_string(), "/only/here".to_string())]);
+        let env: Vec<String> = job_env(7, &own)
+            .unwrap()
+            .iter()
+            .map(|kv| kv.to_string_lossy().into_owned())
+            .collect();
+        let paths: Vec<&String> = env.iter().filter(|kv| kv.starts_with("PATH=")).collect();
+        assert_eq!(paths, ["PATH=/only/here"]);
+        assert!(env.contains(&"QUERN_JOB_ID=7".to_string()), "{env:?}");
+        // PATH replaced, QUERN_JOB_ID added.
+        assert_eq!(env.len(), inherited.len() + 1, "{env:?}");
+        let err = job_env(7, &BTreeMap::from([("X".to_string(), "a\0b".to_string())]));
+        assert!(err.unwrap_err().contains("\"X\" contains a NUL byte"));
     }
 
     #[tokio::test]
