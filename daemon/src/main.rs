@@ -29,6 +29,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
+    quern_daemon::platform::ignore_file_size_signal();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

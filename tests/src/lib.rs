@@ -98,6 +98,7 @@ pub struct TestDaemonBuilder {
     config: Vec<String>,
     env: Vec<(OsString, OsString)>,
     socket: Option<PathBuf>,
+    file_size_limit: Option<u64>,
 }
 
 impl TestDaemonBuilder {
@@ -117,6 +118,13 @@ impl TestDaemonBuilder {
     /// Sets an environment variable for the daemon (and so for its jobs).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the daemon with `RLIMIT_FSIZE` at `bytes`: no file it (or a
+    /// job) writes may grow past that.
+    pub fn file_size_limit(mut self, bytes: u64) -> Self {
+        self.file_size_limit = Some(bytes);
         self
     }
 
@@ -152,6 +160,7 @@ impl TestDaemonBuilder {
             config_path,
             concurrency: self.concurrency,
             env: self.env,
+            file_size_limit: self.file_size_limit,
             dir,
         })
     }
@@ -173,6 +182,7 @@ pub struct PreparedDaemon {
     log_path: PathBuf,
     concurrency: Option<u32>,
     env: Vec<(OsString, OsString)>,
+    file_size_limit: Option<u64>,
 }
 
 impl PreparedDaemon {
@@ -223,6 +233,23 @@ impl PreparedDaemon {
             .env_remove("QUERN_STATE_DIR")
             .env_remove("NOTIFY_SOCKET");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(bytes) = self.file_size_limit {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            // SAFETY: between fork and exec the hook only makes one system
+            // call on a value prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         cmd
     }
 

@@ -335,6 +335,51 @@ async fn a_stopping_job_can_write_more_than_a_pipe_holds() -> Result<()> {
     Ok(())
 }
 
+/// A job whose output outgrows the daemon's file size limit
+/// (`RLIMIT_FSIZE`) loses the rest of its output, not the daemon: the
+/// kernel's SIGXFSZ would otherwise kill quernd, and every running job
+/// with it.
+#[tokio::test]
+async fn output_past_the_file_size_limit_does_not_kill_the_daemon() -> Result<()> {
+    const LIMIT: u64 = 8 << 20;
+    let daemon = TestDaemon::builder()
+        .file_size_limit(LIMIT)
+        .config(format!("log_cap_bytes = {}", 4 * LIMIT))
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let job = submit(&mut client, sh(&format!("head -c {} /dev/zero", 2 * LIMIT))).await?;
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Succeeded as i32,
+        "ended {:?}: {done:?}\n{}",
+        done.state(),
+        daemon.output()
+    );
+    let out = read_logs(&mut client, job.id, LogStream::Stdout).await?;
+    ensure!(
+        out.stdout.len() as u64 <= LIMIT,
+        "kept {} bytes of output past a {LIMIT}-byte file size limit",
+        out.stdout.len()
+    );
+    // Still serving and running jobs, and a job does not inherit the
+    // daemon's ignoring of SIGXFSZ (or of anything else).
+    let next = submit(&mut client, sh("grep SigIgn /proc/self/status")).await?;
+    let next = wait_for_terminal(&mut client, next.id).await?;
+    ensure!(
+        next.state == JobState::Succeeded as i32,
+        "the next job ended {:?}",
+        next.state()
+    );
+    let shown = read_logs(&mut client, next.id, LogStream::Stdout).await?;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    ensure!(
+        shown.trim() == "SigIgn:\t0000000000000000",
+        "a job started with ignored signals: {shown:?}"
+    );
+    Ok(())
+}
+
 /// stdout and stderr are captured, and kept apart.
 #[tokio::test]
 async fn stdout_and_stderr_are_captured_separately() -> Result<()> {

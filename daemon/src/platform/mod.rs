@@ -4,6 +4,19 @@
 pub mod process;
 pub mod spawn;
 
+/// Makes a write past the file size limit (`RLIMIT_FSIZE`) fail with
+/// EFBIG instead of killing the daemon with SIGXFSZ: a job's output file
+/// reaching the limit must cost that job the rest of its output, not every
+/// running job its daemon. Job processes start with every signal at its
+/// default again (see `spawn`), so they keep the usual behaviour.
+pub fn ignore_file_size_signal() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs SIG_IGN, which runs no code of ours.
+    if let Err(e) = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) } {
+        tracing::warn!(error = %e, "cannot ignore SIGXFSZ; a log file reaching the file size limit will stop the daemon");
+    }
+}
+
 /// Tells the service manager (systemd, or a test harness speaking the same
 /// protocol through `NOTIFY_SOCKET`) that the daemon is ready.
 pub fn notify_ready() {
