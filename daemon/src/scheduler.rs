@@ -72,6 +72,15 @@ fn lock(m: &Mutex<Submitted>) -> std::sync::MutexGuard<'_, Submitted> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What the scheduler does on a [`Msg::Wake`]: takes what was submitted
+/// (whether any are ready, and the earliest due), so that the next Submit
+/// sends a wake-up again. The published timer stays.
+fn take_submitted(m: &Mutex<Submitted>) -> (bool, Option<Micros>) {
+    let mut s = lock(m);
+    s.told = false;
+    (std::mem::take(&mut s.ready), s.due.take())
+}
+
 impl SchedulerHandle {
     /// Tells the scheduler about newly stored jobs.
     pub fn submitted(&self, jobs: &[Job]) {
@@ -211,7 +220,7 @@ impl Scheduler {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Wake => {
-                let Submitted { ready, due, .. } = std::mem::take(&mut *lock(&self.submitted));
+                let (ready, due) = take_submitted(&self.submitted);
                 self.maybe_ready |= ready;
                 if let Some(d) = due {
                     self.next_due = Some(self.next_due.map_or(d, |n| n.min(d)));
@@ -455,16 +464,12 @@ mod tests {
         assert!(rx.try_recv().is_err(), "more than one wake-up was sent");
 
         // What the scheduler does on the wake-up.
-        let seen = std::mem::take(&mut *lock(&submitted));
-        assert!(seen.ready);
-        assert_eq!(seen.due, Some(20));
+        assert_eq!(take_submitted(&submitted), (true, Some(20)));
 
         // Once it has looked, the next Submit wakes it again.
         handle.submitted(&[job(JobState::Scheduled { run_at: 70 })]);
         assert!(matches!(rx.try_recv(), Ok(Msg::Wake)));
-        let seen = std::mem::take(&mut *lock(&submitted));
-        assert!(!seen.ready);
-        assert_eq!(seen.due, Some(70));
+        assert_eq!(take_submitted(&submitted), (false, Some(70)));
     }
 
     /// A job due no earlier than the scheduler's own timer needs no
@@ -481,12 +486,8 @@ mod tests {
         let mut woken = |handle: &SchedulerHandle, job: Job| {
             handle.submitted(&[job]);
             let woke = rx.try_recv().is_ok();
-            // The scheduler looks, and publishes its timer again.
-            let timer = lock(&submitted).timer;
-            *lock(&submitted) = Submitted {
-                timer,
-                ..Submitted::default()
-            };
+            // The scheduler looks; its published timer stays.
+            take_submitted(&submitted);
             woke
         };
         assert!(woken(&handle, job(JobState::Scheduled { run_at: 80 })));
