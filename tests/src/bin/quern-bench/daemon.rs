@@ -256,6 +256,12 @@ impl Quernd {
         cpu_time(self.pid()?)
     }
 
+    /// The CPU time of the daemon's job processes that it has reaped so far
+    /// (user plus system, from `/proc/<pid>/stat`'s cutime and cstime).
+    pub fn children_cpu_time(&self) -> Result<Duration> {
+        stat_ticks(self.pid()?, 13, "cutime and cstime")
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns how long the drain
     /// took.
     pub async fn stop(&mut self) -> Result<Duration> {
@@ -310,26 +316,71 @@ impl Quernd {
 /// The CPU time the threads of process `pid` have used so far (user plus
 /// system; its children's time is not included).
 pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // utime and stime are fields 14 and 15: 11 and 12 counted from the
     // state, the first field after the command name.
+    stat_ticks(pid, 11, "utime and stime")
+}
+
+/// The sum of two consecutive clock-tick fields of `/proc/<pid>/stat`,
+/// `skip` fields after the state, as a duration.
+fn stat_ticks(pid: u32, skip: usize, what: &str) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let ticks: Vec<u64> = quern_tests::stat_fields(&stat)
         .into_iter()
-        .flat_map(|fields| fields.skip(11).take(2))
+        .flat_map(|fields| fields.skip(skip).take(2))
         .map_while(|field| field.parse().ok())
         .collect();
-    let [utime, stime] = ticks[..] else {
-        bail!("{path} has no readable utime and stime");
+    let [a, b] = ticks[..] else {
+        bail!("{path} has no readable {what}");
     };
+    Ok(Duration::from_secs_f64(
+        (a + b) as f64 / ticks_per_sec()? as f64,
+    ))
+}
+
+fn ticks_per_sec() -> Result<u64> {
     // SAFETY: sysconf only reads a constant.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let per_sec = u64::try_from(per_sec)
+    u64::try_from(per_sec)
         .ok()
         .filter(|&n| n > 0)
-        .context("the clock tick rate is unknown")?;
+        .context("the clock tick rate is unknown")
+}
+
+/// The machine's idle time so far (idle plus iowait, summed over every
+/// core), from `/proc/stat`.
+pub fn idle_time() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("cpu "))
+        .into_iter()
+        .flat_map(|rest| rest.split_whitespace().skip(3).take(2))
+        .map_while(|field| field.parse().ok())
+        .collect();
+    let [idle, iowait] = ticks[..] else {
+        bail!("/proc/stat has no readable idle and iowait times");
+    };
     Ok(Duration::from_secs_f64(
-        (utime + stime) as f64 / per_sec as f64,
+        (idle + iowait) as f64 / ticks_per_sec()? as f64,
+    ))
+}
+
+/// The CPU time of this process's children that it has waited for (user
+/// plus system).
+pub fn own_children_cpu_time() -> Result<Duration> {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) != 0 {
+            bail!("getrusage failed: {}", std::io::Error::last_os_error());
+        }
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Duration::from_secs_f64(
+        secs(usage.ru_utime) + secs(usage.ru_stime),
     ))
 }
 

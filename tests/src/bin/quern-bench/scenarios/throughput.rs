@@ -11,7 +11,7 @@ use quern_proto::v1::JobState;
 use quern_proto::v1::jobs_client::JobsClient;
 
 use super::{Ctx, EventWatch, budget, exec, fill, stats};
-use crate::daemon::{DaemonConfig, context_switches};
+use crate::daemon::{DaemonConfig, context_switches, idle_time, own_children_cpu_time};
 use crate::report::{Metric, Run, Target, Unit};
 
 /// Runs `jobs` `/bin/true` jobs through the daemon, then `jobs` raw spawns.
@@ -24,6 +24,8 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
 
     let pid = daemon.pid()?;
     let cpu_before = daemon.cpu_time()?;
+    let jobs_cpu_before = daemon.children_cpu_time()?;
+    let idle_before = idle_time()?;
     let switches_before = context_switches(pid)?;
     let started = Instant::now();
     // Submitting happens concurrently with the first jobs running: that is
@@ -56,15 +58,21 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     }
     let elapsed = started.elapsed();
     let daemon_cpu = daemon.cpu_time()?.saturating_sub(cpu_before);
+    let daemon_jobs_cpu = daemon.children_cpu_time()?.saturating_sub(jobs_cpu_before);
+    let daemon_idle = idle_time()?.saturating_sub(idle_before);
     let daemon_switches = context_switches(pid)?.saturating_sub(switches_before);
     submitting.await.context("the submitting task panicked")??;
     if failed > 0 {
         bail!("{failed} of {jobs} /bin/true jobs did not succeed; first: {first_error}");
     }
 
+    let raw_jobs_cpu_before = own_children_cpu_time()?;
+    let raw_idle_before = idle_time()?;
     let raw = tokio::task::spawn_blocking(move || raw_spawn_loop(jobs, concurrency))
         .await
         .context("the raw spawn loop panicked")??;
+    let raw_jobs_cpu = own_children_cpu_time()?.saturating_sub(raw_jobs_cpu_before);
+    let raw_idle = idle_time()?.saturating_sub(raw_idle_before);
 
     let mut run = Run::default();
     run.check_count("jobs succeeded", jobs, succeeded)?;
@@ -93,6 +101,31 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
         "quernd context switches per job",
         daemon_switches as f64 / jobs as f64,
         Unit::Mean,
+    ));
+    // Where the rest of the machine went: the jobs' own processes (what
+    // the raw loop pays too) and the cores' idle time, which the raw loop
+    // hardly has. Both are sampled while the run is going on, from the
+    // kernel's counters, so other load on the machine shows up here too.
+    let per_job = |d: Duration| d.div_f64(jobs as f64);
+    run.push(Metric::millis(
+        "daemon_jobs_cpu_per_job",
+        "job processes' CPU per job, through quernd",
+        per_job(daemon_jobs_cpu),
+    ));
+    run.push(Metric::millis(
+        "raw_jobs_cpu_per_job",
+        "job processes' CPU per job, raw",
+        per_job(raw_jobs_cpu),
+    ));
+    run.push(Metric::millis(
+        "daemon_idle_per_job",
+        "cores' idle time per job, through quernd",
+        per_job(daemon_idle),
+    ));
+    run.push(Metric::millis(
+        "raw_idle_per_job",
+        "cores' idle time per job, raw",
+        per_job(raw_idle),
     ));
     run.push(Metric::new(
         "concurrency",
