@@ -445,16 +445,27 @@ mod tests {
         }
     }
 
-    /// However many Submits come before the scheduler looks, it gets one
-    /// wake-up, and sees all of them: ready jobs, and the earliest due.
-    #[test]
-    fn submissions_merge_into_one_wake_until_the_scheduler_looks() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+    /// A handle as [`Scheduler::new`] makes it, with the scheduler's ends
+    /// of what it shares.
+    fn handle() -> (
+        SchedulerHandle,
+        mpsc::UnboundedReceiver<Msg>,
+        Arc<Mutex<Submitted>>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
         let submitted = Arc::new(Mutex::new(Submitted::default()));
         let handle = SchedulerHandle {
             tx,
             submitted: submitted.clone(),
         };
+        (handle, rx, submitted)
+    }
+
+    /// However many Submits come before the scheduler looks, it gets one
+    /// wake-up, and sees all of them: ready jobs, and the earliest due.
+    #[test]
+    fn submissions_merge_into_one_wake_until_the_scheduler_looks() {
+        let (handle, mut rx, submitted) = handle();
         handle.submitted(&[job(JobState::Scheduled { run_at: 50 })]);
         handle.submitted(&[job(JobState::Queued)]);
         handle.submitted(&[job(JobState::Scheduled { run_at: 20 })]);
@@ -477,12 +488,7 @@ mod tests {
     /// rereads the due jobs (no timer published) does.
     #[test]
     fn jobs_due_after_the_schedulers_timer_do_not_wake_it() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let submitted = Arc::new(Mutex::new(Submitted::default()));
-        let handle = SchedulerHandle {
-            tx,
-            submitted: submitted.clone(),
-        };
+        let (handle, mut rx, submitted) = handle();
         let mut woken = |handle: &SchedulerHandle, job: Job| {
             handle.submitted(&[job]);
             let woke = rx.try_recv().is_ok();

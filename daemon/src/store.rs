@@ -519,8 +519,9 @@ impl Store {
     }
 
     /// Records how an attempt ended. The runner passes
-    /// [`Commit::Grouped`]; a caller that records one job after another
-    /// passes [`Commit::Now`].
+    /// [`Commit::Grouped`], or [`Commit::Now`] for an outcome a Cancel call
+    /// waits for; a caller that records one job after another passes
+    /// [`Commit::Now`].
     pub async fn finish(
         &self,
         id: JobId,

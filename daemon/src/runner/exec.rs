@@ -81,7 +81,7 @@ pub fn spawn(
         // The job's argv[0] as given, not the resolved path.
         argv: &spec.argv,
         cwd,
-        env: job_env(id, &spec.env)?,
+        env: job_env(id, &spec.env).map_err(|e| format!("cannot start {:?}: {e}", spec.argv[0]))?,
         stdout: out_w,
         stderr: err_w,
     })

@@ -326,13 +326,23 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
 fn stat_ticks(pid: u32, skip: usize, what: &str) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let ticks: Vec<u64> = quern_tests::stat_fields(&stat)
+    let fields = quern_tests::stat_fields(&stat).map(|fields| fields.skip(skip));
+    sum_of_two_ticks(fields, || format!("{path} has no readable {what}"))
+}
+
+/// The first two of `fields`, clock-tick counts, summed as a duration;
+/// `missing` says what was not there.
+fn sum_of_two_ticks<'a>(
+    fields: Option<impl Iterator<Item = &'a str>>,
+    missing: impl FnOnce() -> String,
+) -> Result<Duration> {
+    let ticks: Vec<u64> = fields
         .into_iter()
-        .flat_map(|fields| fields.skip(skip).take(2))
+        .flat_map(|fields| fields.take(2))
         .map_while(|field| field.parse().ok())
         .collect();
     let [a, b] = ticks[..] else {
-        bail!("{path} has no readable {what}");
+        bail!("{}", missing());
     };
     Ok(Duration::from_secs_f64(
         (a + b) as f64 / ticks_per_sec()? as f64,
@@ -352,19 +362,14 @@ fn ticks_per_sec() -> Result<u64> {
 /// core), from `/proc/stat`.
 pub fn idle_time() -> Result<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
-    let ticks: Vec<u64> = stat
+    // After "cpu ": user, nice, system, idle, iowait.
+    let fields = stat
         .lines()
         .find_map(|line| line.strip_prefix("cpu "))
-        .into_iter()
-        .flat_map(|rest| rest.split_whitespace().skip(3).take(2))
-        .map_while(|field| field.parse().ok())
-        .collect();
-    let [idle, iowait] = ticks[..] else {
-        bail!("/proc/stat has no readable idle and iowait times");
-    };
-    Ok(Duration::from_secs_f64(
-        (idle + iowait) as f64 / ticks_per_sec()? as f64,
-    ))
+        .map(|rest| rest.split_whitespace().skip(3));
+    sum_of_two_ticks(fields, || {
+        "/proc/stat has no readable idle and iowait times".to_string()
+    })
 }
 
 /// The CPU time of this process's children that it has waited for (user

@@ -75,6 +75,7 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     let raw_idle = idle_time()?.saturating_sub(raw_idle_before);
 
     let mut run = Run::default();
+    let per_job = |d: Duration| d.div_f64(jobs as f64);
     run.check_count("jobs succeeded", jobs, succeeded)?;
     let daemon_rate = Metric::rate("daemon_rate", "through quernd", jobs, elapsed);
     let raw_rate = Metric::rate(
@@ -92,7 +93,7 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     run.push(Metric::millis(
         "daemon_cpu_per_job",
         "quernd CPU per job",
-        daemon_cpu.div_f64(jobs as f64),
+        per_job(daemon_cpu),
     ));
     // Each switch is a sleep and a wake-up of one of the daemon's threads,
     // which on a VM can cost more than the work between them.
@@ -106,7 +107,6 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     // the raw loop pays too) and the cores' idle time, which the raw loop
     // hardly has. Both are sampled while the run is going on, from the
     // kernel's counters, so other load on the machine shows up here too.
-    let per_job = |d: Duration| d.div_f64(jobs as f64);
     run.push(Metric::millis(
         "daemon_jobs_cpu_per_job",
         "job processes' CPU per job, through quernd",
