@@ -1,14 +1,21 @@
 //! The scheduler: the single owner of what runs. It is fed by a closed set of
-//! messages over a channel and wakes only on a message (submit, exit,
-//! cancel) or on a timer set to the next `run_at`; it never polls.
+//! messages over a channel and wakes only on a message (submit, cancel) or on
+//! a timer set to the next `run_at`; it never polls.
+//!
+//! Jobs run on one or more job threads, each with a single-threaded
+//! runtime (see `server::spawn_jobs_threads`); the scheduler's own task
+//! runs on the first. A job that ends starts the next ready one itself, on
+//! its own thread, so that a busy queue keeps each thread's slot filled
+//! without a hand-off: see [`Core::released`].
 //!
 //! The queue itself lives in the store; the scheduler holds only the jobs it
 //! has started, so its memory does not grow with the queue.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,20 +30,14 @@ const STORE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Messages the scheduler acts on.
 enum Msg {
-    /// Jobs were submitted: see [`Submitted`] for which.
+    /// Jobs were submitted (see [`Submitted`] for which), or job starts
+    /// were paused: the scheduler rereads when to wake next.
     Wake,
     /// Stop a job; reply with it once it has stopped.
     Cancel {
         id: JobId,
         grace: Duration,
         reply: oneshot::Sender<Result<Job, StoreError>>,
-    },
-    /// A job's processes are gone; its slot is free.
-    Released { id: JobId },
-    /// A job task ended; its result is the job as stored afterwards.
-    Exited {
-        id: JobId,
-        result: Box<Result<Job, StoreError>>,
     },
 }
 
@@ -67,8 +68,9 @@ struct Submitted {
     timer: Option<Micros>,
 }
 
-fn lock(m: &Mutex<Submitted>) -> std::sync::MutexGuard<'_, Submitted> {
-    // Only plain fields are set under it, so a panic cannot leave it torn.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is completed before anything that
+    // could panic, so a panic cannot leave them torn.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -126,52 +128,279 @@ struct Running {
     /// Its processes are gone and its slot was given back; only the commit
     /// of its outcome is pending.
     released: bool,
+    /// The job thread it runs on.
+    thread: usize,
 }
 
-/// The scheduler task's state.
-pub struct Scheduler {
-    ctx: Arc<RunnerCtx>,
-    rx: mpsc::UnboundedReceiver<Msg>,
-    tx: mpsc::UnboundedSender<Msg>,
+/// Which jobs run where, shared by the scheduler and the job threads.
+struct Slots {
     running: HashMap<JobId, Running>,
     /// Entries of `running` whose processes still hold a slot.
     active: usize,
-    concurrency: usize,
-    next_due: Option<Micros>,
+    /// Of those, how many on each job thread.
+    load: Vec<usize>,
     /// The ready index may hold jobs we have not started.
     maybe_ready: bool,
     /// No job starts before this: set when the store failed to record a
     /// job, so that a failing disk (full, read-only) does not turn into a
     /// tight loop of jobs that run but cannot be recorded.
     paused_until: Option<Instant>,
+    /// Jobs not running whose Cancel the store is deciding: none of them
+    /// may start meanwhile, or it would run although the Cancel was
+    /// accepted. A list, because two Cancels of one job may overlap.
+    cancelling: Vec<JobId>,
+    /// Shutting down: nothing more starts.
+    stopping: bool,
+}
+
+impl Slots {
+    /// Gives a job's slot back, once. Returns its thread if this freed it.
+    fn release(&mut self, id: JobId) -> Option<usize> {
+        let r = self.running.get_mut(&id)?;
+        if std::mem::replace(&mut r.released, true) {
+            return None;
+        }
+        let thread = r.thread;
+        self.active -= 1;
+        self.load[thread] -= 1;
+        // A slot is free, and there may be more ready jobs.
+        self.maybe_ready = true;
+        tracing::trace!(job = id, thread, "slot released");
+        Some(thread)
+    }
+
+    fn stop_cancelling(&mut self, id: JobId) {
+        if let Some(at) = self.cancelling.iter().position(|&c| c == id) {
+            self.cancelling.swap_remove(at);
+        }
+    }
+}
+
+/// The job thread with the fewest running jobs.
+fn least_loaded(load: &[usize]) -> usize {
+    load.iter()
+        .enumerate()
+        .min_by_key(|&(_, n)| *n)
+        .map_or(0, |(i, _)| i)
+}
+
+/// What the scheduler's task and every job's task share.
+struct Core {
+    ctx: Arc<RunnerCtx>,
+    concurrency: usize,
+    /// The job threads' runtimes; the scheduler's task runs on the first.
+    threads: Vec<Handle>,
+    slots: Mutex<Slots>,
+    /// To tell the scheduler of retries and pauses.
+    handle: SchedulerHandle,
     tracker: TaskTracker,
-    /// Shared with every [`SchedulerHandle`].
-    submitted: Arc<Mutex<Submitted>>,
+    /// For tests: which thread started each job, and where it ran.
+    #[cfg(test)]
+    placed: Mutex<Vec<tests::Placed>>,
+}
+
+impl Core {
+    /// Starts ready jobs while slots are free: the first on `here`, the
+    /// thread whose job just gave its slot back, and any others on the
+    /// threads with the fewest jobs.
+    ///
+    /// Starting the next job on the thread that saw the last one end is
+    /// what keeps a core busy: the end of a job wakes its thread on the
+    /// core the job left, and the new job's process starts there. With one
+    /// thread for every job, the cores sat idle 0.11 ms per job while the
+    /// wake-up and the start crossed over; with a thread per core, 0.04 ms
+    /// (P3 in docs/benchmarks.md).
+    fn dispatch(self: &Arc<Self>, s: &mut Slots, mut here: Option<usize>) {
+        if s.stopping {
+            return;
+        }
+        if let Some(until) = s.paused_until {
+            if Instant::now() < until {
+                return;
+            }
+            s.paused_until = None;
+        }
+        while s.maybe_ready && s.active < self.concurrency {
+            let free = self.concurrency - s.active;
+            let skip: HashSet<JobId> = s
+                .running
+                .keys()
+                .chain(s.cancelling.iter())
+                .copied()
+                .collect();
+            // Read under the lock, so that two threads never pick the same
+            // job: one bounded read of the ready index.
+            let jobs = match self.ctx.store.ready(free, &skip) {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading ready jobs failed");
+                    s.maybe_ready = false;
+                    return;
+                }
+            };
+            if jobs.len() < free {
+                s.maybe_ready = false;
+            }
+            for job in jobs {
+                let thread = here.take().unwrap_or_else(|| least_loaded(&s.load));
+                self.start(s, job, thread);
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>, s: &mut Slots, job: Job, thread: usize) {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let id = job.id;
+        s.running.insert(
+            id,
+            Running {
+                stop: Some(stop_tx),
+                waiters: Vec::new(),
+                released: false,
+                thread,
+            },
+        );
+        s.active += 1;
+        s.load[thread] += 1;
+        #[cfg(test)]
+        lock(&self.placed).push(tests::Placed::new(id, thread));
+        let core = self.clone();
+        let released = {
+            let core = self.clone();
+            move || core.released(id)
+        };
+        // On a job thread's runtime, where the job process is forked: see
+        // runner::exec::spawn for why that matters.
+        self.threads[thread].spawn(self.tracker.track_future(async move {
+            #[cfg(test)]
+            tests::Placed::ran(&core.placed, id);
+            let result = run_attempt(core.ctx.clone(), job, stop_rx, released).await;
+            core.exited(id, result).await;
+        }));
+    }
+
+    /// A job's processes are gone: its slot takes the next ready job, on
+    /// the same thread.
+    fn released(self: &Arc<Self>, id: JobId) {
+        let mut s = lock(&self.slots);
+        if let Some(thread) = s.release(id) {
+            self.dispatch(&mut s, Some(thread));
+        }
+    }
+
+    /// A job's task ended with `result`, the job as stored afterwards.
+    async fn exited(self: &Arc<Self>, id: JobId, result: Result<Job, StoreError>) {
+        if let Ok(job) = &result {
+            // A retry scheduled for later.
+            self.handle.submitted(std::slice::from_ref(job));
+        }
+        let paused = match &result {
+            Ok(_) => false,
+            // Shutting down: nothing to pause for.
+            Err(e @ StoreError::Closed) => {
+                tracing::warn!(job = id, error = %e, "recording the job failed; it stays as stored");
+                false
+            }
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "recording the job failed; it stays as stored, and no job starts for {STORE_FAILURE_PAUSE:?}");
+                true
+            }
+        };
+        let (waiters, recheck) = {
+            let mut s = lock(&self.slots);
+            if paused {
+                s.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
+            }
+            // A job that never started gives its slot back only now.
+            if let Some(thread) = s.release(id) {
+                self.dispatch(&mut s, Some(thread));
+            }
+            let Some(r) = s.running.remove(&id) else {
+                return;
+            };
+            // A Cancel that arrived while the job ran gets the job as the
+            // cancel left it. If the job ended on its own first (its
+            // outcome may even have been committed and seen before the
+            // Cancel came in), the cancel stopped nothing: the store
+            // decides as for any job we do not run, so a finished job is
+            // refused and one queued again for a retry is cancelled
+            // before it can run again.
+            let recheck = !r.waiters.is_empty()
+                && result
+                    .as_ref()
+                    .is_ok_and(|job| job.state.tag() != StateTag::Cancelled);
+            if recheck {
+                s.cancelling.push(id);
+            }
+            (r.waiters, recheck)
+        };
+        if paused {
+            // So that the scheduler's timer covers the end of the pause.
+            let _ = self.handle.tx.send(Msg::Wake);
+        }
+        if waiters.is_empty() {
+            return;
+        }
+        let answer = if recheck {
+            let answer = self.ctx.store.cancel_pending(id, now_micros()).await;
+            lock(&self.slots).stop_cancelling(id);
+            answer
+        } else {
+            result
+        };
+        for w in waiters {
+            let _ = w.send(answer.clone());
+        }
+    }
+}
+
+/// The scheduler task's state.
+pub struct Scheduler {
+    core: Arc<Core>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    next_due: Option<Micros>,
 }
 
 impl Scheduler {
-    /// Creates the scheduler and its handle. Nothing runs until [`run`].
+    /// Creates the scheduler and its handle. Nothing runs until [`run`],
+    /// which must be called on the runtime of `threads[0]`; jobs run on
+    /// all of `threads` (at least one).
     ///
     /// [`run`]: Scheduler::run
-    pub fn new(ctx: Arc<RunnerCtx>, concurrency: usize) -> (Scheduler, SchedulerHandle) {
+    pub fn new(
+        ctx: Arc<RunnerCtx>,
+        concurrency: usize,
+        threads: Vec<Handle>,
+    ) -> (Scheduler, SchedulerHandle) {
+        assert!(!threads.is_empty(), "the scheduler needs a job thread");
         let (tx, rx) = mpsc::unbounded_channel();
-        let submitted = Arc::new(Mutex::new(Submitted::default()));
         let handle = SchedulerHandle {
-            tx: tx.clone(),
-            submitted: submitted.clone(),
-        };
-        let s = Scheduler {
-            ctx,
-            rx,
             tx,
+            submitted: Arc::new(Mutex::new(Submitted::default())),
+        };
+        let slots = Slots {
             running: HashMap::new(),
             active: 0,
-            concurrency,
-            next_due: None,
+            load: vec![0; threads.len()],
             maybe_ready: true,
             paused_until: None,
+            cancelling: Vec::new(),
+            stopping: false,
+        };
+        let core = Arc::new(Core {
+            ctx,
+            concurrency,
+            threads,
+            slots: Mutex::new(slots),
+            handle: handle.clone(),
             tracker: TaskTracker::new(),
-            submitted,
+            #[cfg(test)]
+            placed: Mutex::new(Vec::new()),
+        });
+        let s = Scheduler {
+            core,
+            rx,
+            next_due: None,
         };
         (s, handle)
     }
@@ -179,23 +408,27 @@ impl Scheduler {
     /// Runs until `shutdown` fires, then stops every running job (they go
     /// back to the queue) and waits for them.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        match self.ctx.store.next_due().await {
+        match self.core.ctx.store.next_due().await {
             Ok(due) => self.next_due = due,
             Err(e) => tracing::error!(error = %e, "reading the next due job failed"),
         }
         loop {
             if self.next_due.is_some_and(|d| d <= now_micros()) {
                 // Submits during the read must wake us (see `timer`).
-                lock(&self.submitted).timer = None;
+                lock(&self.core.handle.submitted).timer = None;
                 self.promote().await;
             }
-            self.dispatch().await;
-            lock(&self.submitted).timer = self.next_due;
+            let paused_until = {
+                let mut s = lock(&self.core.slots);
+                self.core.dispatch(&mut s, None);
+                s.paused_until
+            };
+            lock(&self.core.handle.submitted).timer = self.next_due;
             let due = self.next_due.map(|due| {
                 let wait = Duration::from_micros(due.saturating_sub(now_micros()));
                 Instant::now() + wait
             });
-            let timer = match (due, self.paused_until) {
+            let timer = match (due, paused_until) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -209,7 +442,7 @@ impl Scheduler {
                 _ = sleep_until_opt(timer) => {}
             }
             // Take whatever else is waiting before the next dispatch, so a
-            // burst of exits costs one store read, not one each.
+            // burst of messages costs one store read, not one each.
             while let Ok(m) = self.rx.try_recv() {
                 self.handle(m).await;
             }
@@ -220,94 +453,42 @@ impl Scheduler {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Wake => {
-                let (ready, due) = take_submitted(&self.submitted);
-                self.maybe_ready |= ready;
+                let (ready, due) = take_submitted(&self.core.handle.submitted);
+                if ready {
+                    lock(&self.core.slots).maybe_ready = true;
+                }
                 if let Some(d) = due {
                     self.next_due = Some(self.next_due.map_or(d, |n| n.min(d)));
                 }
             }
             Msg::Cancel { id, grace, reply } => {
-                if let Some(r) = self.running.get_mut(&id) {
-                    if let Some(stop) = r.stop.take() {
-                        let _ = stop.send(Stop::Cancel { grace });
-                    }
-                    r.waiters.push(reply);
-                } else {
-                    // Not started by us, so queued, scheduled or finished:
-                    // the store decides, atomically.
-                    let res = self.ctx.store.cancel_pending(id, now_micros()).await;
-                    let _ = reply.send(res);
-                }
-            }
-            Msg::Released { id } => {
-                let already = self
-                    .running
-                    .get_mut(&id)
-                    .map(|r| std::mem::replace(&mut r.released, true));
-                if let Some(already) = already {
-                    self.release(id, already);
-                }
-            }
-            Msg::Exited { id, result } => {
-                let result = *result;
-                if let Ok(Job {
-                    state: JobState::Scheduled { run_at },
-                    ..
-                }) = &result
-                {
-                    self.next_due = Some(self.next_due.map_or(*run_at, |n| n.min(*run_at)));
-                }
-                match &result {
-                    Ok(_) => {}
-                    // Shutting down: nothing to pause for.
-                    Err(e @ StoreError::Closed) => {
-                        tracing::warn!(job = id, error = %e, "recording the job failed; it stays as stored");
-                    }
-                    Err(e) => {
-                        tracing::error!(job = id, error = %e, "recording the job failed; it stays as stored, and no job starts for {STORE_FAILURE_PAUSE:?}");
-                        self.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
-                    }
-                }
-                if let Some(r) = self.running.remove(&id) {
-                    self.release(id, r.released);
-                    // A Cancel that arrived while the job ran gets the job as
-                    // the cancel left it. If the job ended on its own first
-                    // (its outcome may even have been committed and seen
-                    // before the Cancel came in), the cancel stopped
-                    // nothing: the store decides as for any job we do not
-                    // run, so a finished job is refused and one queued again
-                    // for a retry is cancelled before it can run again.
-                    let answer = match result {
-                        Ok(job)
-                            if !r.waiters.is_empty() && job.state.tag() != StateTag::Cancelled =>
-                        {
-                            self.ctx.store.cancel_pending(id, now_micros()).await
+                let reply = {
+                    let mut s = lock(&self.core.slots);
+                    if let Some(r) = s.running.get_mut(&id) {
+                        if let Some(stop) = r.stop.take() {
+                            let _ = stop.send(Stop::Cancel { grace });
                         }
-                        other => other,
-                    };
-                    for w in r.waiters {
-                        let _ = w.send(answer.clone());
+                        r.waiters.push(reply);
+                        return;
                     }
-                }
+                    // Not started by us, so queued, scheduled or finished:
+                    // the store decides, atomically, and no job thread
+                    // starts it meanwhile.
+                    s.cancelling.push(id);
+                    reply
+                };
+                let res = self.core.ctx.store.cancel_pending(id, now_micros()).await;
+                lock(&self.core.slots).stop_cancelling(id);
+                let _ = reply.send(res);
             }
-        }
-    }
-
-    /// Gives a job's slot back, once.
-    fn release(&mut self, id: JobId, already: bool) {
-        if !already {
-            self.active -= 1;
-            // A slot is free, and there may be more ready jobs.
-            self.maybe_ready = true;
-            tracing::trace!(job = id, "slot released");
         }
     }
 
     async fn promote(&mut self) {
-        match self.ctx.store.promote_due(now_micros()).await {
+        match self.core.ctx.store.promote_due(now_micros()).await {
             Ok(next) => {
                 self.next_due = next;
-                self.maybe_ready = true;
+                lock(&self.core.slots).maybe_ready = true;
             }
             Err(e) => {
                 tracing::error!(error = %e, "moving due jobs to the queue failed; retrying in 1s");
@@ -316,94 +497,36 @@ impl Scheduler {
         }
     }
 
-    /// Starts ready jobs while slots are free.
-    async fn dispatch(&mut self) {
-        if let Some(until) = self.paused_until {
-            if Instant::now() < until {
-                return;
-            }
-            self.paused_until = None;
-        }
-        while self.maybe_ready && self.active < self.concurrency {
-            let free = self.concurrency - self.active;
-            let skip: HashSet<JobId> = self.running.keys().copied().collect();
-            let jobs = match self.ctx.store.ready(free, &skip) {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading ready jobs failed");
-                    self.maybe_ready = false;
-                    return;
-                }
-            };
-            if jobs.len() < free {
-                self.maybe_ready = false;
-            }
-            for job in jobs {
-                self.start(job);
-            }
-        }
-    }
-
-    fn start(&mut self, job: Job) {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let id = job.id;
-        self.running.insert(
-            id,
-            Running {
-                stop: Some(stop_tx),
-                waiters: Vec::new(),
-                released: false,
-            },
-        );
-        self.active += 1;
-        let ctx = self.ctx.clone();
-        let tx = self.tx.clone();
-        let released = {
-            let tx = self.tx.clone();
-            move || {
-                let _ = tx.send(Msg::Released { id });
-            }
-        };
-        // Spawned onto the jobs thread's runtime, where the job process
-        // is forked: see runner::exec::spawn for why that matters.
-        self.tracker.spawn(async move {
-            let result = run_attempt(ctx, job, stop_rx, released).await;
-            let _ = tx.send(Msg::Exited {
-                id,
-                result: Box::new(result),
-            });
-        });
-    }
-
     /// Stops every running job for shutdown and waits until all have ended.
     async fn drain(mut self) {
-        tracing::info!(running = self.running.len(), "stopping running jobs");
-        for r in self.running.values_mut() {
-            if let Some(stop) = r.stop.take() {
-                let _ = stop.send(Stop::Shutdown);
+        {
+            let mut s = lock(&self.core.slots);
+            s.stopping = true;
+            tracing::info!(running = s.running.len(), "stopping running jobs");
+            for r in s.running.values_mut() {
+                if let Some(stop) = r.stop.take() {
+                    let _ = stop.send(Stop::Shutdown);
+                }
             }
         }
-        while !self.running.is_empty() {
-            match self.rx.recv().await {
-                Some(Msg::Exited { id, result }) => {
-                    if let Some(r) = self.running.remove(&id) {
-                        for w in r.waiters {
-                            let _ = w.send(Err(StoreError::Closed));
-                        }
+        self.core.tracker.close();
+        let ended = self.core.tracker.wait();
+        let mut ended = std::pin::pin!(ended);
+        loop {
+            tokio::select! {
+                () = &mut ended => break,
+                msg = self.rx.recv() => match msg {
+                    Some(Msg::Cancel { reply, .. }) => {
+                        let _ = reply.send(Err(StoreError::Closed));
                     }
-                    if let Err(e) = *result {
-                        tracing::error!(job = id, error = %e, "recording a stopped job failed");
+                    Some(Msg::Wake) => {}
+                    None => {
+                        ended.await;
+                        break;
                     }
-                }
-                Some(Msg::Cancel { reply, .. }) => {
-                    let _ = reply.send(Err(StoreError::Closed));
-                }
-                Some(Msg::Wake) | Some(Msg::Released { .. }) => {}
-                None => break,
+                },
             }
         }
-        self.tracker.close();
-        self.tracker.wait().await;
     }
 }
 
@@ -459,6 +582,142 @@ mod tests {
             submitted: submitted.clone(),
         };
         (handle, rx, submitted)
+    }
+
+    /// Where a job was started: the thread given its slot, the OS thread
+    /// that started it, and the one its task then ran on.
+    #[derive(Debug)]
+    pub(super) struct Placed {
+        id: JobId,
+        thread: usize,
+        by: Option<String>,
+        ran_on: Option<String>,
+    }
+
+    impl Placed {
+        pub(super) fn new(id: JobId, thread: usize) -> Placed {
+            Placed {
+                id,
+                thread,
+                by: std::thread::current().name().map(str::to_owned),
+                ran_on: None,
+            }
+        }
+
+        pub(super) fn ran(placed: &Mutex<Vec<Placed>>, id: JobId) {
+            let name = std::thread::current().name().map(str::to_owned);
+            if let Some(p) = lock(placed).iter_mut().find(|p| p.id == id) {
+                p.ran_on = name;
+            }
+        }
+    }
+
+    /// With two job threads, jobs run on both, each on the thread its slot
+    /// was given, and a thread whose job ended starts the next job itself,
+    /// in its own slot, without handing it to the scheduler's thread.
+    #[test]
+    fn a_job_that_ends_starts_the_next_on_its_own_thread() {
+        use crate::config::{Config, Overrides};
+        use crate::logs::LogStore;
+        use crate::store::Store;
+
+        const JOBS: usize = 40;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1000, 1 << 20, Duration::ZERO).unwrap();
+        let config = Config::load(Overrides {
+            state_dir: Some(dir.path().into()),
+            socket: Some(dir.path().join("sock")),
+            concurrency: Some(2),
+            config_file: None,
+        })
+        .unwrap();
+        let ctx = Arc::new(RunnerCtx {
+            store: store.clone(),
+            logs: Arc::new(LogStore::new(dir.path().join("logs"), 1 << 20).unwrap()),
+            config: Arc::new(config),
+            default_cwd: dir.path().into(),
+        });
+        let runtimes: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let threads = runtimes.iter().map(|r| r.handle().clone()).collect();
+        let (scheduler, _handle) = Scheduler::new(ctx, 2, threads);
+        let core = scheduler.core.clone();
+        let mut events = store.subscribe();
+        let mut spec = job(JobState::Queued).spec;
+        spec.max_attempts = 1;
+        let submitted = runtimes[0]
+            .block_on(store.submit(vec![spec; JOBS], now_micros()))
+            .unwrap();
+
+        let stop = CancellationToken::new();
+        let finished = CancellationToken::new();
+        let mut runtimes = runtimes.into_iter();
+        let (first, second) = (runtimes.next().unwrap(), runtimes.next().unwrap());
+        let other = {
+            let finished = finished.clone();
+            std::thread::Builder::new()
+                .name("jobs-1".into())
+                .spawn(move || second.block_on(finished.cancelled()))
+                .unwrap()
+        };
+        let sched = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("jobs-0".into())
+                .spawn(move || first.block_on(scheduler.run(stop)))
+                .unwrap()
+        };
+        let mut done = 0;
+        while done < JOBS {
+            let event = events.blocking_recv().expect("the store's events ended");
+            assert_ne!(event.state, StateTag::Failed, "a job failed: {event:?}");
+            if event.state == StateTag::Succeeded {
+                done += 1;
+            }
+        }
+        stop.cancel();
+        sched.join().unwrap();
+        finished.cancel();
+        other.join().unwrap();
+
+        for s in &submitted {
+            let job = stored(&store, s.job.id);
+            assert_eq!(job.state.tag(), StateTag::Succeeded, "{job:?}");
+        }
+        let placed = lock(&core.placed);
+        assert_eq!(placed.len(), JOBS, "{placed:#?}");
+        for p in placed.iter() {
+            let slot = format!("jobs-{}", p.thread);
+            assert_eq!(p.ran_on.as_deref(), Some(slot.as_str()), "{p:?}");
+        }
+        // Only a job's own task starts jobs on the second thread, so each
+        // start from there must have stayed there.
+        let by_second: Vec<_> = placed
+            .iter()
+            .filter(|p| p.by.as_deref() == Some("jobs-1"))
+            .collect();
+        for p in &by_second {
+            assert_eq!(p.thread, 1, "a job thread handed its next job away: {p:?}");
+        }
+        assert!(
+            by_second.len() >= JOBS / 4,
+            "the second thread started only {} of {JOBS} jobs itself: {placed:#?}",
+            by_second.len()
+        );
+    }
+
+    fn stored(store: &crate::store::Store, id: JobId) -> Job {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(store.get(id))
+            .unwrap()
     }
 
     /// However many Submits come before the scheduler looks, it gets one

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, ensure};
-use quern_proto::v1::{CancelRequest, Job, JobSpec, JobState, LogStream};
+use quern_proto::v1::{CancelRequest, Job, JobSpec, JobState, LogStream, SubmitBatchRequest};
 use quern_tests::{
     EventStream, JobOutput, TestDaemon, assert_group_gone, duration, exec_mut, exec_spec,
     expect_code, open_logs, processes_in_group, read_logs, sh, submit, system_time, timestamp,
@@ -201,6 +201,112 @@ async fn cancel_of_a_queued_job_means_it_never_runs() -> Result<()> {
         after.state == JobState::Cancelled as i32,
         "it is now {:?}",
         after.state()
+    );
+    Ok(())
+}
+
+/// A Cancel of the next job in line that lands just as a slot frees never
+/// lets that job run. Each job says, through a FIFO, that it is about to
+/// exit; the test then cancels the job after it, so that the Cancel and
+/// the slot's next start meet. A Cancel answered with the job cancelled
+/// before it started must mean its process never ran.
+#[tokio::test]
+async fn cancel_of_the_next_job_as_its_slot_frees_never_runs_it() -> Result<()> {
+    const JOBS: usize = 60;
+    let daemon = TestDaemon::builder().concurrency(1).start().await?;
+    let mut client = daemon.client();
+    let fifo = daemon.dir().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)?;
+    let marks = daemon.dir().join("marks");
+    std::fs::create_dir(&marks)?;
+    let mark = |i: usize| marks.join(i.to_string());
+    let specs = (0..JOBS)
+        .map(|i| {
+            exec_spec([
+                "sh".to_string(),
+                "-c".into(),
+                r#"touch "$1"; echo "$2" > "$3""#.into(),
+                "sh".into(),
+                mark(i).display().to_string(),
+                i.to_string(),
+                fifo.display().to_string(),
+            ])
+        })
+        .collect();
+    let ids = client
+        .submit_batch(SubmitBatchRequest { specs })
+        .await?
+        .into_inner()
+        .ids;
+    ensure!(ids.len() == JOBS, "{} of {JOBS} jobs stored", ids.len());
+
+    let mut never_started = Vec::new();
+    loop {
+        // Returns once job `n` has written its line and closed the FIFO,
+        // that is, as it exits.
+        let path = fifo.clone();
+        let said = timeout(
+            quern_tests::WAIT,
+            tokio::task::spawn_blocking(move || std::fs::read_to_string(path)),
+        )
+        .await
+        .context("no job wrote to the FIFO")???;
+        let n: usize = said
+            .trim()
+            .parse()
+            .with_context(|| format!("a job wrote {said:?}"))?;
+        // The last job is never cancelled, so that it ends the loop.
+        if n + 1 == JOBS {
+            break;
+        }
+        if n + 2 == JOBS {
+            continue;
+        }
+        let id = ids[n + 1];
+        let job = client
+            .cancel(CancelRequest { id, grace: None })
+            .await
+            .with_context(|| format!("Cancel of job {id}"))?
+            .into_inner()
+            .job
+            .context("CancelResponse has no job")?;
+        ensure!(
+            job.state == JobState::Cancelled as i32,
+            "Cancel of job {id} answered {:?}",
+            job.state()
+        );
+        if job.attempts == 0 {
+            never_started.push(n + 1);
+        }
+    }
+    let mut events = EventStream::after(&mut client, Some(0), 0).await?;
+    events.wait_all_terminal(&ids).await?;
+    ensure!(
+        !never_started.is_empty(),
+        "no Cancel came before its job started, so nothing was tested"
+    );
+    for &i in &never_started {
+        let id = ids[i];
+        let ran = events
+            .seen()
+            .iter()
+            .any(|e| e.job_id == id && e.state == JobState::Running as i32);
+        ensure!(!ran, "job {id} ran after its Cancel said it never started");
+        ensure!(
+            !mark(i).exists(),
+            "job {id}'s process ran after its Cancel said it never started"
+        );
+        let after = quern_tests::get(&mut client, id).await?;
+        ensure!(
+            after.state == JobState::Cancelled as i32,
+            "job {id} is now {:?}",
+            after.state()
+        );
+    }
+    ensure!(
+        !daemon.output().contains("recording the job failed"),
+        "the daemon could not record a job:\n{}",
+        daemon.output()
     );
     Ok(())
 }

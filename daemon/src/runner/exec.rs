@@ -39,11 +39,11 @@ pub type Pumps = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 
 /// Starts `spec` as job `id`.
 ///
-/// Must be called from the jobs thread (or another thread that lives as
+/// Must be called from a job thread (or another thread that lives as
 /// long as the daemon), never from `spawn_blocking`:
 /// the parent-death signal set up here fires when the *thread* that started
 /// the child exits, and blocking-pool threads exit when idle, which would
-/// kill the job early. The jobs thread lives as long as the daemon.
+/// kill the job early. The job threads live until every job has stopped.
 pub fn spawn(
     id: JobId,
     spec: &ExecSpec,
