@@ -148,26 +148,38 @@ async fn kill9_loses_no_acknowledged_job_and_recovers_running_ones() -> Result<(
 }
 
 /// The kernel kills a job's process as soon as quernd dies, before any
-/// restart: the parent-death signal is armed in every job process. (Its
-/// children are left to boot recovery, tested above.)
+/// restart: the parent-death signal is armed in every job process, from
+/// whichever job thread started it. (Their children are left to boot
+/// recovery, tested above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_process_dies_with_the_daemon() -> Result<()> {
-    let mut daemon = TestDaemon::start().await?;
+    const JOBS: usize = 4;
+    let mut daemon = TestDaemon::builder()
+        .concurrency(JOBS as u32)
+        .start()
+        .await?;
     let mut client = daemon.client();
-    let job = submit(&mut client, exec_spec(["sleep", "1000"])).await?;
-    let job = wait_for_running(&mut client, job.id).await?;
-    ensure!(
-        processes_in_group(job.pid) == vec![job.pid],
-        "the job's group should hold just its own process"
-    );
-    daemon.kill9().await?;
-    let gone = assert_process_gone(job.pid, Duration::from_secs(10)).await;
-    if gone.is_err() {
-        // Leave nothing behind for the next test.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(job.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
+    let mut pids = Vec::new();
+    for _ in 0..JOBS {
+        let job = submit(&mut client, exec_spec(["sleep", "1000"])).await?;
+        let job = wait_for_running(&mut client, job.id).await?;
+        ensure!(
+            processes_in_group(job.pid) == vec![job.pid],
+            "the job's group should hold just its own process"
         );
+        pids.push(job.pid);
+    }
+    daemon.kill9().await?;
+    let mut gone = Ok(());
+    for &pid in &pids {
+        if let Err(e) = assert_process_gone(pid, Duration::from_secs(10)).await {
+            // Leave nothing behind for the next test.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            gone = Err(e);
+        }
     }
     gone
 }

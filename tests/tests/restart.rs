@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, ensure};
 use quern_proto::v1::JobState;
-use quern_tests::{EventStream, TestDaemon, exec_spec, get, stats, submit, timestamp};
+use quern_tests::{
+    EventStream, TestDaemon, assert_group_gone, exec_spec, get, stats, submit, timestamp,
+    wait_for_running,
+};
 
 /// Delayed jobs, queued jobs and an interrupted running job all survive
 /// SIGTERM and a restart with the same states, specs and times, and ids are
@@ -102,5 +105,49 @@ async fn graceful_restart_keeps_the_queue() -> Result<()> {
         "id {} reused or went back (highest was {highest})",
         newer.id
     );
+    Ok(())
+}
+
+/// SIGTERM stops the jobs of every job thread, not only the scheduler's:
+/// with more slots than one thread would take, each running job's whole
+/// group is gone once the daemon has exited, and each job is back in the
+/// queue with its attempt not counted, as a drain leaves it, rather than
+/// found running by the next start and failed as interrupted.
+#[tokio::test]
+async fn sigterm_stops_and_requeues_the_jobs_of_every_job_thread() -> Result<()> {
+    const JOBS: usize = 4;
+    let mut daemon = TestDaemon::builder()
+        .concurrency(JOBS as u32)
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let mut running = Vec::new();
+    for _ in 0..JOBS {
+        let job = submit(&mut client, exec_spec(["sleep", "1000"])).await?;
+        running.push(job.id);
+    }
+    let mut pids = Vec::new();
+    for &id in &running {
+        pids.push(wait_for_running(&mut client, id).await?.pid);
+    }
+
+    daemon.stop().await?;
+    for &pid in &pids {
+        assert_group_gone(pid, Duration::from_secs(10)).await?;
+    }
+    daemon.restart().await?;
+    let mut client = daemon.client();
+    for &id in &running {
+        let job = get(&mut client, id).await?;
+        let state = job.state();
+        ensure!(
+            state == JobState::Queued || state == JobState::Running,
+            "job {id} is {state:?} after the restart, expected queued or running again: {job:?}"
+        );
+        ensure!(
+            job.attempts <= 1 && job.error.is_empty(),
+            "job {id} was not put back by the drain but recovered as interrupted: {job:?}"
+        );
+    }
     Ok(())
 }
