@@ -290,10 +290,6 @@ impl Core {
 
     /// A job's task ended with `result`, the job as stored afterwards.
     async fn exited(self: &Arc<Self>, id: JobId, result: Result<Job, StoreError>) {
-        if let Ok(job) = &result {
-            // A retry scheduled for later.
-            self.handle.submitted(std::slice::from_ref(job));
-        }
         let paused = match &result {
             Ok(_) => false,
             // Shutting down: nothing to pause for.
@@ -312,9 +308,7 @@ impl Core {
                 s.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
             }
             // A job that never started gives its slot back only now.
-            if let Some(thread) = s.release(id) {
-                self.dispatch(&mut s, Some(thread));
-            }
+            let freed = s.release(id);
             let Some(r) = s.running.remove(&id) else {
                 return;
             };
@@ -332,8 +326,18 @@ impl Core {
             if recheck {
                 s.cancelling.push(id);
             }
+            if let Some(thread) = freed {
+                self.dispatch(&mut s, Some(thread));
+            }
             (r.waiters, recheck)
         };
+        // Only now that the job is out of `running`, which every start
+        // skips: a retry promoted and looked for before then would be
+        // skipped, and nothing would look again.
+        if let Ok(job) = &result {
+            // A retry scheduled for later.
+            self.handle.submitted(std::slice::from_ref(job));
+        }
         if paused {
             // So that the scheduler's timer covers the end of the pause.
             let _ = self.handle.tx.send(Msg::Wake);
