@@ -75,7 +75,7 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     .await
     .context("the List client panicked")??;
     let (request_bytes, reply_bytes) = (timed.request_bytes, timed.reply_bytes);
-    let mut floor =
+    let (mut floor, across) =
         tokio::task::spawn_blocking(move || raw_round_trips(request_bytes, reply_bytes, calls))
             .await
             .context("the raw round trip loop panicked")??;
@@ -95,6 +95,11 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     // The natural limit of a List call on this machine, in the same run:
     // each variant's p99 is also given as a multiple of it.
     let raw = Summary::of(&mut floor);
+    let raw_label = if across {
+        format!("raw round trip across two cores, {request_bytes} B out, {reply_bytes} B back")
+    } else {
+        format!("raw round trip, {request_bytes} B out, {reply_bytes} B back")
+    };
 
     for (key, label, variant) in [
         ("scheduled_first", "scheduled, first page", &mut first),
@@ -141,12 +146,12 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     }
     run.push(Metric::millis(
         "raw_round_trip_p50",
-        format!("raw round trip, {request_bytes} B out, {reply_bytes} B back, p50"),
+        format!("{raw_label}, p50"),
         raw.p50,
     ));
     run.push(Metric::millis(
         "raw_round_trip_p99",
-        format!("raw round trip, {request_bytes} B out, {reply_bytes} B back, p99"),
+        format!("{raw_label}, p99"),
         raw.p99,
     ));
     daemon.stop().await?;
@@ -244,14 +249,64 @@ async fn time_calls(
     Ok(timed)
 }
 
+/// The calling thread's CPU set.
+fn own_cpus() -> Option<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and the kernel
+    // writes at most its size into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+/// A set of the one CPU `cpu`.
+fn only(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and `cpu` comes
+    // from a set the kernel returned, so it is below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
+}
+
+/// Moves the calling thread (or, in a forked child, the process) to `set`.
+fn set_cpus(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: a plain system call on a set that outlives it; it is
+    // async-signal-safe, so a forked child may make it too.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
+}
+
 /// Times `calls` round trips of `request` bytes out and `reply` bytes back
 /// over a Unix socket to a forked child that only echoes: the natural limit
 /// of one List call on this machine, with no gRPC, HTTP/2 or store in
 /// between. The echo runs in a child process, as quernd does.
-fn raw_round_trips(request: usize, reply: usize, calls: u64) -> Result<Vec<Duration>> {
+///
+/// With two CPUs or more, the child and this thread are pinned to two
+/// different ones, which is where a client and a daemon usually are.
+/// Left to the kernel, the two sometimes shared a core, and a round trip
+/// then took 4 µs instead of ~70 (2026-11-30), which made the floor, and
+/// every ratio to it, depend on the run's luck.
+/// Returns the samples, and whether the two were on different cores.
+fn raw_round_trips(request: usize, reply: usize, calls: u64) -> Result<(Vec<Duration>, bool)> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
 
+    let before = own_cpus();
+    let cpus: Vec<usize> = before
+        .map(|set| {
+            (0..libc::CPU_SETSIZE as usize)
+                // SAFETY: reads a bit of a set the kernel filled in, below
+                // its size.
+                .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pinned = match cpus[..] {
+        [ours, theirs, ..] => Some((only(ours), only(theirs))),
+        _ => None,
+    };
     let (mut ours, theirs) =
         std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?;
     let mut inbox = vec![0u8; request];
@@ -270,6 +325,9 @@ fn raw_round_trips(request: usize, reply: usize, calls: u64) -> Result<Vec<Durat
         // passed are theirs.
         unsafe {
             libc::close(ours.as_raw_fd());
+            if let Some((_, cpu)) = &pinned {
+                set_cpus(cpu);
+            }
             loop {
                 let mut got = 0;
                 while got < request {
@@ -291,6 +349,9 @@ fn raw_round_trips(request: usize, reply: usize, calls: u64) -> Result<Vec<Durat
         }
     }
     drop(theirs);
+    if let Some((cpu, _)) = &pinned {
+        set_cpus(cpu);
+    }
     let out = vec![1u8; request];
     let mut back = vec![0u8; reply];
     let mut samples = Vec::with_capacity(calls as usize);
@@ -304,12 +365,16 @@ fn raw_round_trips(request: usize, reply: usize, calls: u64) -> Result<Vec<Durat
         Ok(())
     })();
     drop(ours);
+    // This is a pooled thread: give it its CPUs back.
+    if let (Some(_), Some(set)) = (&pinned, &before) {
+        set_cpus(set);
+    }
     let mut status = 0;
     // SAFETY: waits for the child forked above, which exits once its end of
     // the socket reads end of file.
     unsafe { libc::waitpid(child, &mut status, 0) };
     timed.context("the raw round trip to the echoing child failed")?;
-    Ok(samples)
+    Ok((samples, pinned.is_some()))
 }
 
 fn request(state: JobState, page_token: String) -> ListRequest {
