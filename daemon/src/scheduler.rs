@@ -616,82 +616,156 @@ mod tests {
         }
     }
 
+    /// A scheduler over a real store in a temporary directory, with
+    /// `threads` job threads named `jobs-N`, as the daemon runs it.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: crate::store::Store,
+        core: Arc<Core>,
+        stop: CancellationToken,
+        finished: CancellationToken,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Rig {
+        /// Stores `jobs` copies of a `true` job, then starts the
+        /// scheduler; `before` runs in between.
+        fn start(
+            concurrency: usize,
+            threads: usize,
+            jobs: usize,
+            before: impl FnOnce(&crate::store::Store),
+        ) -> (
+            Rig,
+            Vec<JobId>,
+            tokio::sync::broadcast::Receiver<crate::job::Event>,
+        ) {
+            use crate::config::{Config, Overrides};
+            use crate::logs::LogStore;
+            use crate::store::Store;
+
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), 1000, 1 << 20, Duration::ZERO).unwrap();
+            let config = Config::load(Overrides {
+                state_dir: Some(dir.path().into()),
+                socket: Some(dir.path().join("sock")),
+                concurrency: Some(concurrency),
+                config_file: None,
+            })
+            .unwrap();
+            let ctx = Arc::new(RunnerCtx {
+                store: store.clone(),
+                logs: Arc::new(LogStore::new(dir.path().join("logs"), 1 << 20).unwrap()),
+                config: Arc::new(config),
+                default_cwd: dir.path().into(),
+            });
+            let runtimes: Vec<_> = (0..threads)
+                .map(|_| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let handles = runtimes.iter().map(|r| r.handle().clone()).collect();
+            let (scheduler, _handle) = Scheduler::new(ctx, concurrency, handles);
+            let core = scheduler.core.clone();
+            let events = store.subscribe();
+            let spec = job(JobState::Queued).spec;
+            let ids = runtimes[0]
+                .block_on(store.submit(vec![spec; jobs], now_micros()))
+                .unwrap()
+                .into_iter()
+                .map(|s| s.job.id)
+                .collect();
+            before(&store);
+
+            let stop = CancellationToken::new();
+            let finished = CancellationToken::new();
+            let mut scheduler = Some(scheduler);
+            let threads = runtimes
+                .into_iter()
+                .enumerate()
+                .map(|(i, runtime)| {
+                    let (stop, finished) = (stop.clone(), finished.clone());
+                    let scheduler = scheduler.take();
+                    std::thread::Builder::new()
+                        .name(format!("jobs-{i}"))
+                        .spawn(move || match scheduler {
+                            Some(s) => runtime.block_on(s.run(stop)),
+                            None => runtime.block_on(finished.cancelled()),
+                        })
+                        .unwrap()
+                })
+                .collect();
+            let rig = Rig {
+                _dir: dir,
+                store,
+                core,
+                stop,
+                finished,
+                threads,
+            };
+            (rig, ids, events)
+        }
+
+        /// Stops the scheduler, then the other job threads.
+        fn stop(self) -> (crate::store::Store, Arc<Core>) {
+            self.stop.cancel();
+            let mut threads = self.threads.into_iter();
+            if let Some(first) = threads.next() {
+                first.join().unwrap();
+            }
+            self.finished.cancel();
+            for t in threads {
+                t.join().unwrap();
+            }
+            (self.store, self.core)
+        }
+    }
+
+    /// Reads events until each of `ids` has succeeded, failing the test
+    /// on a failed job or after `within`. Returns every event read.
+    fn wait_succeeded(
+        events: &mut tokio::sync::broadcast::Receiver<crate::job::Event>,
+        ids: &[JobId],
+        within: Duration,
+    ) -> Vec<crate::job::Event> {
+        let mut left: HashSet<JobId> = ids.iter().copied().collect();
+        let mut seen = Vec::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let deadline = Instant::now() + within;
+            while !left.is_empty() {
+                let event = tokio::time::timeout_at(deadline, events.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("jobs {left:?} did not finish; saw {seen:#?}"))
+                    .expect("the store's events ended");
+                assert_ne!(event.state, StateTag::Failed, "a job failed: {event:?}");
+                if event.state == StateTag::Succeeded {
+                    left.remove(&event.job_id);
+                }
+                seen.push(event);
+            }
+        });
+        seen
+    }
+
     /// With two job threads, jobs run on both, each on the thread its slot
     /// was given, and a thread whose job ended starts the next job itself,
     /// in its own slot, without handing it to the scheduler's thread.
     #[test]
     fn a_job_that_ends_starts_the_next_on_its_own_thread() {
-        use crate::config::{Config, Overrides};
-        use crate::logs::LogStore;
-        use crate::store::Store;
-
         const JOBS: usize = 40;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1000, 1 << 20, Duration::ZERO).unwrap();
-        let config = Config::load(Overrides {
-            state_dir: Some(dir.path().into()),
-            socket: Some(dir.path().join("sock")),
-            concurrency: Some(2),
-            config_file: None,
-        })
-        .unwrap();
-        let ctx = Arc::new(RunnerCtx {
-            store: store.clone(),
-            logs: Arc::new(LogStore::new(dir.path().join("logs"), 1 << 20).unwrap()),
-            config: Arc::new(config),
-            default_cwd: dir.path().into(),
-        });
-        let runtimes: Vec<_> = (0..2)
-            .map(|_| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let threads = runtimes.iter().map(|r| r.handle().clone()).collect();
-        let (scheduler, _handle) = Scheduler::new(ctx, 2, threads);
-        let core = scheduler.core.clone();
-        let mut events = store.subscribe();
-        let mut spec = job(JobState::Queued).spec;
-        spec.max_attempts = 1;
-        let submitted = runtimes[0]
-            .block_on(store.submit(vec![spec; JOBS], now_micros()))
-            .unwrap();
+        let (rig, ids, mut events) = Rig::start(2, 2, JOBS, |_| {});
+        wait_succeeded(&mut events, &ids, Duration::from_secs(60));
+        let (store, core) = rig.stop();
 
-        let stop = CancellationToken::new();
-        let finished = CancellationToken::new();
-        let mut runtimes = runtimes.into_iter();
-        let (first, second) = (runtimes.next().unwrap(), runtimes.next().unwrap());
-        let other = {
-            let finished = finished.clone();
-            std::thread::Builder::new()
-                .name("jobs-1".into())
-                .spawn(move || second.block_on(finished.cancelled()))
-                .unwrap()
-        };
-        let sched = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("jobs-0".into())
-                .spawn(move || first.block_on(scheduler.run(stop)))
-                .unwrap()
-        };
-        let mut done = 0;
-        while done < JOBS {
-            let event = events.blocking_recv().expect("the store's events ended");
-            assert_ne!(event.state, StateTag::Failed, "a job failed: {event:?}");
-            if event.state == StateTag::Succeeded {
-                done += 1;
-            }
-        }
-        stop.cancel();
-        sched.join().unwrap();
-        finished.cancel();
-        other.join().unwrap();
-
-        for s in &submitted {
-            let job = stored(&store, s.job.id);
+        for &id in &ids {
+            let job = stored(&store, id);
             assert_eq!(job.state.tag(), StateTag::Succeeded, "{job:?}");
         }
         let placed = lock(&core.placed);
@@ -714,6 +788,58 @@ mod tests {
             "the second thread started only {} of {JOBS} jobs itself: {placed:#?}",
             by_second.len()
         );
+    }
+
+    /// When the store cannot record a job, no job starts for
+    /// [`STORE_FAILURE_PAUSE`], and starts resume on their own after it,
+    /// with nothing else happening to wake the scheduler.
+    #[test]
+    fn a_store_failure_pauses_job_starts_until_the_pause_ends() {
+        // One slot. The first write once the scheduler runs is the first
+        // job's "running" mark, and it fails: that job stays queued, to be
+        // started again. The second job took the slot when the first one's
+        // process ended, before the failure was seen, and the third may
+        // have too, depending on how quickly the failure comes back; but
+        // the first job's second try can only come after the pause.
+        let (rig, ids, mut events) = Rig::start(1, 1, 3, |store| store.fail_next_commits(1));
+        let seen = wait_succeeded(&mut events, &ids, Duration::from_secs(30));
+        rig.stop();
+
+        let starts: Vec<(JobId, Micros)> = seen
+            .iter()
+            .filter(|e| e.state == StateTag::Running)
+            .map(|e| (e.job_id, e.at))
+            .collect();
+        let retried: Vec<Micros> = starts
+            .iter()
+            .filter(|(id, _)| *id == ids[0])
+            .map(|&(_, at)| at)
+            .collect();
+        assert_eq!(
+            retried.len(),
+            1,
+            "the first job's failed start was recorded: {seen:#?}"
+        );
+        let before: Vec<Micros> = starts
+            .iter()
+            .filter(|&&(id, at)| id != ids[0] && at < retried[0])
+            .map(|&(_, at)| at)
+            .collect();
+        assert!(
+            !before.is_empty(),
+            "the second job did not start first: {seen:#?}"
+        );
+        // Jobs that started before the failure was seen did so at most
+        // moments before it; allow that, and the two clocks (wall for
+        // events, monotonic for the pause), 100 ms.
+        let pause = STORE_FAILURE_PAUSE.as_micros() as u64 - 100_000;
+        for at in before {
+            assert!(
+                retried[0] >= at + pause,
+                "the first job started again {} µs after another job, within the pause: {seen:#?}",
+                retried[0] - at
+            );
+        }
     }
 
     fn stored(store: &crate::store::Store, id: JobId) -> Job {

@@ -363,6 +363,9 @@ pub struct Store {
     ops: inbox::Sender<Op>,
     events: broadcast::Sender<Event>,
     commits: Arc<AtomicU64>,
+    /// For tests: how many of the next transactions fail.
+    #[cfg(test)]
+    failing: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Capacity of the live event channel. A subscriber that falls further
@@ -433,6 +436,8 @@ impl Store {
         let (ops, rx) = inbox::channel();
         let (events, _) = broadcast::channel(LIVE_EVENTS);
         let commits = Arc::new(AtomicU64::new(0));
+        #[cfg(test)]
+        let failing = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let writer = Writer {
             db: db.clone(),
             counters,
@@ -441,6 +446,8 @@ impl Store {
             linger: linger.max,
             pace: Pace::new(linger.busy_window),
             commits: commits.clone(),
+            #[cfg(test)]
+            failing: failing.clone(),
         };
         std::thread::Builder::new()
             .name("quern-store".into())
@@ -451,6 +458,8 @@ impl Store {
             ops,
             events,
             commits,
+            #[cfg(test)]
+            failing,
         })
     }
 
@@ -567,6 +576,13 @@ impl Store {
     /// tests and diagnostics of how writes are grouped.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    /// For tests: the next `n` transactions fail as a full or failing disk
+    /// would make them, writing nothing.
+    #[cfg(test)]
+    pub(crate) fn fail_next_commits(&self, n: u32) {
+        self.failing.store(n, Ordering::Relaxed);
     }
 
     /// Live events, published after each commit.
@@ -922,6 +938,9 @@ struct Writer {
     pace: Pace,
     /// Transactions committed since open.
     commits: Arc<AtomicU64>,
+    /// See [`Store::fail_next_commits`].
+    #[cfg(test)]
+    failing: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Whether grouped writes (see [`Commit::Grouped`]) are coming fast enough
@@ -1050,6 +1069,18 @@ impl Writer {
             {
                 let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
                 counters.save(&mut meta)?;
+            }
+            #[cfg(test)]
+            if self
+                .failing
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                // Dropped uncommitted: nothing in it is written.
+                return Err(StoreError::Db {
+                    op: "commit",
+                    detail: "failed on purpose by a test".into(),
+                });
             }
             txn.commit().map_err(db_err("commit"))?;
             self.commits.fetch_add(1, Ordering::Relaxed);
