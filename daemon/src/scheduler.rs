@@ -190,6 +190,13 @@ struct Core {
     concurrency: usize,
     /// The job threads' runtimes; the scheduler's task runs on the first.
     threads: Vec<Handle>,
+    /// A lock, not state owned by the scheduler's task and changed by
+    /// messages: a job that ends must start the next one on its own
+    /// thread, and a message to the scheduler's thread and a spawn back
+    /// would be the two hand-offs this design removes (P3 in
+    /// docs/benchmarks.md). Only this module's tasks take it; it is held
+    /// for bookkeeping and one bounded read of the ready index, and never
+    /// across an `.await`.
     slots: Mutex<Slots>,
     /// To tell the scheduler of retries and pauses.
     handle: SchedulerHandle,
