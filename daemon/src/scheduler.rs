@@ -3,7 +3,7 @@
 //! a timer set to the next `run_at`; it never polls.
 //!
 //! Jobs run on one or more job threads, each with a single-threaded
-//! runtime (see `server::spawn_jobs_threads`); the scheduler's own task
+//! runtime (see [`Scheduler::spawn`]); the scheduler's own task
 //! runs on the first. A job that ends starts the next ready one itself, on
 //! its own thread, so that a busy queue keeps each thread's slot filled
 //! without a hand-off: see [`Core::released`].
@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -135,9 +135,8 @@ struct Running {
 /// Which jobs run where, shared by the scheduler and the job threads.
 struct Slots {
     running: HashMap<JobId, Running>,
-    /// Entries of `running` whose processes still hold a slot.
-    active: usize,
-    /// Of those, how many on each job thread.
+    /// How many entries of `running` whose processes still hold a slot
+    /// are on each job thread.
     load: Vec<usize>,
     /// The ready index may hold jobs we have not started.
     maybe_ready: bool,
@@ -154,6 +153,11 @@ struct Slots {
 }
 
 impl Slots {
+    /// How many slots are taken.
+    fn active(&self) -> usize {
+        self.load.iter().sum()
+    }
+
     /// Gives a job's slot back, once. Returns its thread if this freed it.
     fn release(&mut self, id: JobId) -> Option<usize> {
         let r = self.running.get_mut(&id)?;
@@ -161,7 +165,6 @@ impl Slots {
             return None;
         }
         let thread = r.thread;
-        self.active -= 1;
         self.load[thread] -= 1;
         // A slot is free, and there may be more ready jobs.
         self.maybe_ready = true;
@@ -227,8 +230,8 @@ impl Core {
             }
             s.paused_until = None;
         }
-        while s.maybe_ready && s.active < self.concurrency {
-            let free = self.concurrency - s.active;
+        while s.maybe_ready && s.active() < self.concurrency {
+            let free = self.concurrency - s.active();
             let skip: HashSet<JobId> = s
                 .running
                 .keys()
@@ -267,7 +270,6 @@ impl Core {
                 thread,
             },
         );
-        s.active += 1;
         s.load[thread] += 1;
         #[cfg(test)]
         lock(&self.placed).push(tests::Placed::new(id, thread));
@@ -370,20 +372,28 @@ pub struct Scheduler {
     core: Arc<Core>,
     rx: mpsc::UnboundedReceiver<Msg>,
     next_due: Option<Micros>,
+    /// The job threads' runtimes, until [`Scheduler::spawn`] gives each
+    /// its thread.
+    runtimes: Vec<Runtime>,
 }
 
 impl Scheduler {
-    /// Creates the scheduler and its handle. Nothing runs until [`run`],
-    /// which must be called on the runtime of `threads[0]`; jobs run on
-    /// all of `threads` (at least one).
-    ///
-    /// [`run`]: Scheduler::run
+    /// Creates the scheduler, its handle, and the runtimes of `threads`
+    /// job threads (at least one). Nothing runs until [`Scheduler::spawn`].
     pub fn new(
         ctx: Arc<RunnerCtx>,
         concurrency: usize,
-        threads: Vec<Handle>,
-    ) -> (Scheduler, SchedulerHandle) {
-        assert!(!threads.is_empty(), "the scheduler needs a job thread");
+        threads: usize,
+    ) -> std::io::Result<(Scheduler, SchedulerHandle)> {
+        let runtimes = (0..threads.max(1))
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("quern-jobs-blocking")
+                    .build()
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let threads: Vec<Handle> = runtimes.iter().map(|r| r.handle().clone()).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = SchedulerHandle {
             tx,
@@ -391,7 +401,6 @@ impl Scheduler {
         };
         let slots = Slots {
             running: HashMap::new(),
-            active: 0,
             load: vec![0; threads.len()],
             maybe_ready: true,
             paused_until: None,
@@ -412,13 +421,59 @@ impl Scheduler {
             core,
             rx,
             next_due: None,
+            runtimes,
         };
-        (s, handle)
+        Ok((s, handle))
+    }
+
+    /// Starts the job threads, `quern-jobs-N`, each on its runtime; the
+    /// scheduler's task runs on the first. Returns a receiver that
+    /// resolves once `shutdown` has fired and the scheduler has stopped
+    /// every job.
+    ///
+    /// A job's path (scheduler, runner, output pumps) is a few short
+    /// steps, each waking the next. On the shared multi-threaded runtime
+    /// each wake-up could hand a task to the other worker, and a thread
+    /// switch costs more on a small VM than the step it carries. On threads
+    /// of their own quernd spends ~20% less CPU per job in P3
+    /// (docs/benchmarks.md), while gRPC keeps a worker per core, and a
+    /// burst of requests and a burst of job starts no longer wait for each
+    /// other. A job stays on the thread it started on, and the thread
+    /// starts the next job when it ends (see [`Core::dispatch`]).
+    ///
+    /// Job processes are started from these threads, and the parent-death
+    /// signal fires when the thread that started a process exits: the
+    /// threads only end after the scheduler has stopped every job.
+    pub fn spawn(mut self, shutdown: CancellationToken) -> std::io::Result<oneshot::Receiver<()>> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let finished = CancellationToken::new();
+        let runtimes = std::mem::take(&mut self.runtimes);
+        let mut first = Some((self, shutdown, done_tx));
+        for (i, runtime) in runtimes.into_iter().enumerate() {
+            let finished = finished.clone();
+            let first = first.take();
+            std::thread::Builder::new()
+                .name(format!("quern-jobs-{i}"))
+                .spawn(move || {
+                    match first {
+                        Some((scheduler, shutdown, done_tx)) => {
+                            runtime.block_on(scheduler.run(shutdown));
+                            finished.cancel();
+                            let _ = done_tx.send(());
+                        }
+                        None => runtime.block_on(finished.cancelled()),
+                    }
+                    // Output still copied for a process that left its job's
+                    // group must not hold up the daemon's exit.
+                    runtime.shutdown_background();
+                })?;
+        }
+        Ok(done_rx)
     }
 
     /// Runs until `shutdown` fires, then stops every running job (they go
     /// back to the queue) and waits for them.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self, shutdown: CancellationToken) {
         match self.core.ctx.store.next_due().await {
             Ok(due) => self.next_due = due,
             Err(e) => tracing::error!(error = %e, "reading the next due job failed"),
@@ -624,14 +679,13 @@ mod tests {
     }
 
     /// A scheduler over a real store in a temporary directory, with
-    /// `threads` job threads named `jobs-N`, as the daemon runs it.
+    /// `threads` job threads, as the daemon runs it.
     struct Rig {
         _dir: tempfile::TempDir,
         store: crate::store::Store,
         core: Arc<Core>,
         stop: CancellationToken,
-        finished: CancellationToken,
-        threads: Vec<std::thread::JoinHandle<()>>,
+        done: oneshot::Receiver<()>,
     }
 
     impl Rig {
@@ -647,40 +701,27 @@ mod tests {
             Vec<JobId>,
             tokio::sync::broadcast::Receiver<crate::job::Event>,
         ) {
-            use crate::config::{Config, Overrides};
+            use crate::config::Config;
             use crate::logs::LogStore;
             use crate::store::Store;
 
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path(), 1000, 1 << 20, Duration::ZERO).unwrap();
-            let config = Config::load(Overrides {
-                state_dir: Some(dir.path().into()),
-                socket: Some(dir.path().join("sock")),
-                concurrency: Some(concurrency),
-                config_file: None,
-            })
-            .unwrap();
+            let config = Config {
+                concurrency,
+                ..Config::for_dir(dir.path())
+            };
             let ctx = Arc::new(RunnerCtx {
                 store: store.clone(),
                 logs: Arc::new(LogStore::new(dir.path().join("logs"), 1 << 20).unwrap()),
                 config: Arc::new(config),
                 default_cwd: dir.path().into(),
             });
-            let runtimes: Vec<_> = (0..threads)
-                .map(|_| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap()
-                })
-                .collect();
-            let handles = runtimes.iter().map(|r| r.handle().clone()).collect();
-            let (scheduler, _handle) = Scheduler::new(ctx, concurrency, handles);
+            let (scheduler, _handle) = Scheduler::new(ctx, concurrency, threads).unwrap();
             let core = scheduler.core.clone();
             let events = store.subscribe();
             let spec = job(JobState::Queued).spec;
-            let ids = runtimes[0]
-                .block_on(store.submit(vec![spec; jobs], now_micros()))
+            let ids = block_on(store.submit(vec![spec; jobs], now_micros()))
                 .unwrap()
                 .into_iter()
                 .map(|s| s.job.id)
@@ -688,47 +729,31 @@ mod tests {
             before(&store);
 
             let stop = CancellationToken::new();
-            let finished = CancellationToken::new();
-            let mut scheduler = Some(scheduler);
-            let threads = runtimes
-                .into_iter()
-                .enumerate()
-                .map(|(i, runtime)| {
-                    let (stop, finished) = (stop.clone(), finished.clone());
-                    let scheduler = scheduler.take();
-                    std::thread::Builder::new()
-                        .name(format!("jobs-{i}"))
-                        .spawn(move || match scheduler {
-                            Some(s) => runtime.block_on(s.run(stop)),
-                            None => runtime.block_on(finished.cancelled()),
-                        })
-                        .unwrap()
-                })
-                .collect();
+            let done = scheduler.spawn(stop.clone()).unwrap();
             let rig = Rig {
                 _dir: dir,
                 store,
                 core,
                 stop,
-                finished,
-                threads,
+                done,
             };
             (rig, ids, events)
         }
 
-        /// Stops the scheduler, then the other job threads.
+        /// Stops the scheduler, and returns once it has stopped every job.
         fn stop(self) -> (crate::store::Store, Arc<Core>) {
             self.stop.cancel();
-            let mut threads = self.threads.into_iter();
-            if let Some(first) = threads.next() {
-                first.join().unwrap();
-            }
-            self.finished.cancel();
-            for t in threads {
-                t.join().unwrap();
-            }
+            self.done.blocking_recv().unwrap();
             (self.store, self.core)
         }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     /// Reads events until each of `ids` has succeeded, failing the test
@@ -740,11 +765,7 @@ mod tests {
     ) -> Vec<crate::job::Event> {
         let mut left: HashSet<JobId> = ids.iter().copied().collect();
         let mut seen = Vec::new();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let deadline = Instant::now() + within;
             while !left.is_empty() {
                 let event = tokio::time::timeout_at(deadline, events.recv())
@@ -778,14 +799,14 @@ mod tests {
         let placed = lock(&core.placed);
         assert_eq!(placed.len(), JOBS, "{placed:#?}");
         for p in placed.iter() {
-            let slot = format!("jobs-{}", p.thread);
+            let slot = format!("quern-jobs-{}", p.thread);
             assert_eq!(p.ran_on.as_deref(), Some(slot.as_str()), "{p:?}");
         }
         // Only a job's own task starts jobs on the second thread, so each
         // start from there must have stayed there.
         let by_second: Vec<_> = placed
             .iter()
-            .filter(|p| p.by.as_deref() == Some("jobs-1"))
+            .filter(|p| p.by.as_deref() == Some("quern-jobs-1"))
             .collect();
         for p in &by_second {
             assert_eq!(p.thread, 1, "a job thread handed its next job away: {p:?}");
@@ -850,11 +871,7 @@ mod tests {
     }
 
     fn stored(store: &crate::store::Store, id: JobId) -> Job {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(store.get(id))
-            .unwrap()
+        block_on(store.get(id)).unwrap()
     }
 
     /// However many Submits come before the scheduler looks, it gets one

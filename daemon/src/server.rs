@@ -235,9 +235,11 @@ pub async fn run(
         config: config.clone(),
         default_cwd: config.state_dir.clone(),
     });
-    let runtimes = jobs_runtimes(config.concurrency)?;
-    let threads = runtimes.iter().map(|r| r.handle().clone()).collect();
-    let (scheduler, sched_handle) = Scheduler::new(ctx, config.concurrency, threads);
+    // A job thread per core, or per job slot if fewer.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (scheduler, sched_handle) =
+        Scheduler::new(ctx, config.concurrency, cores.min(config.concurrency))
+            .map_err(|e| DaemonError::Server(format!("cannot start a jobs runtime: {e}")))?;
 
     let streams_stop = shutdown.child_token();
     let service = JobsService::new(
@@ -288,7 +290,9 @@ pub async fn run(
     recover(&store, &config).await?;
 
     let sched_stop = shutdown.child_token();
-    let sched = spawn_jobs_threads(runtimes, scheduler, sched_stop)?;
+    let sched = scheduler
+        .spawn(sched_stop)
+        .map_err(|e| DaemonError::Server(format!("cannot start a jobs thread: {e}")))?;
 
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -318,70 +322,6 @@ pub async fn run(
         Ok(Err(e)) => Err(DaemonError::Server(e.to_string())),
         Err(e) => Err(DaemonError::Server(e.to_string())),
     }
-}
-
-/// One single-threaded runtime for each job thread: as many as there are
-/// cores, or job slots if fewer.
-fn jobs_runtimes(concurrency: usize) -> Result<Vec<tokio::runtime::Runtime>, DaemonError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (0..cores.min(concurrency).max(1))
-        .map(|_| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name("quern-jobs-blocking")
-                .build()
-                .map_err(|e| DaemonError::Server(format!("cannot start a jobs runtime: {e}")))
-        })
-        .collect()
-}
-
-/// Runs the scheduler, and with it every job's start, wait and output, on
-/// job threads of their own, one for each of `runtimes`; the scheduler's
-/// task runs on the first. Returns a receiver that resolves once the
-/// scheduler has stopped its jobs.
-///
-/// A job's path (scheduler, runner, output pumps) is a few short steps,
-/// each waking the next. On the shared multi-threaded runtime each wake-up
-/// could hand a task to the other worker, and a thread switch costs more
-/// on a small VM than the step it carries. On threads of their own quernd
-/// spends ~20% less CPU per job in P3 (docs/benchmarks.md), while gRPC
-/// keeps a worker per core, and a burst of requests and a burst of job
-/// starts no longer wait for each other. A job stays on the thread it
-/// started on, and the thread starts the next job when it ends (see
-/// `scheduler::Core::dispatch`).
-///
-/// Job processes are started from these threads, and the parent-death
-/// signal fires when the thread that started a process exits: the threads
-/// only end after the scheduler has stopped every job.
-fn spawn_jobs_threads(
-    runtimes: Vec<tokio::runtime::Runtime>,
-    scheduler: Scheduler,
-    stop: CancellationToken,
-) -> Result<tokio::sync::oneshot::Receiver<()>, DaemonError> {
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let finished = CancellationToken::new();
-    let mut scheduler = Some((scheduler, stop, done_tx));
-    for (i, runtime) in runtimes.into_iter().enumerate() {
-        let finished = finished.clone();
-        let first = scheduler.take();
-        std::thread::Builder::new()
-            .name(format!("quern-jobs-{i}"))
-            .spawn(move || {
-                match first {
-                    Some((scheduler, stop, done_tx)) => {
-                        runtime.block_on(scheduler.run(stop));
-                        finished.cancel();
-                        let _ = done_tx.send(());
-                    }
-                    None => runtime.block_on(finished.cancelled()),
-                }
-                // Output still copied for a process that left its job's
-                // group must not hold up the daemon's exit.
-                runtime.shutdown_background();
-            })
-            .map_err(|e| DaemonError::Server(format!("cannot start a jobs thread: {e}")))?;
-    }
-    Ok(done_rx)
 }
 
 /// Deals with jobs that were running when the previous daemon died: kills
