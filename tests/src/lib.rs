@@ -652,6 +652,21 @@ pub async fn wait_for_running(client: &mut JobsClient<Channel>, id: u64) -> Resu
     Ok(job)
 }
 
+/// Submits `n` jobs that sleep for a long time and returns them once each
+/// is running, with its pid: jobs for a test to stop, kill or outlive.
+/// The daemon needs `n` free slots.
+pub async fn start_sleepers(client: &mut JobsClient<Channel>, n: usize) -> Result<Vec<Job>> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(submit(client, exec_spec(["sleep", "1000"])).await?.id);
+    }
+    let mut running = Vec::with_capacity(n);
+    for id in ids {
+        running.push(wait_for_running(client, id).await?);
+    }
+    Ok(running)
+}
+
 /// An open `Events` stream that remembers every event it has yielded.
 #[derive(Debug)]
 pub struct EventStream {

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, ensure};
 use quern_proto::v1::{JobSpec, JobState, SubmitBatchRequest};
 use quern_tests::{
     TestDaemon, assert_group_gone, assert_process_gone, exec_spec, get, processes_in_group, sh,
-    submit, timestamp, wait_for_running, wait_for_stdout,
+    start_sleepers, submit, timestamp, wait_for_running, wait_for_stdout,
 };
 use rand::Rng as _;
 
@@ -159,15 +159,16 @@ async fn a_job_process_dies_with_the_daemon() -> Result<()> {
         .start()
         .await?;
     let mut client = daemon.client();
-    let mut pids = Vec::new();
-    for _ in 0..JOBS {
-        let job = submit(&mut client, exec_spec(["sleep", "1000"])).await?;
-        let job = wait_for_running(&mut client, job.id).await?;
+    let pids: Vec<u32> = start_sleepers(&mut client, JOBS)
+        .await?
+        .iter()
+        .map(|j| j.pid)
+        .collect();
+    for &pid in &pids {
         ensure!(
-            processes_in_group(job.pid) == vec![job.pid],
+            processes_in_group(pid) == vec![pid],
             "the job's group should hold just its own process"
         );
-        pids.push(job.pid);
     }
     daemon.kill9().await?;
     let mut gone = Ok(());

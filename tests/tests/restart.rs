@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Result, ensure};
 use quern_proto::v1::JobState;
 use quern_tests::{
-    EventStream, TestDaemon, assert_group_gone, exec_spec, get, stats, submit, timestamp,
-    wait_for_running,
+    EventStream, TestDaemon, assert_group_gone, exec_spec, get, start_sleepers, stats, submit,
+    timestamp,
 };
 
 /// Delayed jobs, queued jobs and an interrupted running job all survive
@@ -121,23 +121,15 @@ async fn sigterm_stops_and_requeues_the_jobs_of_every_job_thread() -> Result<()>
         .start()
         .await?;
     let mut client = daemon.client();
-    let mut running = Vec::new();
-    for _ in 0..JOBS {
-        let job = submit(&mut client, exec_spec(["sleep", "1000"])).await?;
-        running.push(job.id);
-    }
-    let mut pids = Vec::new();
-    for &id in &running {
-        pids.push(wait_for_running(&mut client, id).await?.pid);
-    }
+    let running = start_sleepers(&mut client, JOBS).await?;
 
     daemon.stop().await?;
-    for &pid in &pids {
-        assert_group_gone(pid, Duration::from_secs(10)).await?;
+    for job in &running {
+        assert_group_gone(job.pid, Duration::from_secs(10)).await?;
     }
     daemon.restart().await?;
     let mut client = daemon.client();
-    for &id in &running {
+    for id in running.iter().map(|j| j.id) {
         let job = get(&mut client, id).await?;
         let state = job.state();
         ensure!(
