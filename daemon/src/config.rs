@@ -31,11 +31,12 @@ pub struct Config {
     pub default_grace: Duration,
     /// How long the store may hold a job's "running" or outcome write, while
     /// short jobs keep it busy (at least two jobs' writes within 2 ms), to
-    /// share one commit with others. Zero never holds one. Job events can come up to this much later under such load,
-    /// and a crash (kill -9, power loss) can catch up to this much more of
-    /// jobs' progress unrecorded: such a job is recovered like any job
-    /// running at a crash, as interrupted, or queued to run again if it was
-    /// not yet recorded as running.
+    /// share one commit with others. Zero never holds one. Job events can
+    /// come up to this much later under such load, and a crash (kill -9,
+    /// power loss) can catch up to this much more of jobs' progress
+    /// unrecorded: such a job is recovered like any job running at a
+    /// crash, as interrupted, or queued to run again if it was not yet
+    /// recorded as running.
     pub commit_linger: Duration,
 }
 
