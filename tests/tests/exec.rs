@@ -206,17 +206,22 @@ async fn cancel_of_a_queued_job_means_it_never_runs() -> Result<()> {
 }
 
 /// A Cancel of the next job in line that lands just as a slot frees never
-/// lets that job run. Each job says, through a FIFO, that it is about to
-/// exit; the test then cancels the job after it, so that the Cancel and
-/// the slot's next start meet. A Cancel answered with the job cancelled
-/// before it started must mean its process never ran.
+/// lets that job run. Each job says, through one FIFO, that it is about to
+/// exit, and then waits on a second FIFO until the test lets it go. The
+/// test cancels the job after it and lets it go in both orders: the
+/// Cancel sent first meets the slot's next start while it is committed,
+/// and sent second it races that start. A Cancel answered with the job
+/// cancelled before it started must mean its process never ran.
 #[tokio::test]
 async fn cancel_of_the_next_job_as_its_slot_frees_never_runs_it() -> Result<()> {
     const JOBS: usize = 60;
     let daemon = TestDaemon::builder().concurrency(1).start().await?;
     let mut client = daemon.client();
-    let fifo = daemon.dir().join("fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)?;
+    let said = daemon.dir().join("said");
+    let go = daemon.dir().join("go");
+    for fifo in [&said, &go] {
+        nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::S_IRWXU)?;
+    }
     let marks = daemon.dir().join("marks");
     std::fs::create_dir(&marks)?;
     let mark = |i: usize| marks.join(i.to_string());
@@ -225,11 +230,12 @@ async fn cancel_of_the_next_job_as_its_slot_frees_never_runs_it() -> Result<()> 
             exec_spec([
                 "sh".to_string(),
                 "-c".into(),
-                r#"touch "$1"; echo "$2" > "$3""#.into(),
+                r#"touch "$1"; echo "$2" > "$3"; read _ < "$4""#.into(),
                 "sh".into(),
                 mark(i).display().to_string(),
                 i.to_string(),
-                fifo.display().to_string(),
+                said.display().to_string(),
+                go.display().to_string(),
             ])
         })
         .collect();
@@ -239,33 +245,63 @@ async fn cancel_of_the_next_job_as_its_slot_frees_never_runs_it() -> Result<()> 
         .into_inner()
         .ids;
     ensure!(ids.len() == JOBS, "{} of {JOBS} jobs stored", ids.len());
+    // Lets the job that last wrote to `said` exit. Only a job that is
+    // waiting on `go` opens it, so this never blocks for long: a job
+    // that a Cancel killed never wrote.
+    let release = || {
+        let go = go.clone();
+        async move {
+            timeout(
+                quern_tests::WAIT,
+                tokio::task::spawn_blocking(move || std::fs::write(go, "\n")),
+            )
+            .await
+            .context("no job waited to be let go")???;
+            anyhow::Ok(())
+        }
+    };
 
     let mut never_started = Vec::new();
     loop {
-        // Returns once job `n` has written its line and closed the FIFO,
-        // that is, as it exits.
-        let path = fifo.clone();
-        let said = timeout(
+        // Returns once job `n` has written its line and closed the FIFO.
+        // It then waits to be let go. A job that a Cancel killed never
+        // gets here: nothing reads `said` while a Cancel is answered.
+        let path = said.clone();
+        let line = timeout(
             quern_tests::WAIT,
             tokio::task::spawn_blocking(move || std::fs::read_to_string(path)),
         )
         .await
         .context("no job wrote to the FIFO")???;
-        let n: usize = said
+        let n: usize = line
             .trim()
             .parse()
-            .with_context(|| format!("a job wrote {said:?}"))?;
+            .with_context(|| format!("a job wrote {line:?}"))?;
         // The last job is never cancelled, so that it ends the loop.
-        if n + 1 == JOBS {
-            break;
-        }
-        if n + 2 == JOBS {
+        if n + 2 >= JOBS {
+            release().await?;
+            if n + 1 == JOBS {
+                break;
+            }
             continue;
         }
         let id = ids[n + 1];
-        let job = client
-            .cancel(CancelRequest { id, grace: None })
-            .await
+        let request = CancelRequest { id, grace: None };
+        let answer = if n.is_multiple_of(2) {
+            // The Cancel goes out first: the spawned task sends it while
+            // this one yields, and the job exits while it is committed.
+            let mut c = client.clone();
+            let cancel = tokio::spawn(async move { c.cancel(request).await });
+            tokio::task::yield_now().await;
+            release().await?;
+            cancel.await?
+        } else {
+            // The job exits first, and the Cancel races its slot's next
+            // start.
+            release().await?;
+            client.cancel(request).await
+        };
+        let job = answer
             .with_context(|| format!("Cancel of job {id}"))?
             .into_inner()
             .job
