@@ -48,9 +48,14 @@ async fn kill9_loses_no_acknowledged_job_and_recovers_running_ones() -> Result<(
         running.push(job);
     }
 
+    // Each submitter says when its first Submit is acknowledged, so that
+    // the crash comes while they are all under way, however slow the
+    // machine is to get them started.
+    let (first_ack, mut first_acks) = tokio::sync::mpsc::channel::<()>(SUBMITTERS);
     let submitters: Vec<_> = (0..SUBMITTERS)
         .map(|n| {
             let mut client = daemon.client();
+            let first_ack = first_ack.clone();
             tokio::spawn(async move {
                 let mut acked = Vec::new();
                 // Delayed jobs, so nothing competes with the trees for
@@ -60,12 +65,23 @@ async fn kill9_loses_no_acknowledged_job_and_recovers_running_ones() -> Result<(
                 spec.labels.insert("submitter".into(), n.to_string());
                 // Stops at the first error, which is the crash.
                 while let Ok(job) = submit(&mut client, spec.clone()).await {
+                    if acked.is_empty() {
+                        let _ = first_ack.try_send(());
+                    }
                     acked.push(job.id);
                 }
                 acked
             })
         })
         .collect();
+
+    drop(first_ack);
+    for _ in 0..SUBMITTERS {
+        tokio::time::timeout(quern_tests::WAIT, first_acks.recv())
+            .await
+            .context("a submitter had no Submit acknowledged")?
+            .context("a submitter stopped before its first Submit was acknowledged")?;
+    }
 
     // The randomised crash point: waiting here is the experiment itself,
     // not a wait for readiness or state.
