@@ -84,6 +84,16 @@ fn take_submitted(m: &Mutex<Submitted>) -> (bool, Option<Micros>) {
 }
 
 impl SchedulerHandle {
+    /// A handle, and the scheduler's end of its channel.
+    fn new() -> (SchedulerHandle, mpsc::UnboundedReceiver<Msg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = SchedulerHandle {
+            tx,
+            submitted: Arc::new(Mutex::new(Submitted::default())),
+        };
+        (handle, rx)
+    }
+
     /// Tells the scheduler about newly stored jobs.
     pub fn submitted(&self, jobs: &[Job]) {
         let mut ready = false;
@@ -394,11 +404,7 @@ impl Scheduler {
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         let threads: Vec<Handle> = runtimes.iter().map(|r| r.handle().clone()).collect();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = SchedulerHandle {
-            tx,
-            submitted: Arc::new(Mutex::new(Submitted::default())),
-        };
+        let (handle, rx) = SchedulerHandle::new();
         let slots = Slots {
             running: HashMap::new(),
             load: vec![0; threads.len()],
@@ -634,19 +640,14 @@ mod tests {
         }
     }
 
-    /// A handle as [`Scheduler::new`] makes it, with the scheduler's ends
-    /// of what it shares.
+    /// A handle, with the scheduler's ends of what it shares.
     fn handle() -> (
         SchedulerHandle,
         mpsc::UnboundedReceiver<Msg>,
         Arc<Mutex<Submitted>>,
     ) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let submitted = Arc::new(Mutex::new(Submitted::default()));
-        let handle = SchedulerHandle {
-            tx,
-            submitted: submitted.clone(),
-        };
+        let (handle, rx) = SchedulerHandle::new();
+        let submitted = handle.submitted.clone();
         (handle, rx, submitted)
     }
 
