@@ -64,12 +64,12 @@ pub fn spawn(
         .get("PATH")
         .cloned()
         .or_else(|| std::env::var("PATH").ok());
+    let cannot_start = |e: &dyn std::fmt::Display| format!("cannot start {:?}: {e}", spec.argv[0]);
     let program = which::which_in(&spec.argv[0], path_var, cwd).map_err(|_| {
-        format!(
-            "cannot start {:?}: no such executable (looked in PATH and {})",
-            spec.argv[0],
+        cannot_start(&format_args!(
+            "no such executable (looked in PATH and {})",
             cwd.display()
-        )
+        ))
     })?;
     let pipe = || {
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create output pipe: {e}"))
@@ -81,11 +81,11 @@ pub fn spawn(
         // The job's argv[0] as given, not the resolved path.
         argv: &spec.argv,
         cwd,
-        env: job_env(id, &spec.env).map_err(|e| format!("cannot start {:?}: {e}", spec.argv[0]))?,
+        env: job_env(id, &spec.env).map_err(|e| cannot_start(&e))?,
         stdout: out_w,
         stderr: err_w,
     })
-    .map_err(|e| format!("cannot start {:?}: {e}", spec.argv[0]))?;
+    .map_err(|e| cannot_start(&e))?;
     // The write ends were moved into the spawn and are closed by now, so
     // the pumps see EOF once the job's processes are gone.
     let (out, err) = (
