@@ -82,6 +82,10 @@ pub enum Command {
         /// First replay the stored events after this sequence number
         #[arg(long, value_name = "SEQ")]
         after: Option<u64>,
+        /// Also print progress updates of running jobs (at most 10 per
+        /// second per job)
+        #[arg(long)]
+        progress: bool,
     },
     /// Show job counts by state
     Stats,

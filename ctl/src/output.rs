@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use comfy_table::{ContentArrangement, Table, presets};
-use quern_proto::v1::{EventsResponse, Job, JobSpec, JobState, StatsResponse, job_spec};
+use quern_proto::v1::{EventsResponse, Job, JobSpec, JobState, Progress, StatsResponse, job_spec};
 use serde_json::{Value, json};
 
 use crate::parse::STATE_NAMES;
@@ -55,6 +55,8 @@ pub fn job_json(job: &Job) -> Value {
         "exit_code": job.exit_code,
         "error": job.error,
         "pid": job.pid,
+        "owner_uid": job.owner_uid,
+        "progress": job.progress.as_ref().map(progress_json),
         "queued_at": timestamp_json(job.queued_at),
         "started_at": timestamp_json(job.started_at),
         "finished_at": timestamp_json(job.finished_at),
@@ -95,7 +97,36 @@ pub fn event_json(event: &EventsResponse) -> Value {
         "attempt": event.attempt,
         "exit_code": event.exit_code,
         "error": event.error,
+        "progress": event.progress.as_ref().map(progress_json),
     })
+}
+
+/// Progress as a JSON object, with the proto's field names.
+pub fn progress_json(p: &Progress) -> Value {
+    json!({
+        "phase": p.phase,
+        "done": p.done,
+        "total": p.total,
+        "unit": p.unit,
+    })
+}
+
+/// Progress as words: "download 512/1024 bytes", or "walk 300 commits"
+/// while the total is not known.
+pub fn progress(p: &Progress) -> String {
+    let count = if p.total > 0 {
+        format!("{}/{}", p.done, p.total)
+    } else {
+        p.done.to_string()
+    };
+    let unit = if p.unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", p.unit)
+    };
+    format!("{} {count}{unit}", p.phase)
+        .trim_start()
+        .to_string()
 }
 
 /// The counts as a JSON object, with the proto's field names.
@@ -352,6 +383,8 @@ mod tests {
             attempts: 3,
             exit_code: Some(3),
             error: "exited with code 3".into(),
+            owner_uid: 1000,
+            progress: None,
             pid: 0,
             priority: 10,
         }
@@ -399,6 +432,7 @@ mod tests {
             attempt: 1,
             exit_code: None,
             error: String::new(),
+            progress: None,
         };
         let value = event_json(&event);
         assert_eq!(value["seq"], 7);

@@ -1,10 +1,10 @@
-//! The job model: what a job is, what it runs, and the states it moves
-//! through. Shared by every subsystem; it knows nothing of gRPC or redb.
+//! The job model: what a job is, what it runs, the states it moves
+//! through, and the pure functions that move it. Shared by every subsystem;
+//! it knows nothing of gRPC or redb. The store applies these transitions;
+//! it never decides one itself.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// A job id: unique, monotonically increasing, never reused.
 pub type JobId = u64;
@@ -13,17 +13,15 @@ pub type JobId = u64;
 /// submit-to-start latency can be read off the timestamps.
 pub type Micros = u64;
 
-/// The current time as [`Micros`].
-pub fn now_micros() -> Micros {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// Named priority classes and their numeric values, as the API defines
-/// them.
-pub use quern_proto::PRIORITY_NAMES;
+/// Named priority classes and their numeric values. The API offers the
+/// same names (`api/convert.rs` checks that the two lists agree).
+pub const PRIORITY_NAMES: [(&str, i32); 5] = [
+    ("critical", 20),
+    ("high", 10),
+    ("normal", 0),
+    ("low", -10),
+    ("background", -20),
+];
 
 /// Resolves a priority name to its number.
 pub fn priority_from_name(name: &str) -> Option<i32> {
@@ -34,7 +32,7 @@ pub fn priority_from_name(name: &str) -> Option<i32> {
 }
 
 /// What to run and how; validated before it reaches the store.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JobSpec {
     /// The kind of work and its kind-specific settings.
     pub kind: JobKind,
@@ -52,25 +50,60 @@ pub struct JobSpec {
     pub idempotency_key: Option<String>,
 }
 
-/// The kinds of work quern runs. New kinds are appended, never inserted, so
-/// that stored records keep decoding.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The kinds of work quern runs. Each has its module under `runner/`.
+#[derive(Clone, Debug, PartialEq)]
 pub enum JobKind {
     /// Run a command directly, with no shell.
     Exec(ExecSpec),
 }
 
+/// A kind's name and number: the name is used in filters and output, the
+/// number in the store's `by_kind` index. Numbers are never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum KindTag {
+    /// See [`JobKind::Exec`].
+    Exec = 1,
+}
+
+impl KindTag {
+    /// Every kind.
+    pub const ALL: [KindTag; 1] = [KindTag::Exec];
+
+    /// The kind's name as used in filters and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            KindTag::Exec => "exec",
+        }
+    }
+
+    /// The kind with this name, if any.
+    pub fn from_name(name: &str) -> Option<KindTag> {
+        KindTag::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The names of every kind, for error messages.
+    pub fn names() -> String {
+        KindTag::ALL.map(KindTag::name).join(", ")
+    }
+}
+
 impl JobKind {
+    /// The kind's tag.
+    pub fn tag(&self) -> KindTag {
+        match self {
+            JobKind::Exec(_) => KindTag::Exec,
+        }
+    }
+
     /// The kind's name as used in filters and output.
     pub fn name(&self) -> &'static str {
-        match self {
-            JobKind::Exec(_) => "exec",
-        }
+        self.tag().name()
     }
 }
 
 /// A command to run with no shell.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ExecSpec {
     /// The program and its arguments; never empty.
     pub argv: Vec<String>,
@@ -80,9 +113,46 @@ pub struct ExecSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// What a running attempt left on record, so that recovery at boot can
+/// deal with what is left of it. Each kind records its own.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunRecord {
+    /// An exec attempt: its process group.
+    Exec(ExecRun),
+    /// An attempt that runs inside quernd: nothing outlives the daemon.
+    InProcess,
+}
+
+/// The process group of a running exec attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecRun {
+    /// The leader's pid, which is also its process group id.
+    pub pid: u32,
+    /// The leader's start time in clock ticks since boot, to tell it
+    /// from an unrelated process that reused the pid.
+    pub pid_start: u64,
+    /// The kernel boot id when it started; after a reboot no process of
+    /// it can remain.
+    pub boot_id: String,
+}
+
+/// How far a running attempt has come, as its kind reports it. Live only:
+/// never stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// What the attempt is doing, such as `download` or `walk`.
+    pub phase: String,
+    /// Units done so far.
+    pub done: u64,
+    /// Units in all, or 0 when unknown.
+    pub total: u64,
+    /// What is counted: `bytes`, `commits`, `files`.
+    pub unit: String,
+}
+
 /// Where a job is in its lifecycle. Each state carries only the data that
 /// makes sense in it, so for example a queued job cannot have a pid.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum JobState {
     /// Ready to run, waiting for a slot.
     Queued,
@@ -91,18 +161,12 @@ pub enum JobState {
         /// When it becomes queued.
         run_at: Micros,
     },
-    /// Its process is running.
+    /// An attempt is running.
     Running {
-        /// The leader's pid, which is also its process group id.
-        pid: u32,
-        /// The leader's start time in clock ticks since boot, to tell it
-        /// from an unrelated process that reused the pid.
-        pid_start: u64,
-        /// The kernel boot id when it started; after a reboot no process of
-        /// it can remain.
-        boot_id: String,
+        /// What the kind recorded about the attempt.
+        run: RunRecord,
     },
-    /// Finished with exit code 0.
+    /// Finished successfully.
     Succeeded {
         /// When it finished.
         finished_at: Micros,
@@ -121,7 +185,7 @@ pub enum JobState {
 
 /// A compact tag for each state, used as an index key and in filters. The
 /// numbers match the proto enum so that they read the same everywhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum StateTag {
     /// See [`JobState::Queued`].
@@ -190,7 +254,7 @@ impl JobState {
 }
 
 /// A stored job.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     /// Its id.
     pub id: JobId,
@@ -208,9 +272,80 @@ pub struct Job {
     pub exit_code: Option<i32>,
     /// Why the latest attempt failed or the job was cancelled.
     pub error: String,
+    /// The uid of the user who submitted it.
+    pub owner_uid: u32,
 }
 
+/// How an attempt (or a job) ended, as decided by the runner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The work was done.
+    Succeeded {
+        /// The exit code (0) of a process; `None` for a kind that runs in
+        /// quernd.
+        exit_code: Option<i32>,
+    },
+    /// The attempt failed; `retry_at` is set when attempts remain.
+    Failed {
+        /// The exit code, if a process exited normally.
+        exit_code: Option<i32>,
+        /// Why it failed.
+        error: String,
+        /// When to run the next attempt, if any.
+        retry_at: Option<Micros>,
+    },
+    /// Stopped by a cancel request.
+    Cancelled {
+        /// The exit code, if a process exited normally.
+        exit_code: Option<i32>,
+    },
+    /// Interrupted by a graceful shutdown: back to queued, and the attempt
+    /// is not counted.
+    Requeue,
+}
+
+impl Outcome {
+    /// Whether the outcome ends the attempt (every outcome but a requeue,
+    /// which takes the attempt back): its event carries the exit code and
+    /// the error.
+    pub fn ends_attempt(&self) -> bool {
+        !matches!(self, Outcome::Requeue)
+    }
+}
+
+/// Why a transition was refused: the job's state does not allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The state the job is in.
+    pub state: StateTag,
+    /// What the caller can do instead.
+    pub hint: &'static str,
+}
+
+/// The error a cancelled job carries.
+pub const CANCELLED_ERROR: &str = "cancelled by request";
+
 impl Job {
+    /// A job accepted at `at`: scheduled if `run_at` is still ahead, else
+    /// queued.
+    pub fn submitted(id: JobId, spec: JobSpec, owner_uid: u32, at: Micros) -> Job {
+        let state = match spec.run_at {
+            Some(run_at) if run_at > at => JobState::Scheduled { run_at },
+            _ => JobState::Queued,
+        };
+        Job {
+            id,
+            spec,
+            state,
+            queued_at: at,
+            attempts: 0,
+            started_at: None,
+            exit_code: None,
+            error: String::new(),
+            owner_uid,
+        }
+    }
+
     /// When the job finished, for terminal states.
     pub fn finished_at(&self) -> Option<Micros> {
         match self.state {
@@ -220,10 +355,107 @@ impl Job {
             _ => None,
         }
     }
+
+    fn require(&self, allowed: &[StateTag], hint: &'static str) -> Result<(), Refused> {
+        let state = self.state.tag();
+        if allowed.contains(&state) {
+            Ok(())
+        } else {
+            Err(Refused { state, hint })
+        }
+    }
+
+    /// Attempt `attempt` started at `at`, as `run`. Only a queued job can
+    /// start.
+    pub fn started(&self, attempt: u32, run: RunRecord, at: Micros) -> Result<Job, Refused> {
+        self.require(&[StateTag::Queued], "only a queued job can start")?;
+        Ok(Job {
+            state: JobState::Running { run },
+            attempts: attempt,
+            started_at: Some(at),
+            exit_code: None,
+            error: String::new(),
+            ..self.clone()
+        })
+    }
+
+    /// Attempt `attempt` ended at `at` with `outcome`. A queued job may
+    /// finish too: an attempt that never got to start (a failed spawn, or a
+    /// stop that came first). `started_at` is when the attempt started, if
+    /// it did.
+    pub fn finished(
+        &self,
+        attempt: u32,
+        started_at: Option<Micros>,
+        outcome: Outcome,
+        at: Micros,
+    ) -> Result<Job, Refused> {
+        self.require(
+            &[StateTag::Queued, StateTag::Running],
+            "only a queued or running job can finish",
+        )?;
+        let mut job = self.clone();
+        job.attempts = attempt;
+        job.started_at = started_at.or(self.started_at);
+        match outcome {
+            Outcome::Succeeded { exit_code } => {
+                job.state = JobState::Succeeded { finished_at: at };
+                job.exit_code = exit_code;
+                job.error.clear();
+            }
+            Outcome::Failed {
+                exit_code,
+                error,
+                retry_at,
+            } => {
+                job.exit_code = exit_code;
+                job.error = error;
+                job.state = match retry_at {
+                    Some(run_at) => JobState::Scheduled { run_at },
+                    None => JobState::Failed { finished_at: at },
+                };
+            }
+            Outcome::Cancelled { exit_code } => {
+                job.state = JobState::Cancelled { finished_at: at };
+                job.exit_code = exit_code;
+                job.error = CANCELLED_ERROR.into();
+            }
+            Outcome::Requeue => {
+                job.state = JobState::Queued;
+                job.attempts = attempt.saturating_sub(1);
+            }
+        }
+        Ok(job)
+    }
+
+    /// Cancelled at `at` before it ran (queued) or while it waited
+    /// (scheduled). A running job is stopped by its runner instead, which
+    /// finishes it with [`Outcome::Cancelled`].
+    pub fn cancelled(&self, at: Micros) -> Result<Job, Refused> {
+        self.require(
+            &[StateTag::Queued, StateTag::Scheduled],
+            "only queued, scheduled or running jobs can be cancelled",
+        )?;
+        Ok(Job {
+            state: JobState::Cancelled { finished_at: at },
+            error: CANCELLED_ERROR.into(),
+            exit_code: None,
+            ..self.clone()
+        })
+    }
+
+    /// Its start time came: from scheduled to queued.
+    pub fn promoted(&self) -> Result<Job, Refused> {
+        self.require(&[StateTag::Scheduled], "only a scheduled job becomes due")?;
+        Ok(Job {
+            state: JobState::Queued,
+            ..self.clone()
+        })
+    }
 }
 
 /// One recorded state change, as streamed by `Events`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// Global, strictly increasing sequence number.
     pub seq: u64,
@@ -239,6 +471,27 @@ pub struct Event {
     pub exit_code: Option<i32>,
     /// Why an attempt failed or the job was cancelled.
     pub error: String,
+}
+
+impl Event {
+    /// The event for `job`'s new state. `ended` says the change ends an
+    /// attempt (or the job), so the event carries the exit code and error;
+    /// a start or a promotion carries none.
+    pub fn of(seq: u64, job: &Job, at: Micros, ended: bool) -> Event {
+        Event {
+            seq,
+            job_id: job.id,
+            state: job.state.tag(),
+            at,
+            attempt: job.attempts,
+            exit_code: job.exit_code.filter(|_| ended),
+            error: if ended {
+                job.error.clone()
+            } else {
+                String::new()
+            },
+        }
+    }
 }
 
 /// The delay before retry number `attempt` (1-based count of attempts
@@ -257,6 +510,185 @@ pub fn retry_delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(run_at: Option<Micros>) -> JobSpec {
+        JobSpec {
+            kind: JobKind::Exec(ExecSpec {
+                argv: vec!["true".into()],
+                cwd: None,
+                env: BTreeMap::new(),
+            }),
+            priority: 0,
+            labels: BTreeMap::new(),
+            run_at,
+            timeout: None,
+            max_attempts: 3,
+            idempotency_key: None,
+        }
+    }
+
+    fn exec_run() -> RunRecord {
+        RunRecord::Exec(ExecRun {
+            pid: 42,
+            pid_start: 7,
+            boot_id: "boot".into(),
+        })
+    }
+
+    /// One job in every state, each reached through the transitions.
+    fn in_every_state() -> Vec<Job> {
+        let queued = Job::submitted(1, spec(None), 1000, 10);
+        let scheduled = Job::submitted(2, spec(Some(50)), 1000, 10);
+        let running = queued.started(1, exec_run(), 20).unwrap();
+        let done = |o| running.finished(1, None, o, 30).unwrap();
+        vec![
+            queued.clone(),
+            scheduled,
+            running.clone(),
+            done(Outcome::Succeeded { exit_code: Some(0) }),
+            done(Outcome::Failed {
+                exit_code: Some(1),
+                error: "exited with code 1".into(),
+                retry_at: None,
+            }),
+            queued.cancelled(30).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn a_submitted_job_waits_only_for_a_start_time_still_ahead() {
+        let now = Job::submitted(1, spec(Some(10)), 5, 10);
+        assert_eq!(now.state, JobState::Queued);
+        let later = Job::submitted(2, spec(Some(11)), 5, 10);
+        assert_eq!(later.state, JobState::Scheduled { run_at: 11 });
+        assert_eq!((later.owner_uid, later.queued_at), (5, 10));
+    }
+
+    /// Each transition is allowed from exactly the states the lifecycle
+    /// says, and refused from every other with the state it found.
+    #[test]
+    fn transitions_are_allowed_from_exactly_their_states() {
+        use StateTag::*;
+        type Try = fn(&Job) -> Result<Job, Refused>;
+        let cases: [(&str, Try, &[StateTag]); 4] = [
+            (
+                "start",
+                |j| j.started(1, RunRecord::InProcess, 1),
+                &[Queued],
+            ),
+            (
+                "finish",
+                |j| j.finished(1, None, Outcome::Succeeded { exit_code: None }, 1),
+                &[Queued, Running],
+            ),
+            ("cancel", |j| j.cancelled(1), &[Queued, Scheduled]),
+            ("promote", |j| j.promoted(), &[Scheduled]),
+        ];
+        let jobs = in_every_state();
+        assert_eq!(
+            jobs.iter().map(|j| j.state.tag()).collect::<Vec<_>>(),
+            StateTag::ALL
+        );
+        for (name, attempt, allowed) in cases {
+            for job in &jobs {
+                let tag = job.state.tag();
+                match attempt(job) {
+                    Ok(_) => assert!(allowed.contains(&tag), "{name} allowed from {tag:?}"),
+                    Err(r) => {
+                        assert!(!allowed.contains(&tag), "{name} refused from {tag:?}");
+                        assert_eq!(r.state, tag);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn outcomes_become_states() {
+        let running = Job::submitted(1, spec(None), 0, 10)
+            .started(2, exec_run(), 20)
+            .unwrap();
+        assert_eq!(running.started_at, Some(20));
+
+        let ok = running
+            .finished(2, None, Outcome::Succeeded { exit_code: Some(0) }, 30)
+            .unwrap();
+        assert_eq!(ok.state, JobState::Succeeded { finished_at: 30 });
+        assert_eq!(
+            (ok.exit_code, ok.attempts, ok.started_at),
+            (Some(0), 2, Some(20))
+        );
+
+        let retry = Outcome::Failed {
+            exit_code: Some(3),
+            error: "exited with code 3".into(),
+            retry_at: Some(99),
+        };
+        let again = running.finished(2, None, retry, 30).unwrap();
+        assert_eq!(again.state, JobState::Scheduled { run_at: 99 });
+        assert_eq!(again.error, "exited with code 3");
+
+        let gave_up = Outcome::Failed {
+            exit_code: None,
+            error: "timed out".into(),
+            retry_at: None,
+        };
+        let failed = running.finished(2, None, gave_up, 30).unwrap();
+        assert_eq!(failed.state, JobState::Failed { finished_at: 30 });
+
+        let cancelled = running
+            .finished(2, None, Outcome::Cancelled { exit_code: None }, 30)
+            .unwrap();
+        assert_eq!(cancelled.state, JobState::Cancelled { finished_at: 30 });
+        assert_eq!(cancelled.error, CANCELLED_ERROR);
+
+        // A shutdown takes the attempt back.
+        let requeued = running.finished(2, None, Outcome::Requeue, 30).unwrap();
+        assert_eq!(
+            (requeued.state.clone(), requeued.attempts),
+            (JobState::Queued, 1)
+        );
+        assert!(!Outcome::Requeue.ends_attempt());
+
+        // An attempt that never started records when it was tried.
+        let queued = Job::submitted(1, spec(None), 0, 10);
+        let spawn_failed = Outcome::Failed {
+            exit_code: None,
+            error: "cannot start".into(),
+            retry_at: None,
+        };
+        let tried = queued.finished(1, Some(15), spawn_failed, 16).unwrap();
+        assert_eq!((tried.started_at, tried.attempts), (Some(15), 1));
+    }
+
+    #[test]
+    fn events_carry_the_result_only_when_an_attempt_ends() {
+        let failed = Job::submitted(1, spec(None), 0, 10)
+            .started(1, exec_run(), 20)
+            .unwrap()
+            .finished(
+                1,
+                None,
+                Outcome::Failed {
+                    exit_code: Some(2),
+                    error: "exited with code 2".into(),
+                    retry_at: None,
+                },
+                30,
+            )
+            .unwrap();
+        let ended = Event::of(9, &failed, 30, true);
+        assert_eq!(
+            (ended.exit_code, ended.error.as_str()),
+            (Some(2), "exited with code 2")
+        );
+        assert_eq!(
+            (ended.seq, ended.state, ended.attempt),
+            (9, StateTag::Failed, 1)
+        );
+        let quiet = Event::of(10, &failed, 30, false);
+        assert_eq!((quiet.exit_code, quiet.error.as_str()), (None, ""));
+    }
 
     #[test]
     fn retry_delays_grow_and_cap() {
@@ -280,11 +712,15 @@ mod tests {
     }
 
     #[test]
-    fn state_tags_round_trip() {
+    fn state_and_kind_tags_round_trip() {
         for t in StateTag::ALL {
             assert_eq!(StateTag::from_u8(t as u8), Some(t));
         }
         assert_eq!(StateTag::from_u8(0), None);
         assert!(StateTag::Cancelled.is_terminal() && !StateTag::Running.is_terminal());
+        for k in KindTag::ALL {
+            assert_eq!(KindTag::from_name(k.name()), Some(k));
+        }
+        assert_eq!(KindTag::from_name("ftp"), None);
     }
 }

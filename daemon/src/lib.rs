@@ -2,12 +2,16 @@
 //! over gRPC on a Unix socket. The `quernd` binary is a thin wrapper around
 //! [`run`]; tests and tools can run the daemon in-process the same way.
 
+pub mod admission;
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod job;
+pub mod jobs;
 pub mod logs;
 pub mod platform;
+pub mod progress;
 pub mod runner;
 pub mod scheduler;
 pub mod server;

@@ -11,11 +11,15 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::api::JobsService;
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::job::now_micros;
+use crate::jobs::Jobs;
 use crate::logs::LogStore;
 use crate::platform;
+use crate::progress::ProgressBoard;
+use crate::runner::in_process::CpuPool;
 use crate::runner::{self, RunnerCtx};
 use crate::scheduler::Scheduler;
 use crate::store::{Commit, Store, StoreError};
@@ -229,26 +233,33 @@ pub async fn run(
         .await;
     health.set_not_serving::<JobsServer<JobsService>>().await;
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let clock = Clock::System;
+    let progress = ProgressBoard::new();
     let ctx = Arc::new(RunnerCtx {
         store: store.clone(),
         logs: logs.clone(),
+        progress: progress.clone(),
+        // CPU-heavy work of in-process kinds gets a thread per core, and
+        // no more: beyond that it would only take turns with the jobs.
+        cpu: CpuPool::new(cores)
+            .map_err(|e| DaemonError::Server(format!("cannot start the CPU pool: {e}")))?,
         config: config.clone(),
         default_cwd: config.state_dir.clone(),
+        clock,
+        kinds: runner::Kinds::builtin(),
     });
     // A job thread per core, or per job slot if fewer.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (scheduler, sched_handle) =
-        Scheduler::new(ctx, config.concurrency, cores.min(config.concurrency))
-            .map_err(|e| DaemonError::Server(format!("cannot start a jobs runtime: {e}")))?;
+    let (scheduler, sched_handle) = Scheduler::new(
+        ctx.clone(),
+        Admission::new(config.concurrency),
+        cores.min(config.concurrency),
+    )
+    .map_err(|e| DaemonError::Server(format!("cannot start a jobs runtime: {e}")))?;
 
+    let jobs = Jobs::new(store.clone(), sched_handle, progress, clock);
     let streams_stop = shutdown.child_token();
-    let service = JobsService::new(
-        store.clone(),
-        sched_handle,
-        logs,
-        config.clone(),
-        streams_stop,
-    );
+    let service = JobsService::new(jobs, logs, config.clone(), streams_stop);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quern_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -287,7 +298,7 @@ pub async fn run(
         )
     };
 
-    recover(&store, &config).await?;
+    recover(&ctx).await?;
 
     let sched_stop = shutdown.child_token();
     let sched = scheduler
@@ -324,30 +335,26 @@ pub async fn run(
     }
 }
 
-/// Deals with jobs that were running when the previous daemon died: kills
-/// what is left of their process groups, then retries or fails them. Runs
-/// before health says SERVING.
-async fn recover(store: &Store, config: &Config) -> Result<(), DaemonError> {
-    let interrupted = store.running().await?;
+/// Deals with jobs that were running when the previous daemon died: each
+/// one's kind cleans up what its attempt left (for exec, what is left of
+/// its process group), then the job is retried or failed. Runs before
+/// health says SERVING.
+async fn recover(ctx: &RunnerCtx) -> Result<(), DaemonError> {
+    let interrupted = ctx.store.running().await?;
     for job in interrupted {
-        if let crate::job::JobState::Running {
-            pid,
-            pid_start,
-            boot_id,
-        } = &job.state
-            && platform::process::kill_leftover_group(*pid, *pid_start, boot_id)
-        {
-            tracing::info!(job = job.id, pgid = pid, "killed leftover process group");
-        }
-        let outcome = runner::interrupted(config, &job);
-        let after = store
+        let crate::job::JobState::Running { run } = &job.state else {
+            continue;
+        };
+        let outcome = runner::recover(ctx, &job, run);
+        let after = ctx
+            .store
             // One job after another: each would wait out a linger.
             .finish(
                 job.id,
                 job.attempts,
                 job.started_at,
                 outcome,
-                now_micros(),
+                ctx.clock.now_micros(),
                 Commit::Now,
             )
             .await?;

@@ -690,11 +690,18 @@ impl EventStream {
         after_seq: Option<u64>,
         job_id: u64,
     ) -> Result<Self> {
-        let stream = timeout(WAIT, client.events(EventsRequest { after_seq, job_id }))
-            .await
-            .map_err(|_| anyhow!("opening Events timed out"))?
-            .context("Events")?
-            .into_inner();
+        let stream = timeout(
+            WAIT,
+            client.events(EventsRequest {
+                after_seq,
+                job_id,
+                progress: false,
+            }),
+        )
+        .await
+        .map_err(|_| anyhow!("opening Events timed out"))?
+        .context("Events")?
+        .into_inner();
         Ok(Self {
             stream,
             seen: Vec::new(),

@@ -163,6 +163,7 @@ async fn resume_from_before_the_retention_window_is_out_of_range() -> Result<()>
             .events(EventsRequest {
                 after_seq: Some(1),
                 job_id: 0,
+                progress: false,
             })
             .await,
         Code::OutOfRange,

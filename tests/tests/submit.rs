@@ -126,3 +126,48 @@ async fn submit_batch_of_1000_stores_them_all() -> Result<()> {
     }
     Ok(())
 }
+
+/// A job records the uid of the user whose connection submitted it, from
+/// the socket's peer credentials; `quernctl get` shows it.
+#[tokio::test]
+async fn a_job_records_its_submitters_uid() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let me = nix::unistd::getuid().as_raw();
+    let job = client
+        .submit(SubmitRequest {
+            spec: Some(exec_spec(["true"])),
+        })
+        .await?
+        .into_inner()
+        .job
+        .expect("a submitted job");
+    ensure!(job.owner_uid == me, "owner {} is not {me}", job.owner_uid);
+    ensure!(get(&mut client, job.id).await?.owner_uid == me);
+    let ids = client
+        .submit_batch(SubmitBatchRequest {
+            specs: vec![exec_spec(["true"])],
+        })
+        .await?
+        .into_inner()
+        .ids;
+    ensure!(get(&mut client, ids[0]).await?.owner_uid == me);
+
+    let shown = tokio::process::Command::new(quern_tests::quernctl_bin())
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["get", &job.id.to_string()])
+        .output()
+        .await?;
+    ensure!(shown.status.success(), "{shown:?}");
+    let text = String::from_utf8(shown.stdout)?;
+    let owner = text
+        .lines()
+        .find(|l| l.starts_with("owner"))
+        .unwrap_or_default();
+    ensure!(
+        owner.split_whitespace().nth(1) == Some(me.to_string().as_str()),
+        "quernctl get shows {owner:?}:\n{text}"
+    );
+    Ok(())
+}

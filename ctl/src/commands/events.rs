@@ -11,12 +11,14 @@ pub async fn run(
     client: &mut Client,
     job: Option<u64>,
     after: Option<u64>,
+    progress: bool,
     json: bool,
 ) -> Result<()> {
     let mut events = client
         .events(EventsRequest {
             after_seq: after,
             job_id: job.unwrap_or(0),
+            progress,
         })
         .await
         .map_err(rpc_error)?
@@ -33,7 +35,8 @@ pub async fn run(
 }
 
 /// One event as a line: "17 2030-01-01T00:00:03.000Z job 4 failed attempt 1:
-/// exited with code 1".
+/// exited with code 1", or for progress "- 2030-01-01T00:00:03.000Z job 4
+/// progress download 512/1024 bytes".
 fn describe(event: &EventsResponse) -> String {
     let time = event
         .time
@@ -44,6 +47,13 @@ fn describe(event: &EventsResponse) -> String {
             || "-".to_owned(),
             |time| humantime::format_rfc3339_millis(time).to_string(),
         );
+    if let Some(p) = &event.progress {
+        return format!(
+            "- {time} job {} progress {}",
+            event.job_id,
+            output::progress(p)
+        );
+    }
     let mut line = format!(
         "{} {time} job {} {}",
         event.seq,
@@ -80,6 +90,7 @@ mod tests {
             attempt,
             exit_code,
             error: error.into(),
+            progress: None,
         };
         let cases = [
             (
@@ -98,5 +109,19 @@ mod tests {
         for (event, want) in cases {
             assert_eq!(describe(&event), want);
         }
+        let update = EventsResponse {
+            seq: 0,
+            progress: Some(quern_proto::v1::Progress {
+                phase: "download".into(),
+                done: 512,
+                total: 1024,
+                unit: "bytes".into(),
+            }),
+            ..event(JobState::Running, 0, None, "")
+        };
+        assert_eq!(
+            describe(&update),
+            "- 2030-01-01T00:00:03.000Z job 4 progress download 512/1024 bytes"
+        );
     }
 }

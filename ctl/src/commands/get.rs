@@ -30,6 +30,7 @@ fn details(job: &Job, now: SystemTime) -> String {
         ("id", job.id.to_string()),
         ("state", output::state_name(job.state).to_owned()),
         ("command", output::command(job)),
+        ("owner", owner(job.owner_uid)),
     ];
     let spec = job.spec.clone().unwrap_or_default();
     if let Some(job_spec::Kind::Exec(exec)) = &spec.kind {
@@ -67,6 +68,9 @@ fn details(job: &Job, now: SystemTime) -> String {
     if job.state == JobState::Running as i32 && job.pid != 0 {
         rows.push(("pid", job.pid.to_string()));
     }
+    if let Some(p) = &job.progress {
+        rows.push(("progress", output::progress(p)));
+    }
     if let Some(code) = job.exit_code {
         rows.push(("exit code", code.to_string()));
     }
@@ -79,6 +83,14 @@ fn details(job: &Job, now: SystemTime) -> String {
         table.add_row([name.to_owned(), value]);
     }
     output::render(table)
+}
+
+/// A uid, with its user name where this machine knows it: "1000 (alice)".
+fn owner(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{uid} ({})", user.name),
+        _ => uid.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +121,9 @@ mod tests {
             attempts: 1,
             exit_code: Some(1),
             error: "exited with code 1".into(),
+            // No user has this uid, so the line does not depend on the
+            // machine's users.
+            owner_uid: 4_000_000_001,
             ..Job::default()
         };
         let text = details(&job, now);
@@ -116,6 +131,7 @@ mod tests {
 id         9
 state      failed
 command    false
+owner      4000000001
 cwd        /tmp
 priority   0
 attempts   1 of 1

@@ -41,9 +41,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             wait::run(&mut connect().await?, &ids, timeout, json).await
         }
         Command::Logs { id, follow } => logs::run(&mut connect().await?, id, follow).await,
-        Command::Events { job, after } => {
-            events::run(&mut connect().await?, job, after, json).await
-        }
+        Command::Events {
+            job,
+            after,
+            progress,
+        } => events::run(&mut connect().await?, job, after, progress, json).await,
         Command::Stats => stats::run(&mut connect().await?, json).await,
     }
 }

@@ -9,9 +9,11 @@ use quern_proto::v1 as pb;
 
 use crate::error::Error;
 use crate::job::{
-    Event, ExecSpec, Job, JobKind, JobSpec, JobState, Micros, PRIORITY_NAMES, StateTag,
-    priority_from_name,
+    Event, ExecSpec, Job, JobId, JobKind, JobSpec, JobState, KindTag, Micros, PRIORITY_NAMES,
+    Progress, RunRecord, StateTag, priority_from_name,
 };
+use crate::logs::Stream as LogStreamKind;
+use crate::store::{Counters, ListQuery};
 
 /// Limits on what one spec may hold. They keep a single request from
 /// exhausting memory or the disk, and sit well above real use.
@@ -88,6 +90,212 @@ impl SpecPath {
             None => format!("spec{suffix}"),
             Some(i) => format!("specs[{i}]{suffix}"),
         }
+    }
+}
+
+/// A job id from the wire, or an error naming `field`.
+pub fn job_id(id: u64, field: &str) -> Result<JobId, Error> {
+    if id == 0 {
+        return Err(Error::invalid(field, "must be a job id (ids start at 1)"));
+    }
+    Ok(id)
+}
+
+/// The spec of a Submit. `now` bounds `run_at`.
+pub fn submit_from_proto(r: pb::SubmitRequest, now: Micros) -> Result<JobSpec, Error> {
+    let spec = r
+        .spec
+        .ok_or_else(|| Error::invalid("spec", "missing; give the job to run"))?;
+    spec_from_proto(spec, SpecPath(None), now)
+}
+
+/// The specs of a SubmitBatch, all valid or none. `now` bounds `run_at`.
+pub fn submit_batch_from_proto(
+    r: pb::SubmitBatchRequest,
+    now: Micros,
+) -> Result<Vec<JobSpec>, Error> {
+    let specs = r.specs;
+    if specs.is_empty() {
+        return Err(Error::invalid("specs", "must hold at least one job"));
+    }
+    if specs.len() > limits::BATCH {
+        return Err(Error::invalid(
+            "specs",
+            format!(
+                "has {} jobs; at most {} per call, split the batch",
+                specs.len(),
+                limits::BATCH
+            ),
+        ));
+    }
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| spec_from_proto(s, SpecPath(Some(i)), now))
+        .collect()
+}
+
+/// The query of a List.
+pub fn list_from_proto(r: pb::ListRequest) -> Result<ListQuery, Error> {
+    let mut states = Vec::new();
+    for (i, s) in r.states.iter().enumerate() {
+        if let Some(t) = state_from_proto(&format!("states[{i}]"), *s)? {
+            states.push(t);
+        }
+    }
+    let kind = match r.kind.as_str() {
+        "" => None,
+        name => Some(KindTag::from_name(name).ok_or_else(|| {
+            Error::invalid(
+                "kind",
+                format!("unknown kind {name:?}; known kinds: {}", KindTag::names()),
+            )
+        })?),
+    };
+    let limit = match r.page_size {
+        0 => 100,
+        n @ 1..=1000 => n as usize,
+        n => {
+            return Err(Error::invalid(
+                "page_size",
+                format!("is {n}; at most 1000, page through the rest with page_token"),
+            ));
+        }
+    };
+    let after = if r.page_token.is_empty() {
+        None
+    } else {
+        Some(r.page_token.parse::<u64>().map_err(|_| {
+            Error::invalid(
+                "page_token",
+                "is not a token from a previous ListResponse; pass next_page_token unchanged",
+            )
+        })?)
+    };
+    Ok(ListQuery {
+        states,
+        kind,
+        labels: r.labels.into_iter().collect(),
+        limit,
+        after,
+        oldest_first: r.oldest_first,
+    })
+}
+
+/// The page token that continues after `next`; empty on the last page.
+pub fn page_token(next: Option<JobId>) -> String {
+    next.map(|n| n.to_string()).unwrap_or_default()
+}
+
+/// The job and grace period of a Cancel; `default_grace` when none is
+/// given.
+pub fn cancel_from_proto(
+    r: pb::CancelRequest,
+    default_grace: Duration,
+) -> Result<(JobId, Duration), Error> {
+    let id = job_id(r.id, "id")?;
+    let grace = match &r.grace {
+        Some(g) => duration("grace", g)?,
+        None => default_grace,
+    };
+    Ok((id, grace))
+}
+
+/// What an Events stream asks for.
+pub struct EventsQuery {
+    /// Replay stored events after this seq first.
+    pub after_seq: Option<u64>,
+    /// Only this job's events.
+    pub job: Option<JobId>,
+    /// Progress updates too.
+    pub progress: bool,
+}
+
+/// The query of an Events stream.
+pub fn events_from_proto(r: pb::EventsRequest) -> EventsQuery {
+    EventsQuery {
+        after_seq: r.after_seq,
+        job: (r.job_id != 0).then_some(r.job_id),
+        progress: r.progress,
+    }
+}
+
+/// What a Logs stream asks for.
+pub struct LogsQuery {
+    /// The job.
+    pub job: JobId,
+    /// Which streams.
+    pub streams: Vec<LogStreamKind>,
+    /// Follow until the job finishes.
+    pub follow: bool,
+}
+
+/// The query of a Logs stream.
+pub fn logs_from_proto(r: pb::LogsRequest) -> Result<LogsQuery, Error> {
+    let job = job_id(r.job_id, "job_id")?;
+    let streams = match pb::LogStream::try_from(r.stream) {
+        Ok(pb::LogStream::Stdout) => vec![LogStreamKind::Stdout],
+        Ok(pb::LogStream::Stderr) => vec![LogStreamKind::Stderr],
+        Ok(pb::LogStream::Unspecified) => vec![LogStreamKind::Stdout, LogStreamKind::Stderr],
+        Err(_) => {
+            return Err(Error::invalid(
+                "stream",
+                format!("{} is not a log stream", r.stream),
+            ));
+        }
+    };
+    Ok(LogsQuery {
+        job,
+        streams,
+        follow: r.follow,
+    })
+}
+
+/// The proto form of a log stream.
+pub fn stream_to_proto(s: LogStreamKind) -> pb::LogStream {
+    match s {
+        LogStreamKind::Stdout => pb::LogStream::Stdout,
+        LogStreamKind::Stderr => pb::LogStream::Stderr,
+    }
+}
+
+/// The answer to Stats.
+pub fn stats_to_proto(c: &Counters, concurrency: usize) -> pb::StatsResponse {
+    use StateTag as T;
+    pb::StatsResponse {
+        queued: c.count(T::Queued),
+        scheduled: c.count(T::Scheduled),
+        running: c.count(T::Running),
+        succeeded: c.count(T::Succeeded),
+        failed: c.count(T::Failed),
+        cancelled: c.count(T::Cancelled),
+        queue_depth: c.count(T::Queued) + c.count(T::Scheduled),
+        concurrency: concurrency as u32,
+        last_event_seq: c.last_seq(),
+    }
+}
+
+/// The proto form of progress.
+pub fn progress_to_proto(p: &Progress) -> pb::Progress {
+    pb::Progress {
+        phase: p.phase.clone(),
+        done: p.done,
+        total: p.total,
+        unit: p.unit.clone(),
+    }
+}
+
+/// A progress update of job `job` for an Events stream, sent at `now`.
+pub fn progress_event_to_proto(job: JobId, p: &Progress, now: Micros) -> pb::EventsResponse {
+    pb::EventsResponse {
+        seq: 0,
+        job_id: job,
+        state: pb::JobState::Running as i32,
+        time: Some(micros_to_ts(now)),
+        attempt: 0,
+        exit_code: None,
+        error: String::new(),
+        progress: Some(progress_to_proto(p)),
     }
 }
 
@@ -329,11 +537,13 @@ pub fn state_from_proto(field: &str, v: i32) -> Result<Option<StateTag>, Error> 
         .ok_or_else(|| Error::invalid(field, format!("{v} is not a job state")))
 }
 
-/// The proto form of a job.
-pub fn job_to_proto(j: &Job) -> pb::Job {
+/// The proto form of a job, with its live progress if it has any.
+pub fn job_to_proto(j: &Job, progress: Option<&Progress>) -> pb::Job {
     let (run_at, pid) = match &j.state {
         JobState::Scheduled { run_at } => (Some(micros_to_ts(*run_at)), 0),
-        JobState::Running { pid, .. } => (None, *pid),
+        JobState::Running {
+            run: RunRecord::Exec(r),
+        } => (None, r.pid),
         _ => (None, 0),
     };
     pb::Job {
@@ -349,6 +559,8 @@ pub fn job_to_proto(j: &Job) -> pb::Job {
         error: j.error.clone(),
         pid,
         priority: j.spec.priority,
+        owner_uid: j.owner_uid,
+        progress: progress.map(progress_to_proto),
     }
 }
 
@@ -362,6 +574,7 @@ pub fn event_to_proto(e: &Event) -> pb::EventsResponse {
         attempt: e.attempt,
         exit_code: e.exit_code,
         error: e.error.clone(),
+        progress: None,
     }
 }
 
@@ -419,6 +632,63 @@ mod tests {
         ];
         for (spec, field) in cases {
             let err = spec_from_proto(spec, SpecPath(None), now).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
+    }
+
+    /// The domain keeps its own list of priority names, so that it need
+    /// not import the API; the two must agree.
+    #[test]
+    fn the_priority_names_are_the_apis() {
+        assert_eq!(PRIORITY_NAMES, quern_proto::PRIORITY_NAMES);
+    }
+
+    #[test]
+    fn list_requests_become_queries_or_name_the_bad_field() {
+        let q = list_from_proto(pb::ListRequest {
+            kind: "exec".into(),
+            states: vec![0, pb::JobState::Queued as i32],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(q.kind, Some(KindTag::Exec));
+        assert_eq!(q.states, vec![StateTag::Queued]);
+        assert_eq!(q.limit, 100);
+        let bad = [
+            (
+                pb::ListRequest {
+                    kind: "ftp".into(),
+                    ..Default::default()
+                },
+                "kind",
+            ),
+            (
+                pb::ListRequest {
+                    page_size: 1001,
+                    ..Default::default()
+                },
+                "page_size",
+            ),
+            (
+                pb::ListRequest {
+                    page_token: "x".into(),
+                    ..Default::default()
+                },
+                "page_token",
+            ),
+            (
+                pb::ListRequest {
+                    states: vec![9],
+                    ..Default::default()
+                },
+                "states[0]",
+            ),
+        ];
+        for (r, field) in bad {
+            let err = list_from_proto(r).unwrap_err();
             assert!(
                 matches!(&err, Error::InvalidArgument { field: f, .. } if f == field),
                 "{err}"

@@ -1,5 +1,8 @@
 //! The exec job kind: runs argv directly, with no shell, in its own process
-//! group, with stdout and stderr captured.
+//! group, with stdout and stderr captured. Stopping it is SIGTERM to the
+//! group, the grace period, then SIGKILL; and once the leader has exited,
+//! SIGKILL to whatever it left in its group, so nothing of the job
+//! outlives it.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -14,15 +17,155 @@ use std::time::Duration;
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 
-use crate::job::{ExecSpec, JobId};
+use super::{Attempt, AttemptCtx, BoxFuture, Ended, Kind};
+use crate::job::{ExecRun, ExecSpec, JobId, JobKind, JobSpec, RunRecord};
 use crate::logs::{LiveLog, Stream};
-use crate::platform::process::signal_group;
+use crate::platform::process::{boot_id, kill_leftover_group, signal_group};
 use crate::platform::spawn::{JobProcess, SpawnSpec};
 
+/// How long to wait for output pipes to drain after the group was killed.
+/// Only a process that left the group (setsid) can hold them longer, and it
+/// must not keep the job from finishing.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// The exec kind.
+pub struct Exec;
+
+impl Kind for Exec {
+    fn start(&self, spec: &JobSpec, ctx: AttemptCtx) -> Result<Box<dyn Attempt>, String> {
+        #[allow(unreachable_patterns)] // until there is a second kind
+        let spec = match &spec.kind {
+            JobKind::Exec(e) => e,
+            other => return Err(format!("the exec kind cannot run a {} job", other.name())),
+        };
+        let spawned = spawn(ctx.job, spec, &ctx.runner.default_cwd, &ctx.output)?;
+        let pid = spawned.child.pid();
+        Ok(Box::new(ExecAttempt {
+            job: ctx.job,
+            pid,
+            pid_start: spawned.child.start_time().unwrap_or(0),
+            child: Some(spawned.child),
+            pumps: spawned.pumps,
+            drained: false,
+        }))
+    }
+
+    fn recover(&self, run: &RunRecord) -> Option<String> {
+        let RunRecord::Exec(r) = run else {
+            return None;
+        };
+        kill_leftover_group(r.pid, r.pid_start, &r.boot_id)
+            .then(|| format!("killed leftover process group {}", r.pid))
+    }
+}
+
+/// A running exec attempt.
+struct ExecAttempt {
+    job: JobId,
+    pid: u32,
+    pid_start: u64,
+    /// The leader, until [`Attempt::close`]. Dropped there rather than
+    /// when the outcome is committed, which under load can be a linger
+    /// later: every open descriptor (it holds a pidfd) makes each later
+    /// job start copy a bigger table.
+    child: Option<JobProcess>,
+    pumps: Pumps,
+    /// The pumps have ended: every process holding the pipes is gone.
+    drained: bool,
+}
+
+impl ExecAttempt {
+    /// Runs `work` while copying the job's output, so that a job that
+    /// writes a lot never blocks on a full pipe, also during its grace
+    /// period.
+    async fn pumping<T>(
+        pumps: &mut Pumps,
+        drained: &mut bool,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => break out,
+                () = &mut *pumps, if !*drained => *drained = true,
+            }
+        }
+    }
+}
+
+impl Attempt for ExecAttempt {
+    fn record(&self) -> RunRecord {
+        RunRecord::Exec(ExecRun {
+            pid: self.pid,
+            pid_start: self.pid_start,
+            boot_id: boot_id(),
+        })
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Ended> {
+        Box::pin(async move {
+            let Some(child) = self.child.as_mut() else {
+                return Ended::Failed {
+                    exit_code: None,
+                    error: "the job's process was already closed".into(),
+                    retry: true,
+                };
+            };
+            match Self::pumping(&mut self.pumps, &mut self.drained, child.wait()).await {
+                Ok(status) if status.success() => Ended::Succeeded { exit_code: Some(0) },
+                Ok(status) => {
+                    let (exit_code, error) = describe(&status);
+                    Ended::Failed {
+                        exit_code,
+                        error,
+                        retry: true,
+                    }
+                }
+                Err(e) => Ended::Failed {
+                    exit_code: None,
+                    error: format!("waiting for the job's process failed: {e}"),
+                    retry: true,
+                },
+            }
+        })
+    }
+
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(child) = self.child.as_mut() {
+                let pid = self.pid;
+                let stopped = terminate(child, pid, grace);
+                let _ = Self::pumping(&mut self.pumps, &mut self.drained, stopped).await;
+            }
+        })
+    }
+
+    fn close(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        self.child = None;
+        Box::pin(async move {
+            let id = self.job;
+            // Take down anything the leader left behind in its group.
+            signal_group(self.pid, Signal::SIGKILL);
+            if !self.drained
+                && tokio::time::timeout(DRAIN_LIMIT, &mut self.pumps)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(
+                    job = id,
+                    "job output still open after its group was killed; a process left the group"
+                );
+                // Keep copying what it writes, without holding up the job's end.
+                tokio::spawn(self.pumps);
+            }
+        })
+    }
+}
+
 /// A started exec attempt.
-pub struct Spawned {
+struct Spawned {
     /// The leader process; its pid is also the group id.
-    pub child: JobProcess,
+    child: JobProcess,
     /// Copies stdout and stderr to the log files; it ends when every
     /// process holding the pipes has exited. The caller must poll it while
     /// the job runs, or a job that fills a pipe blocks.
@@ -31,11 +174,11 @@ pub struct Spawned {
     /// allocation and a scheduling round per job, and three tasks woken at
     /// once by a job's exit had the runtime wake a second worker to share
     /// them.
-    pub pumps: Pumps,
+    pumps: Pumps,
 }
 
 /// See [`Spawned::pumps`].
-pub type Pumps = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type Pumps = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Starts `spec` as job `id`.
 ///
@@ -44,7 +187,7 @@ pub type Pumps = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 /// the parent-death signal set up here fires when the *thread* that started
 /// the child exits, and blocking-pool threads exit when idle, which would
 /// kill the job early. The job threads live until every job has stopped.
-pub fn spawn(
+fn spawn(
     id: JobId,
     spec: &ExecSpec,
     default_cwd: &Path,
@@ -146,7 +289,7 @@ fn inherited_env() -> &'static [(OsString, CString)] {
 
 /// Stops the whole group: SIGTERM, up to `grace` for the leader to exit,
 /// then SIGKILL. A zero grace kills at once.
-pub async fn terminate(
+async fn terminate(
     child: &mut JobProcess,
     pgid: u32,
     grace: Duration,
@@ -162,7 +305,7 @@ pub async fn terminate(
 }
 
 /// A human description of how a process ended, for `Job.error`.
-pub fn describe(status: &ExitStatus) -> (Option<i32>, String) {
+fn describe(status: &ExitStatus) -> (Option<i32>, String) {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => (Some(code), format!("exited with code {code}")),

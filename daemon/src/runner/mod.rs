@@ -1,26 +1,43 @@
-//! Runs one attempt of a job and records how it ended. One file per job
-//! kind; this module holds what every kind shares: the attempt lifecycle,
-//! timeouts, stop requests and the retry decision.
+//! Runs one attempt of a job and records how it ended.
+//!
+//! Each kind of job is one module here, behind [`Kind`]: it starts an
+//! attempt from the spec and a context ([`AttemptCtx`]: the job, the
+//! attempt number, a cancellation token, a progress sink, a checkpoint and
+//! an output log), and returns an [`Attempt`] that can be awaited, stopped
+//! with a grace period, and described for recovery. This module holds
+//! only what every kind shares: the timeout, stop requests, the retry
+//! decision and recording the outcome.
+//!
+//! **A kind never touches the store, the scheduler or another job**: it
+//! reports through its context, and its attempt's result is recorded here.
+//! A kind that runs inside quernd ([`in_process`]) runs as a task on the
+//! job's thread and must not block it: CPU-heavy work goes to the
+//! [`in_process::CpuPool`].
+//!
+//! Adding a kind: a module here, an arm in [`Kinds::get`], and an arm in
+//! the proto conversion (`api/convert.rs`).
 
 pub mod exec;
+pub mod in_process;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::job::{Job, JobId, JobKind, JobState, Micros, now_micros, retry_delay};
-use crate::logs::LogStore;
-use crate::platform::process::{boot_id, signal_group};
-use crate::store::{Commit, Outcome, Store, StoreError};
+use crate::job::{Job, JobId, JobSpec, KindTag, Micros, Outcome, RunRecord, retry_delay};
+use crate::logs::{LiveLog, LogStore};
+use crate::progress::{ProgressBoard, ProgressSink};
+use crate::store::{Commit, Store, StoreError};
 
 /// Why the scheduler wants a job stopped.
 #[derive(Clone, Copy, Debug)]
 pub enum Stop {
-    /// A cancel request, with its SIGTERM-to-SIGKILL grace.
+    /// A cancel request, with its grace period (SIGTERM to SIGKILL for
+    /// exec).
     Cancel {
         /// The grace period.
         grace: Duration,
@@ -35,20 +52,162 @@ pub struct RunnerCtx {
     pub store: Store,
     /// Where output goes.
     pub logs: Arc<LogStore>,
+    /// Where progress goes.
+    pub progress: Arc<ProgressBoard>,
+    /// Where kinds run CPU-heavy work.
+    pub cpu: in_process::CpuPool,
     /// Timeouts, grace and retry settings.
     pub config: Arc<Config>,
     /// The working directory of jobs that name none.
     pub default_cwd: PathBuf,
+    /// How an attempt reads the time; see [`crate::clock`].
+    pub clock: crate::clock::Clock,
+    /// Which code runs each kind.
+    pub kinds: Kinds,
 }
 
-/// How long to wait for output pipes to drain after the group was killed.
-/// Only a process that left the group (setsid) can hold them longer, and it
-/// must not keep the job from finishing.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// A kind of job: how to start an attempt of it, and what to do at boot
+/// about an attempt that was running when quernd died.
+pub trait Kind: Send + Sync {
+    /// Starts an attempt of `spec`. An `Err` says why it could not start,
+    /// and counts as a failed attempt (retried while attempts remain).
+    fn start(&self, spec: &JobSpec, ctx: AttemptCtx) -> Result<Box<dyn Attempt>, String>;
 
-/// How an attempt ended, before it is turned into an [`Outcome`].
-enum Ended {
-    Exited(std::process::ExitStatus),
+    /// Deals with what is left of an attempt recorded as `run` when the
+    /// daemon died under it. Returns a description of what it did, if
+    /// anything, for the log.
+    fn recover(&self, run: &RunRecord) -> Option<String>;
+}
+
+/// A future a kind's attempt returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A started attempt.
+pub trait Attempt: Send {
+    /// What to record about it while it runs, for recovery.
+    fn record(&self) -> RunRecord;
+
+    /// Waits until the work ends on its own. Must be cancel-safe: the
+    /// runner drops it to stop the attempt, then calls [`Attempt::stop`].
+    fn wait(&mut self) -> BoxFuture<'_, Ended>;
+
+    /// Stops the work: asks it to end, waits up to `grace`, then forces it.
+    /// Returns once it has stopped.
+    fn stop(&mut self, grace: Duration) -> BoxFuture<'_, ()>;
+
+    /// Releases what the attempt holds once it ended or was stopped (for
+    /// exec: what is left of the process group, and the output pipes).
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// How the work of an attempt ended on its own.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ended {
+    /// It did what it was asked.
+    Succeeded {
+        /// A process's exit code (0), if the kind runs one.
+        exit_code: Option<i32>,
+    },
+    /// It failed.
+    Failed {
+        /// A process's exit code, if it exited normally.
+        exit_code: Option<i32>,
+        /// Why, for `Job.error`.
+        error: String,
+        /// Whether another attempt could succeed. A kind says no for a
+        /// failure that would repeat, such as a checksum mismatch.
+        retry: bool,
+    },
+}
+
+/// What a kind gets for one attempt.
+pub struct AttemptCtx {
+    /// The job.
+    pub job: JobId,
+    /// The attempt's number, from 1.
+    pub attempt: u32,
+    /// Fires when the attempt must stop: an in-process kind ends its work
+    /// when it does (exec is stopped by signals instead).
+    pub cancel: CancellationToken,
+    /// Where the attempt reports its progress.
+    pub progress: ProgressSink,
+    /// The job's checkpoint, kept across attempts and restarts.
+    pub checkpoint: Checkpoint,
+    /// The job's captured output.
+    pub output: Arc<LiveLog>,
+    /// The daemon's settings and shared pools.
+    pub runner: Arc<RunnerCtx>,
+}
+
+/// A job's checkpoint: a few bytes a kind saves so that the next attempt,
+/// even after a crash of quernd, can resume instead of starting over
+/// (where a download got to, the last commit analysed). Saved durably;
+/// dropped once the job finishes.
+#[derive(Clone)]
+pub struct Checkpoint {
+    store: Store,
+    job: JobId,
+}
+
+/// The largest checkpoint a kind may save. A checkpoint says where to
+/// resume, not what was done: that belongs in files.
+pub const CHECKPOINT_MAX_BYTES: usize = 64 * 1024;
+
+impl Checkpoint {
+    /// The checkpoint saved by an earlier attempt, if any.
+    pub async fn load(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.checkpoint(self.job).await
+    }
+
+    /// Saves `bytes` durably, replacing the previous checkpoint. Returns
+    /// once it is on disk.
+    pub async fn save(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        if bytes.len() > CHECKPOINT_MAX_BYTES {
+            return Err(StoreError::TooLarge {
+                what: "checkpoint",
+                size: bytes.len(),
+                max: CHECKPOINT_MAX_BYTES,
+            });
+        }
+        self.store.save_checkpoint(self.job, bytes).await
+    }
+}
+
+/// The kind registry: the one place a kind's tag finds its code.
+#[derive(Clone, Default)]
+pub struct Kinds {
+    /// For tests: the kind every job runs as.
+    every: Option<Arc<dyn Kind>>,
+}
+
+impl Kinds {
+    /// The kinds quern is built with.
+    pub fn builtin() -> Kinds {
+        Kinds { every: None }
+    }
+
+    /// For tests: every job runs as `kind`, whatever its spec says, so
+    /// that the scheduler and the runner can be tested with work whose
+    /// timing the test controls.
+    #[cfg(test)]
+    pub fn every_job_as(kind: Arc<dyn Kind>) -> Kinds {
+        Kinds { every: Some(kind) }
+    }
+
+    /// The code of kind `tag`.
+    pub fn get(&self, tag: KindTag) -> &dyn Kind {
+        if let Some(k) = &self.every {
+            return k.as_ref();
+        }
+        match tag {
+            KindTag::Exec => &exec::Exec,
+        }
+    }
+}
+
+/// Why the runner stopped waiting for the work.
+enum Why {
+    Ended(Ended),
     TimedOut(Duration),
     Stopped(Stop),
 }
@@ -56,9 +215,10 @@ enum Ended {
 /// Runs the next attempt of `job` (which the store has as queued) to the
 /// end, and returns the job as stored afterwards.
 ///
-/// `released` is called once the job's processes are gone, before the
-/// outcome is committed, so the scheduler can reuse the slot without
-/// waiting for the disk. It is not called if the job never started.
+/// `released` is called once the attempt's work is gone (for exec: its
+/// processes), before the outcome is committed, so the scheduler can reuse
+/// the slot without waiting for the disk. It is not called if the attempt
+/// never started.
 pub async fn run_attempt(
     ctx: Arc<RunnerCtx>,
     job: Job,
@@ -67,7 +227,7 @@ pub async fn run_attempt(
 ) -> Result<Job, StoreError> {
     let attempt = job.attempts + 1;
     let id = job.id;
-    // A stop that came before the start: never spawn.
+    // A stop that came before the start: never start.
     if let Ok(s) = stop.try_recv() {
         let outcome = match s {
             Stop::Cancel { .. } => Outcome::Cancelled { exit_code: None },
@@ -75,85 +235,65 @@ pub async fn run_attempt(
         };
         return record(&ctx, id, attempt, None, outcome).await;
     }
-    let JobKind::Exec(spec) = &job.spec.kind;
-    let live = ctx.logs.start(id);
-    let started_at = now_micros();
-    let spawned = exec::spawn(id, spec, &ctx.default_cwd, &live);
-    let spawned = match spawned {
-        Ok(s) => s,
+    let output = ctx.logs.start(id);
+    let progress = ctx.progress.sink(id);
+    let started_at = ctx.clock.now_micros();
+    let cancel = CancellationToken::new();
+    let attempt_ctx = AttemptCtx {
+        job: id,
+        attempt,
+        cancel: cancel.clone(),
+        progress: progress.clone(),
+        checkpoint: Checkpoint {
+            store: ctx.store.clone(),
+            job: id,
+        },
+        output,
+        runner: ctx.clone(),
+    };
+    let mut running = match ctx
+        .kinds
+        .get(job.spec.kind.tag())
+        .start(&job.spec, attempt_ctx)
+    {
+        Ok(a) => a,
         Err(error) => {
-            // Nothing ran, so no output will come.
+            // Nothing ran, so no output or progress will come.
+            progress.end();
             ctx.logs.finish(id);
-            let outcome = failed(&ctx.config, &job, attempt, None, error);
+            let outcome = failed(&ctx, &job, attempt, None, error, true);
             return record(&ctx, id, attempt, Some(started_at), outcome).await;
         }
     };
-    let pid = spawned.child.pid();
-    let running = JobState::Running {
-        pid,
-        pid_start: spawned.child.start_time().unwrap_or(0),
-        boot_id: boot_id(),
-    };
-    // Not awaited here: the commit overlaps with the job's run. The
-    // parent-death signal covers the moment before it is durable, and the
-    // finish below is queued after it.
-    let marked = ctx.store.mark_running(id, attempt, running, started_at);
+    // Not awaited here: the commit overlaps with the attempt's run. For
+    // exec, the parent-death signal covers the moment before it is
+    // durable; the finish below is queued after it.
+    let marked = ctx
+        .store
+        .mark_running(id, attempt, running.record(), started_at);
     let timeout = job.spec.timeout;
     let grace = ctx.config.default_grace;
-    let mut pumps = spawned.pumps;
-    let mut drained = false;
-    // In a block so that the leader's handle, and its pidfd, close as soon
-    // as it is reaped rather than when the outcome is committed, which
-    // under load can be a linger later: every open descriptor makes each
-    // later job start copy a bigger table.
-    let ended = {
-        let mut child = spawned.child;
-        let child = &mut child;
-        let work = async {
-            tokio::select! {
-                status = child.wait() => match status {
-                    Ok(s) => Ended::Exited(s),
-                    Err(e) => {
-                        tracing::error!(job = id, error = %e, "waiting for job process failed");
-                        Ended::Stopped(Stop::Cancel { grace: Duration::ZERO })
-                    }
-                },
-                _ = sleep_or_forever(timeout) => {
-                    let _ = exec::terminate(child, pid, grace).await;
-                    Ended::TimedOut(timeout.unwrap_or_default())
-                }
-                s = &mut stop => {
-                    // A dropped sender means the scheduler is gone: treat as shutdown.
-                    let s = s.unwrap_or(Stop::Shutdown);
-                    let g = match s { Stop::Cancel { grace } => grace, Stop::Shutdown => grace };
-                    let _ = exec::terminate(child, pid, g).await;
-                    Ended::Stopped(s)
-                }
-            }
-        };
-        // The output is copied all along, also while a stopped job gets its
-        // grace period, so a job that writes a lot never blocks on a full pipe.
-        let mut work = std::pin::pin!(work);
-        loop {
-            tokio::select! {
-                ended = &mut work => break ended,
-                () = &mut pumps, if !drained => drained = true,
-            }
-        }
+    let why = tokio::select! {
+        ended = running.wait() => Why::Ended(ended),
+        _ = sleep_or_forever(&ctx.clock, timeout) => Why::TimedOut(timeout.unwrap_or_default()),
+        // A dropped sender means the scheduler is gone: treat as shutdown.
+        s = &mut stop => Why::Stopped(s.unwrap_or(Stop::Shutdown)),
     };
-    // Take down anything the leader left behind in its group, so that
-    // nothing of the job outlives it.
-    signal_group(pid, Signal::SIGKILL);
-    if !drained && tokio::time::timeout(DRAIN_LIMIT, &mut pumps).await.is_err() {
-        tracing::warn!(
-            job = id,
-            "job output still open after its group was killed; a process left the group"
-        );
-        // Keep copying what it writes, without holding up the job's end.
-        tokio::spawn(pumps);
+    match why {
+        Why::Ended(_) => {}
+        Why::TimedOut(_) | Why::Stopped(Stop::Shutdown) => {
+            cancel.cancel();
+            running.stop(grace).await;
+        }
+        Why::Stopped(Stop::Cancel { grace }) => {
+            cancel.cancel();
+            running.stop(grace).await;
+        }
     }
-    // The processes are gone: the slot can take the next job while the
-    // outcome is committed.
+    running.close().await;
+    progress.end();
+    // The work is gone: the slot can take the next job while the outcome
+    // is committed.
     released();
     if let Err(e) = marked.await {
         // Without a record of it running, the store still has the job
@@ -161,21 +301,23 @@ pub async fn run_attempt(
         ctx.logs.finish(id);
         return Err(e);
     }
-    let outcome = match ended {
-        Ended::Exited(status) if status.success() => Outcome::Succeeded { exit_code: 0 },
-        Ended::Exited(status) => {
-            let (code, error) = exec::describe(&status);
-            failed(&ctx.config, &job, attempt, code, error)
-        }
-        Ended::TimedOut(t) => failed(
-            &ctx.config,
+    let outcome = match why {
+        Why::Ended(Ended::Succeeded { exit_code }) => Outcome::Succeeded { exit_code },
+        Why::Ended(Ended::Failed {
+            exit_code,
+            error,
+            retry,
+        }) => failed(&ctx, &job, attempt, exit_code, error, retry),
+        Why::TimedOut(t) => failed(
+            &ctx,
             &job,
             attempt,
             None,
             format!("timed out after {}", humantime::format_duration(t)),
+            true,
         ),
-        Ended::Stopped(Stop::Cancel { .. }) => Outcome::Cancelled { exit_code: None },
-        Ended::Stopped(Stop::Shutdown) => Outcome::Requeue,
+        Why::Stopped(Stop::Cancel { .. }) => Outcome::Cancelled { exit_code: None },
+        Why::Stopped(Stop::Shutdown) => Outcome::Requeue,
     };
     let result = record(&ctx, id, attempt, Some(started_at), outcome).await;
     ctx.logs.finish(id);
@@ -193,7 +335,7 @@ async fn record(
     started_at: Option<Micros>,
     outcome: Outcome,
 ) -> Result<Job, StoreError> {
-    let at = now_micros();
+    let at = ctx.clock.now_micros();
     let commit = match outcome {
         Outcome::Cancelled { .. } => Commit::Now,
         _ => Commit::Grouped,
@@ -203,22 +345,25 @@ async fn record(
         .await
 }
 
-async fn sleep_or_forever(d: Option<Duration>) {
+async fn sleep_or_forever(clock: &crate::clock::Clock, d: Option<Duration>) {
     match d {
-        Some(d) => tokio::time::sleep(d).await,
+        Some(d) => clock.sleep(d).await,
         None => std::future::pending().await,
     }
 }
 
-/// A failed attempt: retried after backoff while attempts remain.
+/// A failed attempt: retried after backoff while attempts remain, unless
+/// the kind said another attempt cannot help.
 fn failed(
-    config: &Config,
+    ctx: &RunnerCtx,
     job: &Job,
     attempt: u32,
     exit_code: Option<i32>,
     error: String,
+    retry: bool,
 ) -> Outcome {
-    let retry_at = (attempt < job.spec.max_attempts).then(|| {
+    let config = &ctx.config;
+    let retry_at = (retry && attempt < job.spec.max_attempts).then(|| {
         let jitter: f64 = rand::random_range(0.75..=1.0);
         let delay = retry_delay(
             attempt,
@@ -226,7 +371,7 @@ fn failed(
             config.retry_max_delay,
             jitter,
         );
-        now_micros() + delay.as_micros() as u64
+        ctx.clock.now_micros() + delay.as_micros() as u64
     });
     Outcome::Failed {
         exit_code,
@@ -235,13 +380,48 @@ fn failed(
     }
 }
 
-/// The outcome for a job found running at boot: its daemon died under it.
-pub fn interrupted(config: &Config, job: &Job) -> Outcome {
+/// Deals with a job found running at boot: its daemon died under it. Its
+/// kind cleans up what the attempt left (for exec, its process group), and
+/// the outcome retries it if attempts remain.
+pub fn recover(ctx: &RunnerCtx, job: &Job, run: &RunRecord) -> Outcome {
+    if let Some(did) = ctx.kinds.get(job.spec.kind.tag()).recover(run) {
+        tracing::info!(job = job.id, "{did}");
+    }
     failed(
-        config,
+        ctx,
         job,
         job.attempts,
         None,
         "interrupted by daemon restart".to_string(),
+        true,
     )
 }
+
+#[cfg(test)]
+impl RunnerCtx {
+    /// For tests: a context over a fresh store in `dir`, with one CPU
+    /// thread.
+    pub(crate) fn for_tests(
+        dir: &std::path::Path,
+        config: Config,
+        kinds: Kinds,
+        clock: crate::clock::Clock,
+    ) -> Arc<RunnerCtx> {
+        let store = Store::open(dir, 1000, 1 << 20, Duration::ZERO).unwrap();
+        Arc::new(RunnerCtx {
+            store,
+            logs: Arc::new(LogStore::new(dir.join("logs"), 1 << 20).unwrap()),
+            progress: ProgressBoard::new(),
+            cpu: in_process::CpuPool::new(1).unwrap(),
+            config: Arc::new(config),
+            default_cwd: dir.into(),
+            clock,
+            kinds,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

@@ -96,7 +96,7 @@ impl Scenario {
             Scenario::P1c => "quernctl submit exec --in 1h -- true: cost per invocation",
             Scenario::P2 => "submit -> started latency of /bin/true on an idle daemon",
             Scenario::P3 => "no-op exec jobs end to end vs a raw spawn+wait loop",
-            Scenario::P4 => "List, page size 100, filtered by state, over a full store",
+            Scenario::P4 => "List, page size 100, filtered by state or kind, over a full store",
             Scenario::P5 => "daemon peak RSS with N queued jobs vs 1k",
             Scenario::P6 => "restart (SIGTERM, start) with N jobs stored, until SERVING",
             Scenario::P6b => "restart after kill -9 with N jobs stored, until SERVING",
@@ -287,6 +287,7 @@ impl EventWatch {
         let opening = client.events(EventsRequest {
             after_seq: Some(after_seq),
             job_id: 0,
+            progress: false,
         });
         let mut stream = tokio::time::timeout(RPC_TIMEOUT, opening)
             .await

@@ -1,0 +1,135 @@
+//! The service's tests, in process: the handlers over a real store.
+
+use tokio_stream::StreamExt;
+
+use super::*;
+use crate::admission::Admission;
+use crate::clock::Clock;
+use crate::job::Progress;
+use crate::runner::{Kinds, RunnerCtx};
+use crate::scheduler::Scheduler;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    ctx: Arc<crate::runner::RunnerCtx>,
+    service: JobsService,
+}
+
+/// The service over a real store, and a scheduler that never runs: these
+/// tests only look at what the service sends.
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::for_dir(dir.path());
+    let ctx = RunnerCtx::for_tests(dir.path(), config.clone(), Kinds::builtin(), Clock::System);
+    let (_scheduler, handle) = Scheduler::here(ctx.clone(), Admission::new(1));
+    let jobs = Jobs::new(ctx.store.clone(), handle, ctx.progress.clone(), ctx.clock);
+    let service = JobsService::new(
+        jobs,
+        ctx.logs.clone(),
+        Arc::new(config),
+        CancellationToken::new(),
+    );
+    Rig {
+        _dir: dir,
+        ctx,
+        service,
+    }
+}
+
+async fn events(rig: &Rig, progress: bool) -> BoxStream<pb::EventsResponse> {
+    let req = pb::EventsRequest {
+        after_seq: None,
+        job_id: 0,
+        progress,
+    };
+    rig.service
+        .events(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn exec(argv: &[&str]) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        spec: Some(pb::JobSpec {
+            kind: Some(pb::job_spec::Kind::Exec(pb::ExecSpec {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A stream that asks for progress gets each update, with seq 0, in
+/// between the state changes; one that does not ask gets none. Get shows
+/// a running job's latest progress.
+#[tokio::test]
+async fn progress_reaches_the_streams_that_ask_and_get() {
+    let rig = rig();
+    let mut with = events(&rig, true).await;
+    let mut without = events(&rig, false).await;
+
+    let job = rig
+        .service
+        .submit(Request::new(exec(&["true"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let report = Progress {
+        phase: "download".into(),
+        done: 512,
+        total: 1024,
+        unit: "bytes".into(),
+    };
+    rig.ctx.progress.sink(job.id).report(report);
+    // A second job's submit, after the progress: what the stream without
+    // progress gets next, if it got no progress.
+    let second = rig
+        .service
+        .submit(Request::new(exec(&["true"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+
+    // Progress and state changes come from two feeds, so their order
+    // between each other is not given; the state changes keep theirs.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(with.next().await.unwrap().unwrap());
+    }
+    let (updates, changes): (Vec<_>, Vec<_>) = got.into_iter().partition(|e| e.seq == 0);
+    let changed: Vec<u64> = changes.iter().map(|e| e.job_id).collect();
+    assert_eq!(changed, [job.id, second.id]);
+    assert!(changes.iter().all(|e| e.progress.is_none()));
+    let [update] = &updates[..] else {
+        panic!("{updates:?}");
+    };
+    assert_eq!(update.job_id, job.id);
+    assert_eq!(update.state, pb::JobState::Running as i32);
+    let p = update.progress.as_ref().unwrap();
+    assert_eq!(
+        (p.phase.as_str(), p.done, p.total, p.unit.as_str()),
+        ("download", 512, 1024, "bytes")
+    );
+
+    for want in [job.id, second.id] {
+        let ev = without.next().await.unwrap().unwrap();
+        assert_eq!((ev.job_id, ev.progress), (want, None));
+    }
+
+    let got = rig
+        .service
+        .get(Request::new(pb::GetRequest { id: job.id }))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(got.progress.map(|p| p.done), Some(512));
+    assert_eq!(got.owner_uid, nix::unistd::getuid().as_raw());
+}

@@ -1,0 +1,214 @@
+//! The jobs service: the one way into the queue, and the domain side of
+//! every request about jobs. It knows nothing of gRPC: `api` adapts it,
+//! and producers inside quernd (watch rules, schedules) call it the same
+//! way. Every submit is validated, stored durably and then handed to the
+//! scheduler here, and nowhere else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::job::{Event, Job, JobId, JobKind, JobSpec, Progress};
+use crate::progress::ProgressBoard;
+use crate::scheduler::SchedulerHandle;
+use crate::store::{Counters, EventsPage, ListQuery, Store, Submitted};
+
+/// Attempts a job may be given, at most.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// The jobs service. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    store: Store,
+    scheduler: SchedulerHandle,
+    progress: Arc<ProgressBoard>,
+    clock: Clock,
+}
+
+impl Jobs {
+    /// The service over the daemon's store and scheduler.
+    pub fn new(
+        store: Store,
+        scheduler: SchedulerHandle,
+        progress: Arc<ProgressBoard>,
+        clock: Clock,
+    ) -> Jobs {
+        Jobs {
+            store,
+            scheduler,
+            progress,
+            clock,
+        }
+    }
+
+    /// Stores one job of user `owner_uid` durably and tells the scheduler.
+    /// Returns once it is on disk. A spec whose idempotency key an
+    /// unfinished job holds returns that job, marked deduplicated.
+    pub async fn submit(&self, spec: JobSpec, owner_uid: u32) -> Result<Submitted, Error> {
+        check(&spec).map_err(|(field, reason)| Error::invalid(format!("spec{field}"), reason))?;
+        let mut subs = self.store(vec![spec], owner_uid).await?;
+        subs.pop()
+            .ok_or_else(|| Error::Internal("the store returned no job".into()))
+    }
+
+    /// [`Jobs::submit`] for many jobs, in one durable transaction: all or
+    /// none.
+    pub async fn submit_batch(
+        &self,
+        specs: Vec<JobSpec>,
+        owner_uid: u32,
+    ) -> Result<Vec<Submitted>, Error> {
+        for (i, spec) in specs.iter().enumerate() {
+            check(spec)
+                .map_err(|(field, reason)| Error::invalid(format!("specs[{i}]{field}"), reason))?;
+        }
+        self.store(specs, owner_uid).await
+    }
+
+    async fn store(&self, specs: Vec<JobSpec>, owner_uid: u32) -> Result<Vec<Submitted>, Error> {
+        let subs = self
+            .store
+            .submit(specs, owner_uid, self.clock.now_micros())
+            .await?;
+        self.scheduler
+            .submitted(subs.iter().filter(|s| !s.deduplicated).map(|s| &s.job));
+        Ok(subs)
+    }
+
+    /// The current time on the daemon's clock.
+    pub fn now(&self) -> crate::job::Micros {
+        self.clock.now_micros()
+    }
+
+    /// One job.
+    pub async fn get(&self, id: JobId) -> Result<Job, Error> {
+        Ok(self.store.get(id).await?)
+    }
+
+    /// The latest progress of a running job, if its kind reports any.
+    pub fn progress(&self, id: JobId) -> Option<Progress> {
+        self.progress.get(id)
+    }
+
+    /// A page of jobs, and the cursor of the next page.
+    pub async fn list(&self, q: ListQuery) -> Result<(Vec<Job>, Option<JobId>), Error> {
+        Ok(self.store.list(q).await?)
+    }
+
+    /// Cancels a job, and returns it once it has stopped.
+    pub async fn cancel(&self, id: JobId, grace: Duration) -> Result<Job, Error> {
+        Ok(self.scheduler.cancel(id, grace).await?)
+    }
+
+    /// Counts by state, and the newest event's seq.
+    pub async fn counters(&self) -> Result<Counters, Error> {
+        Ok(self.store.counters().await?)
+    }
+
+    /// Stored events after `after`, at most `limit`, optionally of one job.
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+        job: Option<JobId>,
+    ) -> Result<EventsPage, Error> {
+        Ok(self.store.events_after(after, limit, job).await?)
+    }
+
+    /// Live state changes, published once they are durable.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.store.subscribe()
+    }
+
+    /// Live progress reports.
+    pub fn subscribe_progress(&self) -> broadcast::Receiver<(JobId, Progress)> {
+        self.progress.subscribe()
+    }
+}
+
+/// The rules every spec must meet, whoever made it: what the store and the
+/// runner rely on. Returns the field (relative to the spec) and the reason.
+/// `api/convert.rs` checks requests against the API's own limits before
+/// this; a producer in quernd builds its specs itself and meets these.
+fn check(spec: &JobSpec) -> Result<(), (&'static str, String)> {
+    if !(1..=MAX_ATTEMPTS).contains(&spec.max_attempts) {
+        return Err((
+            ".max_attempts",
+            format!(
+                "is {}; give 1 to {MAX_ATTEMPTS} attempts",
+                spec.max_attempts
+            ),
+        ));
+    }
+    if spec.timeout.is_some_and(|t| t.is_zero()) {
+        return Err((
+            ".timeout",
+            "must be positive; leave it unset for no timeout".into(),
+        ));
+    }
+    match &spec.kind {
+        JobKind::Exec(e) => {
+            if e.argv.first().is_none_or(|a| a.is_empty()) {
+                return Err((
+                    ".exec.argv",
+                    "must not be empty; give the program to run as argv[0]".into(),
+                ));
+            }
+            if e.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
+                return Err((".exec.cwd", "must be an absolute path".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::ExecSpec;
+    use std::collections::BTreeMap;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            kind: JobKind::Exec(ExecSpec {
+                argv: vec!["true".into()],
+                cwd: None,
+                env: BTreeMap::new(),
+            }),
+            priority: 0,
+            labels: BTreeMap::new(),
+            run_at: None,
+            timeout: None,
+            max_attempts: 1,
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn specs_that_break_a_rule_name_the_field() {
+        assert_eq!(check(&spec()), Ok(()));
+        let mut none = spec();
+        none.max_attempts = 0;
+        assert_eq!(check(&none).unwrap_err().0, ".max_attempts");
+        let mut zero = spec();
+        zero.timeout = Some(Duration::ZERO);
+        assert_eq!(check(&zero).unwrap_err().0, ".timeout");
+        let mut empty = spec();
+        empty.kind = JobKind::Exec(ExecSpec {
+            argv: vec![],
+            cwd: None,
+            env: BTreeMap::new(),
+        });
+        assert_eq!(check(&empty).unwrap_err().0, ".exec.argv");
+        let mut relative = spec();
+        relative.kind = JobKind::Exec(ExecSpec {
+            argv: vec!["true".into()],
+            cwd: Some("here".into()),
+            env: BTreeMap::new(),
+        });
+        assert_eq!(check(&relative).unwrap_err().0, ".exec.cwd");
+    }
+}

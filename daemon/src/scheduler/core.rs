@@ -1,0 +1,283 @@
+//! What the scheduler's task and every job's task share: which jobs run
+//! where (`Slots`), and starting the next ready jobs (`Core::dispatch`),
+//! which the admission policy bounds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::handle::{Msg, SchedulerHandle};
+use super::lock;
+use crate::admission::Admission;
+use crate::job::{Job, JobId, StateTag};
+use crate::runner::{RunnerCtx, Stop, run_attempt};
+use crate::store::StoreError;
+
+/// How long job starts pause after the store failed to record a job.
+pub(super) const STORE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
+pub(super) struct Running {
+    pub(super) stop: Option<oneshot::Sender<Stop>>,
+    pub(super) waiters: Vec<oneshot::Sender<Result<Job, StoreError>>>,
+    /// Its processes are gone and its slot was given back; only the commit
+    /// of its outcome is pending.
+    released: bool,
+    /// The job thread it runs on.
+    thread: usize,
+}
+
+/// Which jobs run where, shared by the scheduler and the job threads.
+pub(super) struct Slots {
+    pub(super) running: HashMap<JobId, Running>,
+    /// How many entries of `running` whose processes still hold a slot
+    /// are on each job thread.
+    pub(super) load: Vec<usize>,
+    /// The ready index may hold jobs we have not started.
+    pub(super) maybe_ready: bool,
+    /// No job starts before this: set when the store failed to record a
+    /// job, so that a failing disk (full, read-only) does not turn into a
+    /// tight loop of jobs that run but cannot be recorded.
+    pub(super) paused_until: Option<Instant>,
+    /// Jobs not running whose Cancel the store is deciding: none of them
+    /// may start meanwhile, or it would run although the Cancel was
+    /// accepted. A list, because two Cancels of one job may overlap.
+    pub(super) cancelling: Vec<JobId>,
+    /// Shutting down: nothing more starts.
+    pub(super) stopping: bool,
+}
+
+impl Slots {
+    /// How many slots are taken.
+    fn active(&self) -> usize {
+        self.load.iter().sum()
+    }
+
+    /// Gives a job's slot back, once. Returns its thread if this freed it.
+    fn release(&mut self, id: JobId) -> Option<usize> {
+        let r = self.running.get_mut(&id)?;
+        if std::mem::replace(&mut r.released, true) {
+            return None;
+        }
+        let thread = r.thread;
+        self.load[thread] -= 1;
+        // A slot is free, and there may be more ready jobs.
+        self.maybe_ready = true;
+        tracing::trace!(job = id, thread, "slot released");
+        Some(thread)
+    }
+
+    pub(super) fn stop_cancelling(&mut self, id: JobId) {
+        if let Some(at) = self.cancelling.iter().position(|&c| c == id) {
+            self.cancelling.swap_remove(at);
+        }
+    }
+}
+
+/// The job thread with the fewest running jobs.
+fn least_loaded(load: &[usize]) -> usize {
+    load.iter()
+        .enumerate()
+        .min_by_key(|&(_, n)| *n)
+        .map_or(0, |(i, _)| i)
+}
+
+/// What the scheduler's task and every job's task share.
+pub(super) struct Core {
+    pub(super) ctx: Arc<RunnerCtx>,
+    /// What may start.
+    pub(super) admission: Admission,
+    /// The job threads' runtimes; the scheduler's task runs on the first.
+    pub(super) threads: Vec<Handle>,
+    /// A lock, not state owned by the scheduler's task and changed by
+    /// messages: a job that ends must start the next one on its own
+    /// thread, and a message to the scheduler's thread and a spawn back
+    /// would be the two hand-offs this design removes (P3 in
+    /// docs/benchmarks.md). Only this module's tasks take it; it is held
+    /// for bookkeeping and one bounded read of the ready index, and never
+    /// across an `.await`.
+    pub(super) slots: Mutex<Slots>,
+    /// To tell the scheduler of retries and pauses.
+    pub(super) handle: SchedulerHandle,
+    pub(super) tracker: TaskTracker,
+    /// For tests: which thread started each job, and where it ran.
+    #[cfg(test)]
+    pub(super) placed: Mutex<Vec<super::tests::Placed>>,
+    /// For tests: how many ready jobs dispatches have read.
+    #[cfg(test)]
+    pub(super) ready_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Core {
+    /// Starts ready jobs while slots are free: the first on `here`, the
+    /// thread whose job just gave its slot back, and any others on the
+    /// threads with the fewest jobs.
+    ///
+    /// Starting the next job on the thread that saw the last one end is
+    /// what keeps a core busy: the end of a job wakes its thread on the
+    /// core the job left, and the new job's process starts there. With one
+    /// thread for every job, the cores sat idle 0.11 ms per job while the
+    /// wake-up and the start crossed over; with a thread per core, 0.04 ms
+    /// (P3 in docs/benchmarks.md).
+    pub(super) fn dispatch(self: &Arc<Self>, s: &mut Slots, mut here: Option<usize>) {
+        if s.stopping {
+            return;
+        }
+        if let Some(until) = s.paused_until {
+            if Instant::now() < until {
+                return;
+            }
+            s.paused_until = None;
+        }
+        while s.maybe_ready {
+            // Asked before anything is read: with no room, a dispatch
+            // costs nothing, however long the queue.
+            let free = self.admission.room(s.active());
+            if free == 0 {
+                break;
+            }
+            let skip: HashSet<JobId> = s
+                .running
+                .keys()
+                .chain(s.cancelling.iter())
+                .copied()
+                .collect();
+            // Read under the lock, so that two threads never pick the same
+            // job: one bounded read of the ready index.
+            let jobs = match self.ctx.store.ready(free, &skip) {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading ready jobs failed");
+                    s.maybe_ready = false;
+                    return;
+                }
+            };
+            #[cfg(test)]
+            self.ready_reads
+                .fetch_add(jobs.len(), std::sync::atomic::Ordering::Relaxed);
+            if jobs.len() < free {
+                s.maybe_ready = false;
+            }
+            for job in jobs {
+                let thread = here.take().unwrap_or_else(|| least_loaded(&s.load));
+                self.start(s, job, thread);
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>, s: &mut Slots, job: Job, thread: usize) {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let id = job.id;
+        s.running.insert(
+            id,
+            Running {
+                stop: Some(stop_tx),
+                waiters: Vec::new(),
+                released: false,
+                thread,
+            },
+        );
+        s.load[thread] += 1;
+        #[cfg(test)]
+        lock(&self.placed).push(super::tests::Placed::new(id, thread));
+        let core = self.clone();
+        let released = {
+            let core = self.clone();
+            move || core.released(id)
+        };
+        // On a job thread's runtime, where the job process is forked: see
+        // runner::exec::spawn for why that matters.
+        self.threads[thread].spawn(self.tracker.track_future(async move {
+            #[cfg(test)]
+            super::tests::Placed::ran(&core.placed, id);
+            let result = run_attempt(core.ctx.clone(), job, stop_rx, released).await;
+            core.exited(id, result).await;
+        }));
+    }
+
+    /// A job's processes are gone: its slot takes the next ready job, on
+    /// the same thread.
+    fn released(self: &Arc<Self>, id: JobId) {
+        let mut s = lock(&self.slots);
+        if let Some(thread) = s.release(id) {
+            self.dispatch(&mut s, Some(thread));
+        }
+    }
+
+    /// A job's task ended with `result`, the job as stored afterwards.
+    async fn exited(self: &Arc<Self>, id: JobId, result: Result<Job, StoreError>) {
+        let paused = match &result {
+            Ok(_) => false,
+            // Shutting down: nothing to pause for.
+            Err(e @ StoreError::Closed) => {
+                tracing::warn!(job = id, error = %e, "recording the job failed; it stays as stored");
+                false
+            }
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "recording the job failed; it stays as stored, and no job starts for {STORE_FAILURE_PAUSE:?}");
+                true
+            }
+        };
+        let (waiters, recheck) = {
+            let mut s = lock(&self.slots);
+            if paused {
+                s.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
+            }
+            // A job that never started gives its slot back only now.
+            let freed = s.release(id);
+            let Some(r) = s.running.remove(&id) else {
+                return;
+            };
+            // A Cancel that arrived while the job ran gets the job as the
+            // cancel left it. If the job ended on its own first (its
+            // outcome may even have been committed and seen before the
+            // Cancel came in), the cancel stopped nothing: the store
+            // decides as for any job we do not run, so a finished job is
+            // refused and one queued again for a retry is cancelled
+            // before it can run again.
+            let recheck = !r.waiters.is_empty()
+                && result
+                    .as_ref()
+                    .is_ok_and(|job| job.state.tag() != StateTag::Cancelled);
+            if recheck {
+                s.cancelling.push(id);
+            }
+            if let Some(thread) = freed {
+                self.dispatch(&mut s, Some(thread));
+            }
+            (r.waiters, recheck)
+        };
+        // Only now that the job is out of `running`, which every start
+        // skips: a retry promoted and looked for before then would be
+        // skipped, and nothing would look again.
+        if let Ok(job) = &result {
+            // A retry scheduled for later.
+            self.handle.submitted([job]);
+        }
+        if paused {
+            // So that the scheduler's timer covers the end of the pause.
+            let _ = self.handle.tx.send(Msg::Wake);
+        }
+        if waiters.is_empty() {
+            return;
+        }
+        let answer = if recheck {
+            let answer = self
+                .ctx
+                .store
+                .cancel_pending(id, self.ctx.clock.now_micros())
+                .await;
+            lock(&self.slots).stop_cancelling(id);
+            answer
+        } else {
+            result
+        };
+        for w in waiters {
+            let _ = w.send(answer.clone());
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The durable job store, and the only module that touches redb.
+//!
+//! All writes go through one writer thread that batches whatever requests are
+//! waiting into a single transaction (group commit): one fsync acknowledges
+//! many submits, so throughput grows with the number of concurrent clients
+//! instead of being capped by the disk's fsync rate. Reads use redb's MVCC
+//! read transactions from any thread and never wait for the writer.
+//!
+//! Jobs live on disk, not in memory: the scheduler finds ready jobs through
+//! the `ready` index, ordered by (priority desc, id asc), and delayed ones
+//! through the `due` index, ordered by time.
+//!
+//! The parts: `schema` (tables, version, opening), `migrate` (older
+//! versions), `record` (the on-disk encoding), `read` (reads), `writer`
+//! (the writer thread and group commit) and `tx` (what one write does).
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redb::Database;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::job::{Event, Job, JobId, JobSpec, KindTag, Micros, Outcome, RunRecord, StateTag};
+
+mod inbox;
+mod migrate;
+mod read;
+mod record;
+mod schema;
+mod tx;
+mod writer;
+
+pub use schema::{Counters, DB_FILE, SCHEMA_VERSION};
+pub use writer::Commit;
+use writer::{Linger, Op, Pace, Writer};
+
+/// Errors from the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No job has this id.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job is in a state that does not allow the operation.
+    #[error("job {id} is {state}; {hint}")]
+    WrongState {
+        /// The job.
+        id: JobId,
+        /// Its state.
+        state: &'static str,
+        /// What the caller can do instead.
+        hint: &'static str,
+    },
+    /// The file is not a quern database, or is damaged.
+    #[error(
+        "database {path} is corrupt or not a quern database ({detail}); move it aside to start empty, quernd will not overwrite it"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What redb or the check said.
+        detail: String,
+    },
+    /// The file was written by a newer quernd.
+    #[error(
+        "database {path} has schema version {found}, written by a newer quernd; this quernd understands versions up to {SCHEMA_VERSION}: upgrade quernd to open it (nothing in the file was changed)"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u64,
+    },
+    /// Another process has the database open.
+    #[error("database {path} is in use by another quernd; stop it or pass a different --state-dir")]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A value is over its limit.
+    #[error("the {what} is {size} bytes, over the limit of {max}")]
+    TooLarge {
+        /// What it is.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The store is shutting down and takes no more writes.
+    #[error("the store is closed because quernd is shutting down")]
+    Closed,
+    /// redb failed: I/O or internal error.
+    #[error("database {op} failed: {detail}")]
+    Db {
+        /// What was being done.
+        op: &'static str,
+        /// redb's message.
+        detail: String,
+    },
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// The refusal of a transition of job `id`.
+    fn refused(id: JobId, r: crate::job::Refused) -> StoreError {
+        StoreError::WrongState {
+            id,
+            state: r.state.name(),
+            hint: r.hint,
+        }
+    }
+}
+
+fn db_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Db {
+        op,
+        detail: e.to_string(),
+    }
+}
+
+/// The result of storing one submitted spec.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// The stored job (the existing one, when deduplicated).
+    pub job: Job,
+    /// True when the idempotency key matched an unfinished job.
+    pub deduplicated: bool,
+}
+
+/// What List asks for.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Any of these states; empty means all.
+    pub states: Vec<StateTag>,
+    /// Only this kind.
+    pub kind: Option<KindTag>,
+    /// All of these labels.
+    pub labels: BTreeMap<String, String>,
+    /// At most this many.
+    pub limit: usize,
+    /// Continue after this id (exclusive), in the listing's direction.
+    pub after: Option<JobId>,
+    /// Ascending ids instead of descending.
+    pub oldest_first: bool,
+}
+
+/// Stored events after a point, and whether the window still reaches it.
+#[derive(Debug)]
+pub enum EventsPage {
+    /// The events, oldest first.
+    Events(Vec<Event>),
+    /// Events after the requested seq were already pruned; the oldest
+    /// retained one is given.
+    Pruned {
+        /// The oldest retained seq.
+        first_retained: u64,
+    },
+}
+
+/// A handle to the store: cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    ops: inbox::Sender<Op>,
+    events: broadcast::Sender<Event>,
+    commits: Arc<AtomicU64>,
+    /// For tests: how many of the next transactions fail.
+    #[cfg(test)]
+    failing: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Capacity of the live event channel. A subscriber that falls further
+/// behind than this catches up from the stored window instead.
+const LIVE_EVENTS: usize = 16 * 1024;
+
+impl Store {
+    /// Opens (or creates) the database in `state_dir` and starts the writer
+    /// thread. Refuses a corrupt file or an unknown schema version rather
+    /// than starting empty.
+    ///
+    /// `commit_linger` is how long the writer may hold a job's progress
+    /// while it is busy (see [`Commit::Grouped`]); zero never holds it.
+    pub fn open(
+        state_dir: &Path,
+        event_retention: u64,
+        cache_bytes: usize,
+        commit_linger: Duration,
+    ) -> Result<Store> {
+        Store::open_with(
+            state_dir,
+            event_retention,
+            cache_bytes,
+            Linger::new(commit_linger),
+        )
+    }
+
+    fn open_with(
+        state_dir: &Path,
+        event_retention: u64,
+        cache_bytes: usize,
+        linger: Linger,
+    ) -> Result<Store> {
+        let path = state_dir.join(DB_FILE);
+        // An empty file is one we created and then died before redb wrote
+        // its header: nothing to lose, so initialise it like a new one.
+        let fresh = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+        if fresh {
+            // Created here, mode 0600, so the queue (argv, env, labels) is
+            // private to the daemon's user whatever the umask; redb then
+            // initialises the empty file.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(db_err("create database file"))?;
+        }
+        let mut builder = Database::builder();
+        // redb's default page cache is 1 GiB, which would let the daemon's
+        // memory grow with the queue; the OS page cache backs this one.
+        builder.set_cache_size(cache_bytes);
+        let opened = if fresh {
+            builder.create(&path)
+        } else {
+            builder.open(&path)
+        };
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
+            other => StoreError::Corrupt {
+                path: path.clone(),
+                detail: other.to_string(),
+            },
+        })?;
+        // Jobs from before owners were recorded were all submitted by the
+        // daemon's own user (see `migrate`).
+        let counters = schema::open(&db, &path, nix::unistd::getuid().as_raw())?;
+        let db = Arc::new(db);
+        let (ops, rx) = inbox::channel();
+        let (events, _) = broadcast::channel(LIVE_EVENTS);
+        let commits = Arc::new(AtomicU64::new(0));
+        #[cfg(test)]
+        let failing = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let writer = Writer {
+            db: db.clone(),
+            counters,
+            retention: event_retention,
+            events: events.clone(),
+            linger: linger.max,
+            pace: Pace::new(linger.busy_window),
+            commits: commits.clone(),
+            #[cfg(test)]
+            failing: failing.clone(),
+        };
+        std::thread::Builder::new()
+            .name("quern-store".into())
+            .spawn(move || writer.run(rx))
+            .map_err(db_err("start writer thread"))?;
+        Ok(Store {
+            db,
+            ops,
+            events,
+            commits,
+            #[cfg(test)]
+            failing,
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `op` for the writer; only an op that may not wait wakes a
+    /// writer that lingers (see [`Writer::linger`]).
+    fn send(&self, op: Op) -> Result<()> {
+        let urgent = !op.may_wait();
+        self.ops.send(op, urgent).map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs a read that may be long (a scan) on a blocking-pool thread.
+    ///
+    /// Reads with a small bound (a lookup, one page of an index) run on the
+    /// caller's thread instead. On this project's 2-core test VM, waking a
+    /// thread on the other core costs ~0.1 ms of CPU, more than such a read:
+    /// quern-bench p4's List of 100 jobs used 0.57-0.65 ms of daemon CPU per
+    /// call with the hop and 0.43-0.48 ms without. The bound is what keeps a
+    /// runtime thread from stalling: a page from a cold cache is at most a
+    /// few hundred page reads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(db_err("join reader"))?
+    }
+
+    /// Stores the specs in one durable transaction. Returns once they are on
+    /// disk.
+    /// `owner_uid` is the user who submitted them.
+    pub async fn submit(
+        &self,
+        specs: Vec<JobSpec>,
+        owner_uid: u32,
+        at: Micros,
+    ) -> Result<Vec<Submitted>> {
+        self.call(|reply| Op::Submit {
+            specs,
+            owner_uid,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    /// Records that attempt `attempt` of a queued job started, as `run`. The request is queued for the
+    /// writer at once; the returned future only waits for the commit, so the
+    /// caller can go on while it happens. Writes are applied in the order
+    /// they are queued, so a later [`Store::finish`] lands after it.
+    pub fn mark_running(
+        &self,
+        id: JobId,
+        attempt: u32,
+        run: RunRecord,
+        at: Micros,
+    ) -> impl std::future::Future<Output = Result<Job>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Op::MarkRunning {
+            id,
+            attempt,
+            run,
+            at,
+            reply,
+        });
+        async move {
+            sent?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Records how an attempt ended. The runner passes
+    /// [`Commit::Grouped`], or [`Commit::Now`] for an outcome a Cancel call
+    /// waits for; a caller that records one job after another passes
+    /// [`Commit::Now`].
+    pub async fn finish(
+        &self,
+        id: JobId,
+        attempt: u32,
+        started_at: Option<Micros>,
+        outcome: Outcome,
+        at: Micros,
+        commit: Commit,
+    ) -> Result<Job> {
+        self.call(|reply| Op::Finish {
+            id,
+            attempt,
+            started_at,
+            outcome,
+            at,
+            commit,
+            reply,
+        })
+        .await
+    }
+
+    /// Cancels a job that is queued or scheduled.
+    pub async fn cancel_pending(&self, id: JobId, at: Micros) -> Result<Job> {
+        self.call(|reply| Op::CancelPending { id, at, reply }).await
+    }
+
+    /// Saves job `id`'s checkpoint durably, replacing the previous one.
+    /// A finished job's is refused as not found: nothing would read it.
+    pub async fn save_checkpoint(&self, id: JobId, bytes: Vec<u8>) -> Result<()> {
+        self.call(|reply| Op::SaveCheckpoint { id, bytes, reply })
+            .await
+    }
+
+    /// Job `id`'s checkpoint, if one was saved. One lookup, read on the
+    /// caller's thread.
+    pub async fn checkpoint(&self, id: JobId) -> Result<Option<Vec<u8>>> {
+        read::checkpoint(&self.db, id)
+    }
+
+    /// Moves every scheduled job due by `now` to queued. Returns when the
+    /// next one is due.
+    pub async fn promote_due(&self, now: Micros) -> Result<Option<Micros>> {
+        self.call(|reply| Op::Promote { now, reply }).await
+    }
+
+    /// Commits what is pending and stops the writer; later writes fail with
+    /// [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Op::Close { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// How many transactions the writer has committed since open: for
+    /// tests and diagnostics of how writes are grouped.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// For tests: the next `n` transactions fail as a full or failing disk
+    /// would make them, writing nothing.
+    #[cfg(test)]
+    pub(crate) fn fail_next_commits(&self, n: u32) {
+        self.failing.store(n, Ordering::Relaxed);
+    }
+
+    /// Live events, published after each commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// One job. A bounded read (one lookup), so it runs on the caller's
+    /// thread; see [`Store::read`].
+    pub async fn get(&self, id: JobId) -> Result<Job> {
+        read::get_job(&self.db, id)?.ok_or(StoreError::NotFound(id))
+    }
+
+    /// The committed counters. One row, read on the caller's thread.
+    pub async fn counters(&self) -> Result<Counters> {
+        read::counters(&self.db)
+    }
+
+    /// A page of jobs; the second value is the cursor for the next page.
+    ///
+    /// A page filtered by state or by kind is bounded: at most `limit + 1`
+    /// index entries per state (or of the kind) and as many jobs, so it is
+    /// read on the caller's thread. A label filter, or a kind and a state
+    /// together, can walk far past jobs that do not match, so those pages
+    /// are read on a blocking-pool thread (see [`read::list_is_bounded`]).
+    pub async fn list(&self, q: ListQuery) -> Result<(Vec<Job>, Option<JobId>)> {
+        if read::list_is_bounded(&q) {
+            read::list_jobs(&self.db, &q)
+        } else {
+            self.read(move |db| read::list_jobs(db, &q)).await
+        }
+    }
+
+    /// Stored events with seq > `after`, at most `limit`, optionally of one
+    /// job.
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+        job: Option<JobId>,
+    ) -> Result<EventsPage> {
+        self.read(move |db| read::events_after(db, after, limit, job))
+            .await
+    }
+
+    /// Up to `limit` queued jobs in run order, skipping ids in `skip`.
+    ///
+    /// Runs on the caller's thread, like the other bounded reads: it
+    /// reads at most `limit + skip.len()` index entries and as many jobs,
+    /// almost always from the cache, and the scheduler calls it for every
+    /// free slot. The hop to a blocking thread and back cost more than the
+    /// read (quern-bench p3: 0.72-0.78 ms of daemon CPU per job with the
+    /// hop, 0.66-0.68 without).
+    pub fn ready(&self, limit: usize, skip: &HashSet<JobId>) -> Result<Vec<Job>> {
+        read::ready_jobs(&self.db, limit, skip)
+    }
+
+    /// When the earliest scheduled job is due. One index entry, read on the
+    /// caller's thread.
+    pub async fn next_due(&self) -> Result<Option<Micros>> {
+        read::next_due(&self.db)
+    }
+
+    /// Every job recorded as running: after a crash, these were interrupted.
+    pub async fn running(&self) -> Result<Vec<Job>> {
+        self.read(read::running_jobs).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

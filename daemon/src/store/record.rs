@@ -1,0 +1,392 @@
+//! How jobs and events are encoded on disk: protobuf messages private to
+//! the store, derived with prost. They are not the API's messages, and the
+//! domain types never see them.
+//!
+//! **The rule for changing a record** (see `docs/ARCHITECTURE.md`): a field
+//! is only ever added, with a new tag, and is optional or has a default
+//! that means "as before", so every record already on disk still decodes
+//! without being rewritten. Tags are never reused, renumbered or retyped.
+//! Every change still bumps `SCHEMA_VERSION` (with a migration that may do
+//! nothing but record the new version), because an older quernd would
+//! drop the fields it does not know when it rewrites a record: it must
+//! refuse the newer store instead.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prost::Message;
+
+use super::{Result, StoreError, db_err};
+use crate::job::{Event, ExecRun, ExecSpec, Job, JobKind, JobSpec, JobState, RunRecord, StateTag};
+
+/// A job: its spec, where it is, and its latest attempt.
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct JobRec {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(message, optional, tag = "2")]
+    pub spec: Option<SpecRec>,
+    /// A [`StateTag`] number.
+    #[prost(uint32, tag = "3")]
+    pub state: u32,
+    /// `run_at` when scheduled, `finished_at` when finished, else 0.
+    #[prost(uint64, tag = "4")]
+    pub state_at: u64,
+    /// Set only when running.
+    #[prost(message, optional, tag = "5")]
+    pub run: Option<RunRec>,
+    #[prost(uint64, tag = "6")]
+    pub queued_at: u64,
+    #[prost(uint32, tag = "7")]
+    pub attempts: u32,
+    #[prost(uint64, optional, tag = "8")]
+    pub started_at: Option<u64>,
+    #[prost(int32, optional, tag = "9")]
+    pub exit_code: Option<i32>,
+    #[prost(string, tag = "10")]
+    pub error: String,
+    #[prost(uint32, tag = "11")]
+    pub owner_uid: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct SpecRec {
+    #[prost(oneof = "KindRec", tags = "1")]
+    pub kind: Option<KindRec>,
+    #[prost(int32, tag = "10")]
+    pub priority: i32,
+    #[prost(btree_map = "string, string", tag = "11")]
+    pub labels: BTreeMap<String, String>,
+    #[prost(uint64, optional, tag = "12")]
+    pub run_at: Option<u64>,
+    #[prost(uint64, optional, tag = "13")]
+    pub timeout_micros: Option<u64>,
+    #[prost(uint32, tag = "14")]
+    pub max_attempts: u32,
+    #[prost(string, optional, tag = "15")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub(super) enum KindRec {
+    #[prost(message, tag = "1")]
+    Exec(ExecRec),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct ExecRec {
+    #[prost(string, repeated, tag = "1")]
+    pub argv: Vec<String>,
+    #[prost(string, optional, tag = "2")]
+    pub cwd: Option<String>,
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct RunRec {
+    #[prost(oneof = "RunKindRec", tags = "1, 2")]
+    pub kind: Option<RunKindRec>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub(super) enum RunKindRec {
+    #[prost(message, tag = "1")]
+    Exec(ExecRunRec),
+    #[prost(message, tag = "2")]
+    InProcess(InProcessRunRec),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct ExecRunRec {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    #[prost(uint64, tag = "2")]
+    pub pid_start: u64,
+    #[prost(string, tag = "3")]
+    pub boot_id: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct InProcessRunRec {}
+
+/// One state change.
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct EventRec {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub job_id: u64,
+    #[prost(uint32, tag = "3")]
+    pub state: u32,
+    #[prost(uint64, tag = "4")]
+    pub at: u64,
+    #[prost(uint32, tag = "5")]
+    pub attempt: u32,
+    #[prost(int32, optional, tag = "6")]
+    pub exit_code: Option<i32>,
+    #[prost(string, tag = "7")]
+    pub error: String,
+}
+
+fn bad(what: String) -> StoreError {
+    StoreError::Db {
+        op: "decode record",
+        detail: what,
+    }
+}
+
+/// Encodes `job` into `buf`, replacing what it held, keeping its capacity.
+pub(super) fn encode_job(buf: &mut Vec<u8>, job: &Job) -> Result<()> {
+    buf.clear();
+    job_rec(job)
+        .encode(buf)
+        .map_err(db_err("encode job record"))
+}
+
+/// Encodes `ev` into `buf`, replacing what it held.
+pub(super) fn encode_event(buf: &mut Vec<u8>, ev: &Event) -> Result<()> {
+    buf.clear();
+    EventRec {
+        seq: ev.seq,
+        job_id: ev.job_id,
+        state: ev.state as u32,
+        at: ev.at,
+        attempt: ev.attempt,
+        exit_code: ev.exit_code,
+        error: ev.error.clone(),
+    }
+    .encode(buf)
+    .map_err(db_err("encode event record"))
+}
+
+pub(super) fn job_rec(job: &Job) -> JobRec {
+    let s = &job.spec;
+    let kind = match &s.kind {
+        JobKind::Exec(e) => KindRec::Exec(ExecRec {
+            argv: e.argv.clone(),
+            cwd: e.cwd.clone(),
+            env: e.env.clone(),
+        }),
+    };
+    let (state_at, run) = match &job.state {
+        JobState::Queued => (0, None),
+        JobState::Scheduled { run_at } => (*run_at, None),
+        JobState::Running { run } => (0, Some(run_rec(run))),
+        JobState::Succeeded { finished_at }
+        | JobState::Failed { finished_at }
+        | JobState::Cancelled { finished_at } => (*finished_at, None),
+    };
+    JobRec {
+        id: job.id,
+        spec: Some(SpecRec {
+            kind: Some(kind),
+            priority: s.priority,
+            labels: s.labels.clone(),
+            run_at: s.run_at,
+            timeout_micros: s.timeout.map(|t| t.as_micros() as u64),
+            max_attempts: s.max_attempts,
+            idempotency_key: s.idempotency_key.clone(),
+        }),
+        state: job.state.tag() as u32,
+        state_at,
+        run,
+        queued_at: job.queued_at,
+        attempts: job.attempts,
+        started_at: job.started_at,
+        exit_code: job.exit_code,
+        error: job.error.clone(),
+        owner_uid: job.owner_uid,
+    }
+}
+
+fn run_rec(run: &RunRecord) -> RunRec {
+    let kind = match run {
+        RunRecord::Exec(e) => RunKindRec::Exec(ExecRunRec {
+            pid: e.pid,
+            pid_start: e.pid_start,
+            boot_id: e.boot_id.clone(),
+        }),
+        RunRecord::InProcess => RunKindRec::InProcess(InProcessRunRec {}),
+    };
+    RunRec { kind: Some(kind) }
+}
+
+/// Decodes a stored job.
+pub(super) fn decode_job(bytes: &[u8]) -> Result<Job> {
+    let rec = JobRec::decode(bytes).map_err(db_err("decode job record"))?;
+    job_from_rec(rec)
+}
+
+fn job_from_rec(rec: JobRec) -> Result<Job> {
+    let id = rec.id;
+    let spec = rec
+        .spec
+        .ok_or_else(|| bad(format!("job {id} has no spec")))?;
+    let kind = match spec.kind {
+        Some(KindRec::Exec(e)) => JobKind::Exec(ExecSpec {
+            argv: e.argv,
+            cwd: e.cwd,
+            env: e.env,
+        }),
+        None => return Err(bad(format!("job {id} has no kind this quernd knows"))),
+    };
+    let state = match StateTag::from_u8(rec.state.try_into().unwrap_or(0)) {
+        Some(StateTag::Queued) => JobState::Queued,
+        Some(StateTag::Scheduled) => JobState::Scheduled {
+            run_at: rec.state_at,
+        },
+        Some(StateTag::Running) => JobState::Running {
+            run: match rec.run.and_then(|r| r.kind) {
+                Some(RunKindRec::Exec(e)) => RunRecord::Exec(ExecRun {
+                    pid: e.pid,
+                    pid_start: e.pid_start,
+                    boot_id: e.boot_id,
+                }),
+                Some(RunKindRec::InProcess(_)) => RunRecord::InProcess,
+                None => return Err(bad(format!("running job {id} has no run record"))),
+            },
+        },
+        Some(StateTag::Succeeded) => JobState::Succeeded {
+            finished_at: rec.state_at,
+        },
+        Some(StateTag::Failed) => JobState::Failed {
+            finished_at: rec.state_at,
+        },
+        Some(StateTag::Cancelled) => JobState::Cancelled {
+            finished_at: rec.state_at,
+        },
+        None => return Err(bad(format!("job {id} has unknown state {}", rec.state))),
+    };
+    Ok(Job {
+        id,
+        spec: JobSpec {
+            kind,
+            priority: spec.priority,
+            labels: spec.labels,
+            run_at: spec.run_at,
+            timeout: spec.timeout_micros.map(Duration::from_micros),
+            max_attempts: spec.max_attempts,
+            idempotency_key: spec.idempotency_key,
+        },
+        state,
+        queued_at: rec.queued_at,
+        attempts: rec.attempts,
+        started_at: rec.started_at,
+        exit_code: rec.exit_code,
+        error: rec.error,
+        owner_uid: rec.owner_uid,
+    })
+}
+
+/// Decodes a stored event.
+pub(super) fn decode_event(bytes: &[u8]) -> Result<Event> {
+    let rec = EventRec::decode(bytes).map_err(db_err("decode event record"))?;
+    let state = StateTag::from_u8(rec.state.try_into().unwrap_or(0))
+        .ok_or_else(|| bad(format!("event {} has unknown state {}", rec.seq, rec.state)))?;
+    Ok(Event {
+        seq: rec.seq,
+        job_id: rec.job_id,
+        state,
+        at: rec.at,
+        attempt: rec.attempt,
+        exit_code: rec.exit_code,
+        error: rec.error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: JobState) -> Job {
+        Job {
+            id: 7,
+            spec: JobSpec {
+                kind: JobKind::Exec(ExecSpec {
+                    argv: vec!["sh".into(), "-c".into(), "exit 0".into()],
+                    cwd: Some("/tmp".into()),
+                    env: [("A".to_string(), "1".to_string())].into(),
+                }),
+                priority: -10,
+                labels: [("team".to_string(), "infra".to_string())].into(),
+                run_at: Some(123),
+                timeout: Some(Duration::from_millis(1500)),
+                max_attempts: 4,
+                idempotency_key: Some("key".into()),
+            },
+            state,
+            queued_at: 100,
+            attempts: 2,
+            started_at: Some(110),
+            exit_code: Some(-1),
+            error: "exited with code 255".into(),
+            owner_uid: 1000,
+        }
+    }
+
+    #[test]
+    fn jobs_in_every_state_round_trip() {
+        let states = [
+            JobState::Queued,
+            JobState::Scheduled { run_at: 5 },
+            JobState::Running {
+                run: RunRecord::Exec(ExecRun {
+                    pid: 4242,
+                    pid_start: 99,
+                    boot_id: "b".into(),
+                }),
+            },
+            JobState::Running {
+                run: RunRecord::InProcess,
+            },
+            JobState::Succeeded { finished_at: 6 },
+            JobState::Failed { finished_at: 7 },
+            JobState::Cancelled { finished_at: 8 },
+        ];
+        let mut buf = Vec::new();
+        for state in states {
+            let j = job(state);
+            encode_job(&mut buf, &j).unwrap();
+            assert_eq!(decode_job(&buf).unwrap(), j);
+        }
+        let ev = Event {
+            seq: 3,
+            job_id: 7,
+            state: StateTag::Failed,
+            at: 9,
+            attempt: 2,
+            exit_code: Some(1),
+            error: "x".into(),
+        };
+        encode_event(&mut buf, &ev).unwrap();
+        assert_eq!(decode_event(&buf).unwrap(), ev);
+    }
+
+    /// A record written before a field existed decodes with the field's
+    /// default: here, one without an owner, as a newer field will be
+    /// missing from every record written before it.
+    #[test]
+    fn a_record_without_a_later_field_decodes_with_its_default() {
+        let mut rec = job_rec(&job(JobState::Queued));
+        rec.owner_uid = 0;
+        let mut bytes = rec.encode_to_vec();
+        // Fields from a newer build are skipped, not an error.
+        prost::encoding::string::encode(99, &"from the future".to_string(), &mut bytes);
+        let back = decode_job(&bytes).unwrap();
+        assert_eq!(back.owner_uid, 0);
+        assert_eq!(back.spec, job(JobState::Queued).spec);
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_naming_the_job() {
+        let mut rec = job_rec(&job(JobState::Queued));
+        rec.state = 42;
+        let err = decode_job(&rec.encode_to_vec()).unwrap_err();
+        assert!(
+            err.to_string().contains("job 7 has unknown state 42"),
+            "{err}"
+        );
+        assert!(decode_job(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! The store's layout: its tables, the schema version, the counters kept
+//! in `meta`, and opening a file: create, check the version, or migrate.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle};
+
+use super::{Result, StoreError, db_err, migrate};
+use crate::job::{JobId, KindTag, StateTag};
+
+/// The on-disk format version. Bump it, and add a step to `migrate`,
+/// whenever a table's layout or a record changes (see `record.rs` for why
+/// even an added field bumps it).
+///
+/// - 1: records encoded positionally with postcard.
+/// - 2: records are protobuf messages (`record.rs`); jobs have an owner;
+///   the `by_kind` index; the `checkpoints` table.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// The database file's name inside the state dir.
+pub const DB_FILE: &str = "quern.redb";
+
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// (state tag, id): every job, for List by state and for recovery.
+pub(super) const BY_STATE: TableDefinition<(u8, u64), ()> = TableDefinition::new("by_state");
+/// (kind tag, id): every job, for List by kind.
+pub(super) const BY_KIND: TableDefinition<(u8, u64), ()> = TableDefinition::new("by_kind");
+/// (inverted priority, id): queued jobs in the order they should run.
+pub(super) const READY: TableDefinition<(u32, u64), ()> = TableDefinition::new("ready");
+/// (run_at, id): scheduled jobs in the order they become due.
+pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+/// Idempotency key -> id of the unfinished job that holds it.
+pub(super) const IDEM: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// Job id -> the checkpoint its kind saved; dropped when the job finishes.
+pub(super) const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+/// seq -> event, the bounded window that `Events` resumes from.
+pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// Counts by state and the event window, as kept in the meta table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// The id the next job gets.
+    pub next_id: u64,
+    /// The seq the next event gets.
+    pub next_seq: u64,
+    /// The oldest stored event's seq (== next_seq when none is stored).
+    pub first_seq: u64,
+    /// Jobs per state, indexed by tag.
+    pub counts: [u64; 7],
+}
+
+impl Counters {
+    /// Jobs in one state.
+    pub fn count(&self, tag: StateTag) -> u64 {
+        self.counts[tag as usize]
+    }
+
+    /// The newest event's seq, 0 when there has been none.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub(super) fn load(meta: &impl ReadableTable<&'static str, u64>) -> Result<Counters> {
+        let get = |k: &str| -> Result<Option<u64>> {
+            Ok(meta.get(k).map_err(db_err("read meta"))?.map(|v| v.value()))
+        };
+        let mut c = Counters {
+            next_id: get("next_id")?.unwrap_or(1),
+            next_seq: get("next_seq")?.unwrap_or(1),
+            first_seq: get("first_seq")?.unwrap_or(1),
+            counts: [0; 7],
+        };
+        for tag in StateTag::ALL {
+            c.counts[tag as usize] = get(count_key(tag))?.unwrap_or(0);
+        }
+        Ok(c)
+    }
+
+    pub(super) fn save(&self, meta: &mut Table<&'static str, u64>) -> Result<()> {
+        let mut put = |k: &str, v: u64| -> Result<()> {
+            meta.insert(k, v).map_err(db_err("write meta"))?;
+            Ok(())
+        };
+        put("next_id", self.next_id)?;
+        put("next_seq", self.next_seq)?;
+        put("first_seq", self.first_seq)?;
+        for tag in StateTag::ALL {
+            put(count_key(tag), self.counts[tag as usize])?;
+        }
+        Ok(())
+    }
+}
+
+fn count_key(tag: StateTag) -> &'static str {
+    match tag {
+        StateTag::Queued => "count.queued",
+        StateTag::Scheduled => "count.scheduled",
+        StateTag::Running => "count.running",
+        StateTag::Succeeded => "count.succeeded",
+        StateTag::Failed => "count.failed",
+        StateTag::Cancelled => "count.cancelled",
+    }
+}
+
+/// Orders higher priorities first in an ascending index.
+pub(super) fn ready_key(priority: i32, id: JobId) -> (u32, u64) {
+    ((i32::MAX as i64 - priority as i64) as u32, id)
+}
+
+/// The `by_kind` key of a job.
+pub(super) fn kind_key(kind: KindTag, id: JobId) -> (u8, u64) {
+    (kind as u8, id)
+}
+
+/// Checks (or, for a new file, writes) the schema version, migrates an
+/// older store, and loads the counters. `owner_uid` is the owner given to
+/// jobs of a store older than owners (see `migrate`).
+pub(super) fn open(db: &Database, path: &Path, owner_uid: u32) -> Result<Counters> {
+    let version = {
+        let txn = db.begin_read().map_err(db_err("begin read"))?;
+        match txn.open_table(META) {
+            Ok(meta) => meta
+                .get("schema_version")
+                .map_err(db_err("read meta"))?
+                .map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(db_err("open meta")(e)),
+        }
+    };
+    match version {
+        Some(SCHEMA_VERSION) => {}
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        Some(found) => migrate::run(db, path, found, owner_uid)?,
+        None => {}
+    }
+    let txn = db.begin_write().map_err(db_err("begin write"))?;
+    let counters = {
+        let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
+        if version.is_none() {
+            // A file with tables but no version is someone else's redb
+            // database: refuse it rather than add our tables to it.
+            let foreign = txn
+                .list_tables()
+                .map_err(db_err("list tables"))?
+                .any(|t| t.name() != "meta");
+            if foreign {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: "it has no quern schema version".into(),
+                });
+            }
+            meta.insert("schema_version", SCHEMA_VERSION)
+                .map_err(db_err("write meta"))?;
+        }
+        Counters::load(&meta)?
+    };
+    // Create every table now so that readers never meet a missing one.
+    let create = db_err("create table");
+    txn.open_table(JOBS).map_err(&create)?;
+    txn.open_table(BY_STATE).map_err(&create)?;
+    txn.open_table(BY_KIND).map_err(&create)?;
+    txn.open_table(READY).map_err(&create)?;
+    txn.open_table(DUE).map_err(&create)?;
+    txn.open_table(IDEM).map_err(&create)?;
+    txn.open_table(EVENTS).map_err(&create)?;
+    txn.open_table(CHECKPOINTS).map_err(&create)?;
+    txn.commit().map_err(db_err("commit"))?;
+    Ok(counters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_keys_order_by_priority_then_id() {
+        let mut keys = [
+            ready_key(0, 5),
+            ready_key(20, 9),
+            ready_key(-20, 1),
+            ready_key(0, 2),
+            ready_key(i32::MIN, 3),
+            ready_key(i32::MAX, 4),
+        ];
+        keys.sort();
+        let order: Vec<u64> = keys.iter().map(|k| k.1).collect();
+        assert_eq!(order, vec![4, 9, 2, 5, 1, 3]);
+    }
+}

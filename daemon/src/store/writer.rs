@@ -1,0 +1,303 @@
+//! The single writer: one thread that applies every write, grouping
+//! whatever is waiting into one transaction (group commit), and the
+//! operations it is sent.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redb::Database;
+use tokio::sync::{broadcast, oneshot};
+
+use super::inbox;
+use super::schema::{Counters, META};
+use super::tx::Tx;
+use super::{Result, StoreError, Submitted, db_err};
+use crate::job::{Event, Job, JobId, JobSpec, Micros, Outcome, RunRecord};
+
+/// How many queued requests one transaction takes at most, so that one huge
+/// burst cannot delay its first acknowledgements without bound.
+pub(super) const MAX_BATCH_OPS: usize = 4096;
+
+/// How many job-progress writes (see [`Commit::Grouped`]) must have come
+/// within [`BUSY_WINDOW`] before the writer waits for more. One job at a
+/// time writes two per run, so an idle daemon never waits; short jobs
+/// running back to back on every slot write many more.
+pub(super) const LINGER_MIN_OPS: usize = 4;
+
+/// How far back the writer looks to judge whether job progress comes fast
+/// enough to wait for (or the linger, if shorter). Fixed rather than the
+/// linger itself: with a 10 ms linger, four writes in 10 ms would call one
+/// job started every few milliseconds "busy", and hold its events.
+pub(super) const BUSY_WINDOW: Duration = Duration::from_millis(2);
+
+/// How the writer groups job progress.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Linger {
+    /// The longest a write is held.
+    pub(super) max: Duration,
+    /// See [`BUSY_WINDOW`].
+    pub(super) busy_window: Duration,
+}
+
+impl Linger {
+    pub(super) fn new(max: Duration) -> Linger {
+        Linger {
+            max,
+            busy_window: max.min(BUSY_WINDOW),
+        }
+    }
+}
+
+/// How soon a write must be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// As soon as the writer is free: someone is waiting on it, or the
+    /// caller writes one at a time and would wait on every linger.
+    Now,
+    /// A job's progress, which no client is waiting to have acknowledged:
+    /// while the daemon is busy with short jobs, the writer may hold it for
+    /// up to the configured linger so that it shares a commit (and its
+    /// `fdatasync`s) with others like it. Its events go out when it
+    /// commits, so they can come up to that much later.
+    Grouped,
+}
+
+/// A write, and where its answer goes.
+pub(super) enum Op {
+    Submit {
+        specs: Vec<JobSpec>,
+        owner_uid: u32,
+        at: Micros,
+        reply: oneshot::Sender<Result<Vec<Submitted>>>,
+    },
+    MarkRunning {
+        id: JobId,
+        attempt: u32,
+        run: RunRecord,
+        at: Micros,
+        reply: oneshot::Sender<Result<Job>>,
+    },
+    Finish {
+        id: JobId,
+        attempt: u32,
+        started_at: Option<Micros>,
+        outcome: Outcome,
+        at: Micros,
+        commit: Commit,
+        reply: oneshot::Sender<Result<Job>>,
+    },
+    CancelPending {
+        id: JobId,
+        at: Micros,
+        reply: oneshot::Sender<Result<Job>>,
+    },
+    SaveCheckpoint {
+        id: JobId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Promote {
+        now: Micros,
+        reply: oneshot::Sender<Result<Option<Micros>>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Op {
+    /// Whether the writer may hold this op back to group it with others.
+    /// Only the runner marks jobs running, so those always may.
+    pub(super) fn may_wait(&self) -> bool {
+        match self {
+            Op::MarkRunning { .. } => true,
+            Op::Finish { commit, .. } => *commit == Commit::Grouped,
+            _ => false,
+        }
+    }
+}
+
+/// The single writer: owns the counters and applies batches of operations.
+pub(super) struct Writer {
+    pub(super) db: Arc<Database>,
+    pub(super) counters: Counters,
+    pub(super) retention: u64,
+    pub(super) events: broadcast::Sender<Event>,
+    /// [`Store::open`]'s `commit_linger`.
+    pub(super) linger: Duration,
+    pub(super) pace: Pace,
+    /// Transactions committed since open.
+    pub(super) commits: Arc<AtomicU64>,
+    /// See [`Store::fail_next_commits`].
+    #[cfg(test)]
+    pub(super) failing: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Whether grouped writes (see [`Commit::Grouped`]) are coming fast enough
+/// to be worth waiting for: at least [`LINGER_MIN_OPS`] within one window
+/// ([`BUSY_WINDOW`]).
+pub(super) struct Pace {
+    window: Duration,
+    /// When the latest grouped writes were committed, newest last; at most
+    /// [`LINGER_MIN_OPS`] of them, which is all the question needs.
+    pub(super) recent: VecDeque<Instant>,
+}
+
+impl Pace {
+    pub(super) fn new(window: Duration) -> Pace {
+        Pace {
+            window,
+            recent: VecDeque::with_capacity(LINGER_MIN_OPS),
+        }
+    }
+
+    /// Whether, with `waiting` grouped writes in hand at `now`, enough have
+    /// come within the window.
+    pub(super) fn busy(&mut self, now: Instant, waiting: usize) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > self.window)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.len() + waiting >= LINGER_MIN_OPS
+    }
+
+    /// Records that `count` grouped writes were committed at `at`.
+    pub(super) fn note(&mut self, at: Instant, count: usize) {
+        for _ in 0..count.min(LINGER_MIN_OPS) {
+            if self.recent.len() == LINGER_MIN_OPS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(at);
+        }
+    }
+}
+
+/// A reply to send once the batch's fate is known.
+pub(super) type Pending = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+pub(super) fn pending<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T>>,
+    value: Result<T>,
+) -> Pending {
+    Box::new(move |failed| {
+        let _ = reply.send(match failed {
+            Some(e) => Err(e),
+            None => value,
+        });
+    })
+}
+
+impl Writer {
+    pub(super) fn run(mut self, rx: inbox::Receiver<Op>) {
+        let mut batch = Vec::new();
+        while rx.recv(&mut batch, MAX_BATCH_OPS) {
+            self.linger(&rx, &mut batch);
+            let mut close = None;
+            let ops: Vec<Op> = batch
+                .drain(..)
+                .filter_map(|op| match op {
+                    Op::Close { reply } => {
+                        close = Some(reply);
+                        None
+                    }
+                    op => Some(op),
+                })
+                .collect();
+            if !ops.is_empty() {
+                self.commit_batch(ops);
+            }
+            if let Some(reply) = close {
+                // Release our handle on the database before saying so, so
+                // that once the last `Store` is dropped the file is closed
+                // and can be opened again at once.
+                drop(self);
+                drop(rx);
+                tracing::debug!("store writer closed");
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+
+    /// While short jobs keep every slot busy, each job's "running" and
+    /// outcome writes would otherwise get a commit of their own, with two
+    /// `fdatasync`s each; that was the store thread's largest cost in P3
+    /// (see docs/benchmarks.md). So when `batch` holds only such writes and
+    /// at least [`LINGER_MIN_OPS`] came within the last [`BUSY_WINDOW`],
+    /// wait up to the linger for more to share the commit. Such writes join
+    /// without waking the writer; any other write ends the wait at once, so
+    /// nothing a client waits on is held back.
+    fn linger(&mut self, rx: &inbox::Receiver<Op>, batch: &mut Vec<Op>) {
+        if self.linger.is_zero() || !batch.iter().all(Op::may_wait) {
+            return;
+        }
+        let now = Instant::now();
+        if self.pace.busy(now, batch.len()) {
+            rx.linger(batch, MAX_BATCH_OPS, now + self.linger);
+        }
+        let grouped = batch.iter().filter(|op| op.may_wait()).count();
+        self.pace.note(Instant::now(), grouped);
+    }
+
+    fn commit_batch(&mut self, ops: Vec<Op>) {
+        let mut counters = self.counters;
+        let mut published = Vec::new();
+        let mut replies: Vec<Pending> = Vec::with_capacity(ops.len());
+        let result = (|| -> Result<()> {
+            let mut txn = self.db.begin_write().map_err(db_err("begin write"))?;
+            // Quick repair keeps the allocator state in each commit, so that
+            // a restart after kill -9 or power loss opens at once instead of
+            // walking the whole file.
+            txn.set_quick_repair(true);
+            {
+                let mut tx = Tx::open(&txn, &mut counters, &mut published)?;
+                for op in ops {
+                    replies.push(tx.apply(op)?);
+                }
+                tx.prune_events(self.retention)?;
+            }
+            {
+                let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
+                counters.save(&mut meta)?;
+            }
+            #[cfg(test)]
+            if self
+                .failing
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                // Dropped uncommitted: nothing in it is written.
+                return Err(StoreError::Db {
+                    op: "commit",
+                    detail: "failed on purpose by a test".into(),
+                });
+            }
+            txn.commit().map_err(db_err("commit"))?;
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.counters = counters;
+                for r in replies {
+                    r(None);
+                }
+                for ev in published {
+                    // No subscribers is fine: the events are stored.
+                    let _ = self.events.send(ev);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store transaction failed; nothing in it was written");
+                for r in replies {
+                    r(Some(e.clone()));
+                }
+            }
+        }
+    }
+}
