@@ -102,6 +102,26 @@ impl JobKind {
     }
 }
 
+#[cfg(test)]
+impl JobSpec {
+    /// For tests: an exec spec of `argv` with one attempt and no options.
+    pub(crate) fn exec_for_tests(argv: &[&str]) -> JobSpec {
+        JobSpec {
+            kind: JobKind::Exec(ExecSpec {
+                argv: argv.iter().map(|a| a.to_string()).collect(),
+                cwd: None,
+                env: BTreeMap::new(),
+            }),
+            priority: 0,
+            labels: BTreeMap::new(),
+            run_at: None,
+            timeout: None,
+            max_attempts: 1,
+            idempotency_key: None,
+        }
+    }
+}
+
 /// A command to run with no shell.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExecSpec {
@@ -513,17 +533,9 @@ mod tests {
 
     fn spec(run_at: Option<Micros>) -> JobSpec {
         JobSpec {
-            kind: JobKind::Exec(ExecSpec {
-                argv: vec!["true".into()],
-                cwd: None,
-                env: BTreeMap::new(),
-            }),
-            priority: 0,
-            labels: BTreeMap::new(),
             run_at,
-            timeout: None,
             max_attempts: 3,
-            idempotency_key: None,
+            ..JobSpec::exec_for_tests(&["true"])
         }
     }
 

@@ -172,19 +172,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn spec() -> JobSpec {
-        JobSpec {
-            kind: JobKind::Exec(ExecSpec {
-                argv: vec!["true".into()],
-                cwd: None,
-                env: BTreeMap::new(),
-            }),
-            priority: 0,
-            labels: BTreeMap::new(),
-            run_at: None,
-            timeout: None,
-            max_attempts: 1,
-            idempotency_key: None,
-        }
+        JobSpec::exec_for_tests(&["true"])
     }
 
     #[test]

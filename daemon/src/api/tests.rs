@@ -49,16 +49,19 @@ async fn events(rig: &Rig, progress: bool) -> BoxStream<pb::EventsResponse> {
         .into_inner()
 }
 
-fn exec(argv: &[&str]) -> pb::SubmitRequest {
-    pb::SubmitRequest {
+/// Submits a `true` job through the service.
+async fn submit(rig: &Rig) -> pb::Job {
+    let req = pb::SubmitRequest {
         spec: Some(pb::JobSpec {
             kind: Some(pb::job_spec::Kind::Exec(pb::ExecSpec {
-                argv: argv.iter().map(|s| s.to_string()).collect(),
+                argv: vec!["true".into()],
                 ..Default::default()
             })),
             ..Default::default()
         }),
-    }
+    };
+    let resp = rig.service.submit(Request::new(req)).await.unwrap();
+    resp.into_inner().job.unwrap()
 }
 
 /// A stream that asks for progress gets each update, with seq 0, in
@@ -70,14 +73,7 @@ async fn progress_reaches_the_streams_that_ask_and_get() {
     let mut with = events(&rig, true).await;
     let mut without = events(&rig, false).await;
 
-    let job = rig
-        .service
-        .submit(Request::new(exec(&["true"])))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = submit(&rig).await;
     let report = Progress {
         phase: "download".into(),
         done: 512,
@@ -87,14 +83,7 @@ async fn progress_reaches_the_streams_that_ask_and_get() {
     rig.ctx.progress.sink(job.id).report(report);
     // A second job's submit, after the progress: what the stream without
     // progress gets next, if it got no progress.
-    let second = rig
-        .service
-        .submit(Request::new(exec(&["true"])))
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let second = submit(&rig).await;
 
     // Progress and state changes come from two feeds, so their order
     // between each other is not given; the state changes keep theirs.

@@ -2,14 +2,13 @@
 //! every kind gets (progress, checkpoint, cancellation, the CPU pool), and
 //! what the runner does with any kind (timeouts, stops, retries).
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::testing::scripted;
 use super::*;
 use crate::clock::Clock;
-use crate::job::{ExecSpec, JobKind, JobState, Progress, StateTag};
+use crate::job::{JobState, Progress, StateTag};
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -30,17 +29,9 @@ impl Rig {
     /// Stores a job that may run `attempts` times, with `timeout`.
     async fn job(&self, attempts: u32, timeout: Option<Duration>) -> Job {
         let spec = JobSpec {
-            kind: JobKind::Exec(ExecSpec {
-                argv: vec!["unused".into()],
-                cwd: None,
-                env: BTreeMap::new(),
-            }),
-            priority: 0,
-            labels: BTreeMap::new(),
-            run_at: None,
             timeout,
             max_attempts: attempts,
-            idempotency_key: None,
+            ..JobSpec::exec_for_tests(&["unused"])
         };
         let now = self.ctx.clock.now_micros();
         let mut subs = self.ctx.store.submit(vec![spec], 1000, now).await.unwrap();

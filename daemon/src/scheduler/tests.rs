@@ -1,6 +1,6 @@
 //! The scheduler's tests: a real store, real job threads, and jobs that run.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use super::core::STORE_FAILURE_PAUSE;
@@ -8,32 +8,13 @@ use super::handle::Submitted;
 use super::*;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::job::{ExecSpec, Job, JobId, JobKind, JobSpec, JobState, Micros, StateTag};
+use crate::job::{Job, JobId, JobSpec, JobState, Micros, StateTag};
 use crate::runner::Kinds;
 
 fn job(state: JobState) -> Job {
     Job {
-        id: 1,
-        spec: JobSpec {
-            kind: JobKind::Exec(ExecSpec {
-                argv: vec!["true".into()],
-                cwd: None,
-                env: BTreeMap::new(),
-            }),
-            priority: 0,
-            labels: BTreeMap::new(),
-            run_at: None,
-            timeout: None,
-            max_attempts: 1,
-            idempotency_key: None,
-        },
         state,
-        queued_at: 0,
-        attempts: 0,
-        started_at: None,
-        exit_code: None,
-        error: String::new(),
-        owner_uid: 0,
+        ..Job::submitted(1, JobSpec::exec_for_tests(&["true"]), 0, 0)
     }
 }
 

@@ -5,21 +5,12 @@ use std::time::{Duration, Instant};
 
 use super::writer::{BUSY_WINDOW, LINGER_MIN_OPS, Linger, Pace};
 use super::*;
-use crate::job::{ExecRun, ExecSpec, JobKind, JobState, KindTag, StateTag};
+use crate::job::{ExecRun, JobKind, JobState, KindTag, StateTag};
 
 fn spec(priority: i32) -> JobSpec {
     JobSpec {
-        kind: JobKind::Exec(ExecSpec {
-            argv: vec!["true".into()],
-            cwd: None,
-            env: BTreeMap::new(),
-        }),
         priority,
-        labels: BTreeMap::new(),
-        run_at: None,
-        timeout: None,
-        max_attempts: 1,
-        idempotency_key: None,
+        ..JobSpec::exec_for_tests(&["true"])
     }
 }
 
