@@ -20,7 +20,7 @@ use crate::logs::LogStore;
 use crate::platform;
 use crate::progress::ProgressBoard;
 use crate::runner::in_process::CpuPool;
-use crate::runner::{self, RunnerCtx};
+use crate::runner::{self, KindEnv, RunnerCtx};
 use crate::scheduler::Scheduler;
 use crate::store::{Commit, Store, StoreError};
 
@@ -240,14 +240,17 @@ pub async fn run(
         store: store.clone(),
         logs: logs.clone(),
         progress: progress.clone(),
-        // CPU-heavy work of in-process kinds gets a thread per core, and
-        // no more: beyond that it would only take turns with the jobs.
-        cpu: CpuPool::new(cores)
-            .map_err(|e| DaemonError::Server(format!("cannot start the CPU pool: {e}")))?,
-        config: config.clone(),
-        default_cwd: config.state_dir.clone(),
-        clock,
         kinds: runner::Kinds::builtin(),
+        env: Arc::new(KindEnv {
+            // CPU-heavy work of in-process kinds gets a thread per core,
+            // and no more: beyond that it would only take turns with the
+            // jobs.
+            cpu: CpuPool::new(cores)
+                .map_err(|e| DaemonError::Server(format!("cannot start the CPU pool: {e}")))?,
+            config: config.clone(),
+            default_cwd: config.state_dir.clone(),
+            clock,
+        }),
     });
     // A job thread per core, or per job slot if fewer.
     let (scheduler, sched_handle) = Scheduler::new(
@@ -354,7 +357,7 @@ async fn recover(ctx: &RunnerCtx) -> Result<(), DaemonError> {
                 job.attempts,
                 job.started_at,
                 outcome,
-                ctx.clock.now_micros(),
+                ctx.env.clock.now_micros(),
                 Commit::Now,
             )
             .await?;

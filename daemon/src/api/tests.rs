@@ -22,7 +22,12 @@ fn rig() -> Rig {
     let config = Config::for_dir(dir.path());
     let ctx = RunnerCtx::for_tests(dir.path(), config.clone(), Kinds::builtin(), Clock::System);
     let (_scheduler, handle) = Scheduler::here(ctx.clone(), Admission::new(1));
-    let jobs = Jobs::new(ctx.store.clone(), handle, ctx.progress.clone(), ctx.clock);
+    let jobs = Jobs::new(
+        ctx.store.clone(),
+        handle,
+        ctx.progress.clone(),
+        ctx.env.clock,
+    );
     let service = JobsService::new(
         jobs,
         ctx.logs.clone(),

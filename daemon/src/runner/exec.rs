@@ -38,7 +38,7 @@ impl Kind for Exec {
             JobKind::Exec(e) => e,
             other => return Err(format!("the exec kind cannot run a {} job", other.name())),
         };
-        let spawned = spawn(ctx.job, spec, &ctx.runner.default_cwd, &ctx.output)?;
+        let spawned = spawn(ctx.job, spec, &ctx.env.default_cwd, &ctx.output)?;
         let pid = spawned.child.pid();
         Ok(Box::new(ExecAttempt {
             job: ctx.job,

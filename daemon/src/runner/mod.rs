@@ -8,8 +8,9 @@
 //! only what every kind shares: the timeout, stop requests, the retry
 //! decision and recording the outcome.
 //!
-//! **A kind never touches the store, the scheduler or another job**: it
-//! reports through its context, and its attempt's result is recorded here.
+//! **A kind never touches the store, the scheduler or another job**: its
+//! context holds no way to ([`KindEnv`] is all of the daemon it sees); it
+//! reports through the context, and its attempt's result is recorded here.
 //! A kind that runs inside quernd ([`in_process`]) runs as a task on the
 //! job's thread and must not block it: CPU-heavy work goes to the
 //! [`in_process::CpuPool`].
@@ -54,16 +55,23 @@ pub struct RunnerCtx {
     pub logs: Arc<LogStore>,
     /// Where progress goes.
     pub progress: Arc<ProgressBoard>,
+    /// Which code runs each kind.
+    pub kinds: Kinds,
+    /// What kinds may use.
+    pub env: Arc<KindEnv>,
+}
+
+/// The part of the daemon a kind may use, besides its [`AttemptCtx`]: no
+/// store, no scheduler, no other job.
+pub struct KindEnv {
     /// Where kinds run CPU-heavy work.
     pub cpu: in_process::CpuPool,
     /// Timeouts, grace and retry settings.
     pub config: Arc<Config>,
     /// The working directory of jobs that name none.
     pub default_cwd: PathBuf,
-    /// How an attempt reads the time; see [`crate::clock`].
+    /// How the daemon reads the time; see [`crate::clock`].
     pub clock: crate::clock::Clock,
-    /// Which code runs each kind.
-    pub kinds: Kinds,
 }
 
 /// A kind of job: how to start an attempt of it, and what to do at boot
@@ -136,7 +144,7 @@ pub struct AttemptCtx {
     /// The job's captured output.
     pub output: Arc<LiveLog>,
     /// The daemon's settings and shared pools.
-    pub runner: Arc<RunnerCtx>,
+    pub env: Arc<KindEnv>,
 }
 
 /// A job's checkpoint: a few bytes a kind saves so that the next attempt,
@@ -237,7 +245,7 @@ pub async fn run_attempt(
     }
     let output = ctx.logs.start(id);
     let progress = ctx.progress.sink(id);
-    let started_at = ctx.clock.now_micros();
+    let started_at = ctx.env.clock.now_micros();
     let cancel = CancellationToken::new();
     let attempt_ctx = AttemptCtx {
         job: id,
@@ -249,7 +257,7 @@ pub async fn run_attempt(
             job: id,
         },
         output,
-        runner: ctx.clone(),
+        env: ctx.env.clone(),
     };
     let mut running = match ctx
         .kinds
@@ -272,10 +280,10 @@ pub async fn run_attempt(
         .store
         .mark_running(id, attempt, running.record(), started_at);
     let timeout = job.spec.timeout;
-    let grace = ctx.config.default_grace;
+    let grace = ctx.env.config.default_grace;
     let why = tokio::select! {
         ended = running.wait() => Why::Ended(ended),
-        _ = sleep_or_forever(&ctx.clock, timeout) => Why::TimedOut(timeout.unwrap_or_default()),
+        _ = sleep_or_forever(&ctx.env.clock, timeout) => Why::TimedOut(timeout.unwrap_or_default()),
         // A dropped sender means the scheduler is gone: treat as shutdown.
         s = &mut stop => Why::Stopped(s.unwrap_or(Stop::Shutdown)),
     };
@@ -335,7 +343,7 @@ async fn record(
     started_at: Option<Micros>,
     outcome: Outcome,
 ) -> Result<Job, StoreError> {
-    let at = ctx.clock.now_micros();
+    let at = ctx.env.clock.now_micros();
     let commit = match outcome {
         Outcome::Cancelled { .. } => Commit::Now,
         _ => Commit::Grouped,
@@ -362,7 +370,7 @@ fn failed(
     error: String,
     retry: bool,
 ) -> Outcome {
-    let config = &ctx.config;
+    let config = &ctx.env.config;
     let retry_at = (retry && attempt < job.spec.max_attempts).then(|| {
         let jitter: f64 = rand::random_range(0.75..=1.0);
         let delay = retry_delay(
@@ -371,7 +379,7 @@ fn failed(
             config.retry_max_delay,
             jitter,
         );
-        ctx.clock.now_micros() + delay.as_micros() as u64
+        ctx.env.clock.now_micros() + delay.as_micros() as u64
     });
     Outcome::Failed {
         exit_code,
@@ -412,11 +420,13 @@ impl RunnerCtx {
             store,
             logs: Arc::new(LogStore::new(dir.join("logs"), 1 << 20).unwrap()),
             progress: ProgressBoard::new(),
-            cpu: in_process::CpuPool::new(1).unwrap(),
-            config: Arc::new(config),
-            default_cwd: dir.into(),
-            clock,
             kinds,
+            env: Arc::new(KindEnv {
+                cpu: in_process::CpuPool::new(1).unwrap(),
+                config: Arc::new(config),
+                default_cwd: dir.into(),
+                clock,
+            }),
         })
     }
 }

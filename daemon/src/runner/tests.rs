@@ -33,7 +33,7 @@ impl Rig {
             max_attempts: attempts,
             ..JobSpec::exec_for_tests(&["unused"])
         };
-        let now = self.ctx.clock.now_micros();
+        let now = self.ctx.env.clock.now_micros();
         let mut subs = self.ctx.store.submit(vec![spec], 1000, now).await.unwrap();
         subs.pop().unwrap().job
     }
@@ -308,7 +308,7 @@ async fn cpu_work_runs_on_the_bounded_pool_and_leaves_the_job_thread_free() {
                         busy.fetch_sub(1, Ordering::SeqCst);
                     }
                 };
-                let cpu = &ctx.runner.cpu;
+                let cpu = &ctx.env.cpu;
                 let a = cpu.run(piece(release.clone(), busy.clone(), most.clone()));
                 let b = cpu.run(piece(release.clone(), busy.clone(), most.clone()));
                 let (a, b) = tokio::join!(a, b);
@@ -319,7 +319,7 @@ async fn cpu_work_runs_on_the_bounded_pool_and_leaves_the_job_thread_free() {
         })
     };
     let rig = Rig::new(kinds, Clock::System);
-    assert_eq!(rig.ctx.cpu.threads(), 1);
+    assert_eq!(rig.ctx.env.cpu.threads(), 1);
     let heavy = rig.job(1, None).await;
     let light = rig.job(1, None).await;
     assert_eq!((heavy.id % 2, light.id % 2), (1, 0));

@@ -269,7 +269,7 @@ impl Core {
             let answer = self
                 .ctx
                 .store
-                .cancel_pending(id, self.ctx.clock.now_micros())
+                .cancel_pending(id, self.ctx.env.clock.now_micros())
                 .await;
             lock(&self.slots).stop_cancelling(id);
             answer

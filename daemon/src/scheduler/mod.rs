@@ -130,7 +130,7 @@ impl Scheduler {
             Err(e) => tracing::error!(error = %e, "reading the next due job failed"),
         }
         loop {
-            let clock = self.core.ctx.clock;
+            let clock = self.core.ctx.env.clock;
             if self.next_due.is_some_and(|d| d <= clock.now_micros()) {
                 // Submits during the read must wake us (see `timer`).
                 lock(&self.core.handle.submitted).timer = None;
@@ -196,7 +196,7 @@ impl Scheduler {
                     .core
                     .ctx
                     .store
-                    .cancel_pending(id, self.core.ctx.clock.now_micros())
+                    .cancel_pending(id, self.core.ctx.env.clock.now_micros())
                     .await;
                 lock(&self.core.slots).stop_cancelling(id);
                 let _ = reply.send(res);
@@ -205,7 +205,7 @@ impl Scheduler {
     }
 
     async fn promote(&mut self) {
-        let now = self.core.ctx.clock.now_micros();
+        let now = self.core.ctx.env.clock.now_micros();
         match self.core.ctx.store.promote_due(now).await {
             Ok(next) => {
                 self.next_due = next;

@@ -92,7 +92,7 @@ impl Rig {
         let core = scheduler.core.clone();
         let events = store.subscribe();
         let spec = job(JobState::Queued).spec;
-        let ids = block_on(store.submit(vec![spec; jobs], 0, ctx.clock.now_micros()))
+        let ids = block_on(store.submit(vec![spec; jobs], 0, ctx.env.clock.now_micros()))
             .unwrap()
             .into_iter()
             .map(|s| s.job.id)
@@ -354,17 +354,16 @@ impl Here {
 /// When each attempt started, by the kind's own reading of the clock.
 type Starts = Arc<Mutex<Vec<(JobId, u32, Micros)>>>;
 
-/// A kind that notes when each attempt starts, and fails every attempt of
-/// a job with max_attempts over one until the last.
-fn noting(starts: &Starts) -> Kinds {
+/// A kind that notes when each attempt starts, and fails every attempt
+/// before attempt `succeed_at`.
+fn noting(starts: &Starts, succeed_at: u32) -> Kinds {
     let starts = starts.clone();
     crate::runner::testing::scripted(move |ctx| {
         let starts = starts.clone();
         Box::pin(async move {
-            let now = ctx.runner.clock.now_micros();
+            let now = ctx.env.clock.now_micros();
             lock(&starts).push((ctx.job, ctx.attempt, now));
-            let job = ctx.runner.store.get(ctx.job).await.unwrap();
-            if ctx.attempt < job.spec.max_attempts {
+            if ctx.attempt < succeed_at {
                 crate::runner::Ended::Failed {
                     exit_code: None,
                     error: "not yet".into(),
@@ -383,8 +382,8 @@ fn noting(starts: &Starts) -> Kinds {
 #[tokio::test(start_paused = true)]
 async fn a_delayed_job_starts_at_its_run_at_and_not_a_moment_before() {
     let starts = Starts::default();
-    let here = Here::start(1, noting(&starts), |_| {});
-    let clock = here.ctx.clock;
+    let here = Here::start(1, noting(&starts, 1), |_| {});
+    let clock = here.ctx.env.clock;
     let mut events = here.jobs.subscribe();
     let run_at = clock.now_micros() + 3_600_000_000;
     let mut spec = job(JobState::Queued).spec;
@@ -412,7 +411,7 @@ async fn a_delayed_job_starts_at_its_run_at_and_not_a_moment_before() {
 #[tokio::test(start_paused = true)]
 async fn retries_wait_the_backoff_and_it_grows() {
     let starts = Starts::default();
-    let here = Here::start(1, noting(&starts), |c| {
+    let here = Here::start(1, noting(&starts, 3), |c| {
         c.retry_base_delay = Duration::from_millis(400);
         c.retry_max_delay = Duration::from_secs(60);
     });
@@ -506,7 +505,7 @@ async fn a_long_analysis_delays_neither_a_start_nor_a_cancel() {
         Box::pin(async move {
             if ctx.job == 1 {
                 // The analysis: blocks its pool thread until released.
-                ctx.runner
+                ctx.env
                     .cpu
                     .run(move || lock(&release).recv().unwrap())
                     .await
