@@ -37,7 +37,8 @@ pub struct ProgressBoard {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Each critical section is one map or field update; a panic cannot
-    // leave one torn.
+    // leave one torn. A sink's lock is taken before the board's, never
+    // the other way round.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -56,11 +57,13 @@ impl ProgressBoard {
         Arc::new(ProgressBoard::default())
     }
 
-    /// The sink through which job `job`'s attempt reports.
+    /// The sink through which job `job`'s attempt reports. Called on the
+    /// job's thread, whose runtime passes on held reports.
     pub fn sink(self: &Arc<Self>, job: JobId) -> ProgressSink {
         ProgressSink {
             job,
             board: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
             state: Arc::new(Mutex::new(SinkState {
                 last: None,
                 held: None,
@@ -87,11 +90,14 @@ impl ProgressBoard {
     }
 }
 
-/// What a kind reports progress through. Cheap to clone.
+/// What a kind reports progress through. Cheap to clone, and usable from
+/// any thread, the CPU pool's included.
 #[derive(Clone)]
 pub struct ProgressSink {
     job: JobId,
     board: Arc<ProgressBoard>,
+    /// The job thread's runtime, where a held report waits for its turn.
+    runtime: tokio::runtime::Handle,
     state: Arc<Mutex<SinkState>>,
 }
 
@@ -123,7 +129,7 @@ impl ProgressSink {
                     let at = last + INTERVAL;
                     drop(s);
                     let sink = self.clone();
-                    tokio::spawn(async move {
+                    self.runtime.spawn(async move {
                         tokio::time::sleep_until(at).await;
                         sink.flush();
                     });
@@ -132,7 +138,8 @@ impl ProgressSink {
             _ => {
                 s.last = Some(now);
                 s.held = None;
-                drop(s);
+                // Under the sink's lock, so that `end` cannot come between
+                // and leave a report on the board after the attempt.
                 self.board.pass_on(self.job, p);
             }
         }
@@ -146,7 +153,6 @@ impl ProgressSink {
         }
         if let Some(p) = s.held.take() {
             s.last = Some(Instant::now());
-            drop(s);
             self.board.pass_on(self.job, p);
         }
     }
@@ -157,8 +163,11 @@ impl ProgressSink {
         let mut s = lock(&self.state);
         s.ended = true;
         s.held = None;
-        drop(s);
-        lock(&self.board.latest).remove(&self.job);
+        // The board is shared by every job thread: a job that never
+        // reported (every exec job) need not take its lock.
+        if s.last.is_some() {
+            lock(&self.board.latest).remove(&self.job);
+        }
     }
 }
 
@@ -212,6 +221,24 @@ mod tests {
         assert_eq!(board.get(7), None);
         sink.report(p(1));
         assert_eq!(board.get(7), None, "a report after the end was passed on");
+    }
+
+    /// A report from a thread outside any runtime (as from the CPU pool)
+    /// is passed on, and one held there goes out when its interval ends.
+    #[tokio::test(start_paused = true)]
+    async fn reports_may_come_from_any_thread() {
+        let board = ProgressBoard::new();
+        let sink = board.sink(3);
+        let from_pool = sink.clone();
+        std::thread::spawn(move || {
+            from_pool.report(p(1));
+            from_pool.report(p(2));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(board.get(3).map(|p| p.done), Some(1));
+        tokio::time::sleep(INTERVAL * 2).await;
+        assert_eq!(board.get(3).map(|p| p.done), Some(2));
     }
 
     /// The reports of two jobs do not hold each other back.

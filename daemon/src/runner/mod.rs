@@ -153,7 +153,8 @@ pub struct AttemptCtx {
 /// dropped once the job finishes.
 #[derive(Clone)]
 pub struct Checkpoint {
-    store: Store,
+    /// Private, so that the kind reaches the store only through this.
+    runner: Arc<RunnerCtx>,
     job: JobId,
 }
 
@@ -164,7 +165,7 @@ pub const CHECKPOINT_MAX_BYTES: usize = 64 * 1024;
 impl Checkpoint {
     /// The checkpoint saved by an earlier attempt, if any.
     pub async fn load(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.checkpoint(self.job).await
+        self.runner.store.checkpoint(self.job).await
     }
 
     /// Saves `bytes` durably, replacing the previous checkpoint. Returns
@@ -177,7 +178,7 @@ impl Checkpoint {
                 max: CHECKPOINT_MAX_BYTES,
             });
         }
-        self.store.save_checkpoint(self.job, bytes).await
+        self.runner.store.save_checkpoint(self.job, bytes).await
     }
 }
 
@@ -253,7 +254,7 @@ pub async fn run_attempt(
         cancel: cancel.clone(),
         progress: progress.clone(),
         checkpoint: Checkpoint {
-            store: ctx.store.clone(),
+            runner: ctx.clone(),
             job: id,
         },
         output,

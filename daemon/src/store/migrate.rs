@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableTable, WriteTransaction};
 
 use super::record::{encode_event, encode_job};
-use super::schema::{BY_KIND, EVENTS, JOBS, META, kind_key};
+use super::schema::{BY_KIND, EVENTS, JOBS, KIND_RUNS, META, index_kind, last_kind};
 use super::{Result, StoreError, db_err};
 
 /// Records converted per transaction: big enough that the commits cost
@@ -92,7 +92,7 @@ fn chunk(
 
 /// Schema 1: records were domain structs encoded positionally with
 /// postcard, so no field could be added. Schema 2 stores protobuf
-/// records, gives every job an owner and adds the `by_kind` index.
+/// records, gives every job an owner and adds the kind index.
 pub(super) mod v1 {
     use std::collections::BTreeMap;
 
@@ -289,15 +289,18 @@ pub(super) mod v1 {
             let Some(&(last, _)) = rows.last() else { break };
             {
                 let mut jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
+                let mut runs = txn
+                    .open_table(KIND_RUNS)
+                    .map_err(db_err("open kind_runs"))?;
                 let mut by_kind = txn.open_table(BY_KIND).map_err(db_err("open by_kind"))?;
+                // Where the previous chunk left the index.
+                let mut last = last_kind(&runs)?;
                 for (id, bytes) in &rows {
                     let new = job(decode("job", *id, bytes)?, owner_uid);
                     encode_job(&mut buf, &new)?;
                     jobs.insert(id, buf.as_slice())
                         .map_err(db_err("write job"))?;
-                    by_kind
-                        .insert(kind_key(new.spec.kind.tag(), *id), ())
-                        .map_err(db_err("write by_kind"))?;
+                    index_kind(&mut runs, &mut by_kind, &mut last, new.spec.kind.tag(), *id)?;
                 }
             }
             set_marker(&txn, JOBS_DONE, last + 1)?;

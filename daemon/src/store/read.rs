@@ -7,10 +7,10 @@ use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 
 use super::record::{decode_event, decode_job};
 use super::schema::{
-    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, JOBS, META, READY, kind_key,
+    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, JOBS, KIND_RUNS, META, READY,
 };
 use super::{EventsPage, ListQuery, Result, db_err};
-use crate::job::{Job, JobId, StateTag};
+use crate::job::{Job, JobId, KindTag, StateTag};
 
 /// One job, if it exists.
 pub(super) fn get_job(db: &Database, id: JobId) -> Result<Option<Job>> {
@@ -38,12 +38,86 @@ fn has_labels(job: &Job, q: &ListQuery) -> bool {
 }
 
 /// Whether a page of `q` is bounded: it reads at most `limit + 1` index
-/// entries per source and as many jobs. Only a label filter can make it
-/// walk past jobs that do not match, and a kind filter combined with a
-/// state filter walks the state's index past jobs of other kinds (an
-/// index lookup each, no job is read).
+/// entries per source and as many jobs (plus, for a kind filter, one
+/// lookup per run of the kind it passes, and each run holds at least one
+/// job of the kind). Only a label filter can make it walk past jobs that
+/// do not match, and a kind filter combined with a state filter walks the
+/// state's index past jobs of other kinds (an index lookup each, no job is
+/// read).
 pub(super) fn list_is_bounded(q: &ListQuery) -> bool {
     q.labels.is_empty() && (q.kind.is_none() || q.states.is_empty())
+}
+
+/// Where the run of the kind index that starts at `start` ends: just
+/// before the next run, of any kind.
+fn run_end(kind_runs: &ReadOnlyTable<u64, u8>, start: JobId) -> Result<JobId> {
+    let next = kind_runs
+        .range(start.saturating_add(1)..)
+        .map_err(db_err("read the kind index"))?
+        .next()
+        .transpose()
+        .map_err(db_err("read the kind index"))?;
+    Ok(next.map_or(u64::MAX, |(k, _)| k.value() - 1))
+}
+
+/// Whether job `id` is of kind `kind`, by the kind index.
+fn is_of_kind(kind_runs: &ReadOnlyTable<u64, u8>, kind: KindTag, id: JobId) -> Result<bool> {
+    let run = kind_runs
+        .range(..=id)
+        .map_err(db_err("read the kind index"))?
+        .next_back()
+        .transpose()
+        .map_err(db_err("read the kind index"))?;
+    Ok(run.is_some_and(|(_, k)| k.value() == kind as u8))
+}
+
+/// Calls `visit` with each id range to walk for a listing without a state
+/// filter, in the listing's direction, clipped to `lo..=hi`: the whole
+/// table, or the runs of the kind asked for, one at a time, until `visit`
+/// says the page is full.
+fn walk_ranges(
+    by_kind: &ReadOnlyTable<(u8, u64), ()>,
+    kind_runs: &ReadOnlyTable<u64, u8>,
+    q: &ListQuery,
+    (lo, hi): (JobId, JobId),
+    mut visit: impl FnMut(JobId, JobId) -> Result<bool>,
+) -> Result<()> {
+    let Some(kind) = q.kind else {
+        visit(lo, hi)?;
+        return Ok(());
+    };
+    let k = kind as u8;
+    let read = db_err("read the kind index");
+    // Visits the run that starts at `start`; true once the page is full.
+    let mut run = |start: JobId| -> Result<bool> {
+        let (a, b) = (start.max(lo), run_end(kind_runs, start)?.min(hi));
+        Ok(a <= b && visit(a, b)?)
+    };
+    if q.oldest_first {
+        // The run that holds `lo`, then every later one.
+        let holding = by_kind.range((k, 0)..=(k, lo)).map_err(&read)?.next_back();
+        if let Some(item) = holding
+            && run(item.map_err(&read)?.0.value().1)?
+        {
+            return Ok(());
+        }
+        for item in by_kind
+            .range((k, lo.saturating_add(1))..=(k, hi))
+            .map_err(&read)?
+        {
+            if run(item.map_err(&read)?.0.value().1)? {
+                return Ok(());
+            }
+        }
+    } else {
+        for item in by_kind.range((k, 0)..=(k, hi)).map_err(&read)?.rev() {
+            let start = item.map_err(&read)?.0.value().1;
+            if run(start)? || start <= lo {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A page of jobs; the second value is the cursor for the next page.
@@ -62,74 +136,56 @@ pub(super) fn list_jobs(db: &Database, q: &ListQuery) -> Result<(Vec<Job>, Optio
         return Ok((found, None));
     }
     let by_labels = !q.labels.is_empty();
-    if q.states.is_empty() && q.kind.is_none() {
-        // The jobs table itself, decoding each row as the walk passes it.
-        let range = jobs.range(lo..=hi).map_err(db_err("read jobs"))?;
-        let rows: Box<dyn Iterator<Item = _>> = if q.oldest_first {
-            Box::new(range)
-        } else {
-            Box::new(range.rev())
-        };
-        for row in rows {
-            let (_, v) = row.map_err(db_err("read jobs"))?;
-            let job = decode_job(v.value())?;
-            if has_labels(&job, q) {
-                found.push(job);
-                if found.len() >= want {
-                    break;
+    let kind_runs = txn
+        .open_table(KIND_RUNS)
+        .map_err(db_err("open kind_runs"))?;
+    if q.states.is_empty() {
+        // The jobs table itself, over the whole range or the kind's runs,
+        // decoding each row as the walk passes it.
+        let by_kind = txn.open_table(BY_KIND).map_err(db_err("open by_kind"))?;
+        walk_ranges(&by_kind, &kind_runs, q, (lo, hi), |a, b| {
+            let range = jobs.range(a..=b).map_err(db_err("read jobs"))?;
+            let rows: Box<dyn Iterator<Item = _>> = if q.oldest_first {
+                Box::new(range)
+            } else {
+                Box::new(range.rev())
+            };
+            for row in rows {
+                let (_, v) = row.map_err(db_err("read jobs"))?;
+                let job = decode_job(v.value())?;
+                if has_labels(&job, q) {
+                    found.push(job);
+                    if found.len() >= want {
+                        return Ok(true);
+                    }
                 }
             }
-        }
+            Ok(false)
+        })?;
     } else {
-        // Each source (a state's index, or the kind's) yields ids in order;
-        // take `want` from each and merge, which is enough for one page.
+        // Each state's index yields ids in order; take `want` from each and
+        // merge, which is enough for one page.
         let by_state = txn.open_table(BY_STATE).map_err(db_err("open by_state"))?;
-        let by_kind = txn.open_table(BY_KIND).map_err(db_err("open by_kind"))?;
-        let of_kind = |id: JobId| -> Result<bool> {
-            Ok(match q.kind {
-                Some(k) => by_kind
-                    .get(kind_key(k, id))
-                    .map_err(db_err("read by_kind"))?
-                    .is_some(),
-                None => true,
-            })
-        };
-        type Ids<'a> = Box<dyn DoubleEndedIterator<Item = Result<JobId>> + 'a>;
-        let mut sources: Vec<Ids> = Vec::new();
-        if q.states.is_empty() {
-            let k = q.kind.map_or(0, |k| k as u8);
-            let range = by_kind
-                .range((k, lo)..=(k, hi))
-                .map_err(db_err("read by_kind"))?;
-            sources.push(Box::new(range.map(|item| {
-                item.map(|(k, _)| k.value().1)
-                    .map_err(db_err("read by_kind"))
-            })));
-        } else {
-            let states: BTreeSet<StateTag> = q.states.iter().copied().collect();
-            for tag in states {
-                let t = tag as u8;
-                let range = by_state
-                    .range((t, lo)..=(t, hi))
-                    .map_err(db_err("read by_state"))?;
-                sources.push(Box::new(range.map(|item| {
-                    item.map(|(k, _)| k.value().1)
-                        .map_err(db_err("read by_state"))
-                })));
-            }
-        }
+        let states: BTreeSet<StateTag> = q.states.iter().copied().collect();
         let mut merged: Vec<Job> = Vec::new();
         let mut ids: Vec<JobId> = Vec::new();
-        for source in sources {
-            let index: Box<dyn Iterator<Item = Result<JobId>>> = if q.oldest_first {
-                source
+        for tag in states {
+            let t = tag as u8;
+            let range = by_state
+                .range((t, lo)..=(t, hi))
+                .map_err(db_err("read by_state"))?;
+            let index = range.map(|item| item.map(|(k, _)| k.value().1));
+            let index: Box<dyn Iterator<Item = _>> = if q.oldest_first {
+                Box::new(index)
             } else {
-                Box::new(source.rev())
+                Box::new(index.rev())
             };
             let mut taken = 0;
             for id in index {
-                let id = id?;
-                if !of_kind(id)? {
+                let id = id.map_err(db_err("read by_state"))?;
+                if let Some(kind) = q.kind
+                    && !is_of_kind(&kind_runs, kind, id)?
+                {
                     continue;
                 }
                 if by_labels {

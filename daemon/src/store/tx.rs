@@ -7,7 +7,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::record::{decode_job, encode_event, encode_job};
 use super::schema::{
-    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, IDEM, JOBS, READY, kind_key, ready_key,
+    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, IDEM, JOBS, KIND_RUNS, READY,
+    index_kind, ready_key,
 };
 use super::writer::{Op, Pending, pending};
 use super::{Result, StoreError, Submitted, db_err};
@@ -17,6 +18,7 @@ use crate::job::{Event, Job, JobId, JobSpec, JobState, Micros, Refused};
 pub(super) struct Tx<'t> {
     jobs: Table<'t, u64, &'static [u8]>,
     by_state: Table<'t, (u8, u64), ()>,
+    kind_runs: Table<'t, u64, u8>,
     by_kind: Table<'t, (u8, u64), ()>,
     ready: Table<'t, (u32, u64), ()>,
     due: Table<'t, (u64, u64), ()>,
@@ -41,6 +43,7 @@ impl<'t> Tx<'t> {
         Ok(Tx {
             jobs: txn.open_table(JOBS).map_err(&open)?,
             by_state: txn.open_table(BY_STATE).map_err(&open)?,
+            kind_runs: txn.open_table(KIND_RUNS).map_err(&open)?,
             by_kind: txn.open_table(BY_KIND).map_err(&open)?,
             ready: txn.open_table(READY).map_err(&open)?,
             due: txn.open_table(DUE).map_err(&open)?,
@@ -205,9 +208,13 @@ impl<'t> Tx<'t> {
         self.counters.next_id += 1;
         let job = Job::submitted(id, spec, owner_uid, at);
         self.save(None, &job)?;
-        self.by_kind
-            .insert(kind_key(job.spec.kind.tag(), id), ())
-            .map_err(db_err("write by_kind"))?;
+        index_kind(
+            &mut self.kind_runs,
+            &mut self.by_kind,
+            &mut self.counters.last_kind,
+            job.spec.kind.tag(),
+            id,
+        )?;
         if let Some(key) = &job.spec.idempotency_key {
             self.idem
                 .insert(key.as_str(), id)
