@@ -90,6 +90,44 @@ fn chunk(
     Ok(rows)
 }
 
+/// The rows of a table, as a chunk takes them: (key, bytes).
+type Rows = [(u64, Vec<u8>)];
+
+/// Rewrites every row of `table` with `convert`, a chunk of `chunk_size`
+/// rows per transaction, each committed with a marker under `done` of how
+/// far it got, so that a later call carries on from there. `crash` is for
+/// tests: asked before each transaction, true ends the call as a crash
+/// would, and the answer is `None`. Otherwise returns how many rows this
+/// call converted.
+fn rewrite(
+    db: &Database,
+    table: redb::TableDefinition<u64, &'static [u8]>,
+    done: &str,
+    chunk_size: usize,
+    crash: &mut impl FnMut() -> bool,
+    mut convert: impl FnMut(&WriteTransaction, &Rows) -> Result<()>,
+) -> Result<Option<u64>> {
+    let mut converted = 0;
+    loop {
+        if crash() {
+            return Ok(None);
+        }
+        let txn = begin(db)?;
+        let next = marker(&txn, done)?;
+        let rows = {
+            let t = txn.open_table(table).map_err(db_err("open table"))?;
+            chunk(&t, next, chunk_size)?
+        };
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(Some(converted));
+        };
+        convert(&txn, &rows)?;
+        set_marker(&txn, done, last + 1)?;
+        txn.commit().map_err(db_err("commit migration"))?;
+        converted += rows.len() as u64;
+    }
+}
+
 /// Schema 1: records were domain structs encoded positionally with
 /// postcard, so no field could be added. Schema 2 stores protobuf
 /// records, gives every job an owner and adds the kind index.
@@ -269,68 +307,53 @@ pub(super) mod v1 {
         chunk_size: usize,
         stop_after: Option<usize>,
     ) -> Result<(u64, u64)> {
-        let mut converted = (0, 0);
         let mut buf = Vec::new();
         let mut steps = 0;
         let mut crash = || {
             steps += 1;
             stop_after.is_some_and(|n| steps > n)
         };
-        loop {
-            if crash() {
-                return Ok(converted);
+        let jobs = rewrite(db, JOBS, JOBS_DONE, chunk_size, &mut crash, |txn, rows| {
+            let mut jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
+            let mut runs = txn
+                .open_table(KIND_RUNS)
+                .map_err(db_err("open kind_runs"))?;
+            let mut by_kind = txn.open_table(BY_KIND).map_err(db_err("open by_kind"))?;
+            // Where the previous chunk left the index.
+            let mut last = last_kind(&runs)?;
+            for (id, bytes) in rows {
+                let new = job(decode("job", *id, bytes)?, owner_uid);
+                encode_job(&mut buf, &new)?;
+                jobs.insert(id, buf.as_slice())
+                    .map_err(db_err("write job"))?;
+                index_kind(&mut runs, &mut by_kind, &mut last, new.spec.kind.tag(), *id)?;
             }
-            let txn = begin(db)?;
-            let next = marker(&txn, JOBS_DONE)?;
-            let rows = {
-                let jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
-                chunk(&jobs, next, chunk_size)?
-            };
-            let Some(&(last, _)) = rows.last() else { break };
-            {
-                let mut jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
-                let mut runs = txn
-                    .open_table(KIND_RUNS)
-                    .map_err(db_err("open kind_runs"))?;
-                let mut by_kind = txn.open_table(BY_KIND).map_err(db_err("open by_kind"))?;
-                // Where the previous chunk left the index.
-                let mut last = last_kind(&runs)?;
-                for (id, bytes) in &rows {
-                    let new = job(decode("job", *id, bytes)?, owner_uid);
-                    encode_job(&mut buf, &new)?;
-                    jobs.insert(id, buf.as_slice())
-                        .map_err(db_err("write job"))?;
-                    index_kind(&mut runs, &mut by_kind, &mut last, new.spec.kind.tag(), *id)?;
-                }
-            }
-            set_marker(&txn, JOBS_DONE, last + 1)?;
-            txn.commit().map_err(db_err("commit migration"))?;
-            converted.0 += rows.len() as u64;
-        }
-        loop {
-            if crash() {
-                return Ok(converted);
-            }
-            let txn = begin(db)?;
-            let next = marker(&txn, EVENTS_DONE)?;
-            let rows = {
-                let events = txn.open_table(EVENTS).map_err(db_err("open events"))?;
-                chunk(&events, next, chunk_size)?
-            };
-            let Some(&(last, _)) = rows.last() else { break };
-            {
+            Ok(())
+        })?;
+        let Some(jobs) = jobs else {
+            return Ok((0, 0));
+        };
+        let events = rewrite(
+            db,
+            EVENTS,
+            EVENTS_DONE,
+            chunk_size,
+            &mut crash,
+            |txn, rows| {
                 let mut events = txn.open_table(EVENTS).map_err(db_err("open events"))?;
-                for (seq, bytes) in &rows {
+                for (seq, bytes) in rows {
                     encode_event(&mut buf, &event(decode("event", *seq, bytes)?))?;
                     events
                         .insert(seq, buf.as_slice())
                         .map_err(db_err("write event"))?;
                 }
-            }
-            set_marker(&txn, EVENTS_DONE, last + 1)?;
-            txn.commit().map_err(db_err("commit migration"))?;
-            converted.1 += rows.len() as u64;
-        }
+                Ok(())
+            },
+        )?;
+        let Some(events) = events else {
+            return Ok((jobs, 0));
+        };
+        let converted = (jobs, events);
         if crash() {
             return Ok(converted);
         }

@@ -58,6 +58,22 @@ async fn events_window_is_bounded_and_reports_pruning() {
     }
 }
 
+/// The ids `q` lists, walked page by page to the end; no page is over
+/// the query's limit.
+async fn list_all(store: &Store, q: &ListQuery) -> Vec<JobId> {
+    let mut q = q.clone();
+    let mut got = Vec::new();
+    loop {
+        let (page, next) = store.list(q.clone()).await.unwrap();
+        assert!(page.len() <= q.limit, "{q:?}");
+        got.extend(page.iter().map(|j| j.id));
+        match next {
+            Some(n) => q.after = Some(n),
+            None => return got,
+        }
+    }
+}
+
 /// Every List query, walked page by page to the end, returns exactly
 /// the jobs a brute-force filter over all of them does, in order, with
 /// no page over its limit. The states interleave: queued ids are dense,
@@ -124,18 +140,7 @@ async fn list_pages_agree_with_a_brute_force_model() {
                         if !oldest_first {
                             want.reverse();
                         }
-                        let mut got = Vec::new();
-                        let mut q = q;
-                        loop {
-                            let (page, next) = store.list(q.clone()).await.unwrap();
-                            assert!(page.len() <= limit);
-                            got.extend(page.iter().map(|j| j.id));
-                            match next {
-                                Some(n) => q.after = Some(n),
-                                None => break,
-                            }
-                        }
-                        assert_eq!(got, want, "{q:?}");
+                        assert_eq!(list_all(&store, &q).await, want, "{q:?}");
                     }
                 }
             }
@@ -511,7 +516,7 @@ async fn list_by_kind_follows_the_runs_of_the_kind_index() {
     for states in [vec![], vec![StateTag::Queued], vec![StateTag::Cancelled]] {
         for oldest_first in [false, true] {
             for limit in [1, 2, 3, 5, 100] {
-                let mut q = ListQuery {
+                let q = ListQuery {
                     states: states.clone(),
                     kind: Some(KindTag::Exec),
                     limit,
@@ -528,17 +533,7 @@ async fn list_by_kind_follows_the_runs_of_the_kind_index() {
                 if !oldest_first {
                     want.reverse();
                 }
-                let mut got = Vec::new();
-                loop {
-                    let (page, next) = store.list(q.clone()).await.unwrap();
-                    assert!(page.len() <= limit);
-                    got.extend(page.iter().map(|j| j.id));
-                    match next {
-                        Some(n) => q.after = Some(n),
-                        None => break,
-                    }
-                }
-                assert_eq!(got, want, "{q:?}");
+                assert_eq!(list_all(&store, &q).await, want, "{q:?}");
             }
         }
     }
