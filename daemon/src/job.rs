@@ -50,6 +50,37 @@ pub struct JobSpec {
     pub idempotency_key: Option<String>,
 }
 
+/// Attempts a job may be given, at most.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+impl JobSpec {
+    /// The rules every spec must meet, whoever made it: what the store and
+    /// the runner rely on. Returns the field (relative to the spec) and
+    /// the reason. `api/convert.rs` checks requests against the API's own
+    /// limits before this; a producer inside quernd builds its specs
+    /// itself, and `jobs` checks them here.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err((
+                ".max_attempts",
+                format!(
+                    "is {}; give 1 to {MAX_ATTEMPTS} attempts",
+                    self.max_attempts
+                ),
+            ));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err((
+                ".timeout",
+                "must be positive; leave it unset for no timeout".into(),
+            ));
+        }
+        match &self.kind {
+            JobKind::Exec(e) => e.check(),
+        }
+    }
+}
+
 /// The kinds of work quern runs. Each has its module under `runner/`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobKind {
@@ -131,6 +162,22 @@ pub struct ExecSpec {
     pub cwd: Option<String>,
     /// Variables added to the daemon's environment.
     pub env: BTreeMap<String, String>,
+}
+
+impl ExecSpec {
+    /// See [`JobSpec::check`].
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.argv.first().is_none_or(|a| a.is_empty()) {
+            return Err((
+                ".exec.argv",
+                "must not be empty; give the program to run as argv[0]".into(),
+            ));
+        }
+        if self.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
+            return Err((".exec.cwd", "must be an absolute path".into()));
+        }
+        Ok(())
+    }
 }
 
 /// What a running attempt left on record, so that recovery at boot can
@@ -565,6 +612,32 @@ mod tests {
             }),
             queued.cancelled(30).unwrap(),
         ]
+    }
+
+    #[test]
+    fn specs_that_break_a_rule_name_the_field() {
+        let ok = JobSpec::exec_for_tests(&["true"]);
+        assert_eq!(ok.check(), Ok(()));
+        let field = |spec: JobSpec| spec.check().unwrap_err().0;
+        assert_eq!(
+            field(JobSpec {
+                max_attempts: 0,
+                ..ok.clone()
+            }),
+            ".max_attempts"
+        );
+        assert_eq!(
+            field(JobSpec {
+                timeout: Some(Duration::ZERO),
+                ..ok.clone()
+            }),
+            ".timeout"
+        );
+        assert_eq!(field(JobSpec::exec_for_tests(&[])), ".exec.argv");
+        let mut relative = ok.clone();
+        let JobKind::Exec(e) = &mut relative.kind;
+        e.cwd = Some("here".into());
+        assert_eq!(field(relative), ".exec.cwd");
     }
 
     #[test]

@@ -11,13 +11,10 @@ use tokio::sync::broadcast;
 
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::job::{Event, Job, JobId, JobKind, JobSpec, Progress};
+use crate::job::{Event, Job, JobId, JobSpec, Progress};
 use crate::progress::ProgressBoard;
 use crate::scheduler::SchedulerHandle;
 use crate::store::{Counters, EventsPage, ListQuery, Store, Submitted};
-
-/// Attempts a job may be given, at most.
-pub const MAX_ATTEMPTS: u32 = 100;
 
 /// The jobs service. Cheap to clone.
 #[derive(Clone)]
@@ -48,7 +45,8 @@ impl Jobs {
     /// Returns once it is on disk. A spec whose idempotency key an
     /// unfinished job holds returns that job, marked deduplicated.
     pub async fn submit(&self, spec: JobSpec, owner_uid: u32) -> Result<Submitted, Error> {
-        check(&spec).map_err(|(field, reason)| Error::invalid(format!("spec{field}"), reason))?;
+        spec.check()
+            .map_err(|(field, reason)| Error::invalid(format!("spec{field}"), reason))?;
         let mut subs = self.store(vec![spec], owner_uid).await?;
         subs.pop()
             .ok_or_else(|| Error::Internal("the store returned no job".into()))
@@ -62,7 +60,7 @@ impl Jobs {
         owner_uid: u32,
     ) -> Result<Vec<Submitted>, Error> {
         for (i, spec) in specs.iter().enumerate() {
-            check(spec)
+            spec.check()
                 .map_err(|(field, reason)| Error::invalid(format!("specs[{i}]{field}"), reason))?;
         }
         self.store(specs, owner_uid).await
@@ -126,77 +124,5 @@ impl Jobs {
     /// Live progress reports.
     pub fn subscribe_progress(&self) -> broadcast::Receiver<(JobId, Progress)> {
         self.progress.subscribe()
-    }
-}
-
-/// The rules every spec must meet, whoever made it: what the store and the
-/// runner rely on. Returns the field (relative to the spec) and the reason.
-/// `api/convert.rs` checks requests against the API's own limits before
-/// this; a producer in quernd builds its specs itself and meets these.
-fn check(spec: &JobSpec) -> Result<(), (&'static str, String)> {
-    if !(1..=MAX_ATTEMPTS).contains(&spec.max_attempts) {
-        return Err((
-            ".max_attempts",
-            format!(
-                "is {}; give 1 to {MAX_ATTEMPTS} attempts",
-                spec.max_attempts
-            ),
-        ));
-    }
-    if spec.timeout.is_some_and(|t| t.is_zero()) {
-        return Err((
-            ".timeout",
-            "must be positive; leave it unset for no timeout".into(),
-        ));
-    }
-    match &spec.kind {
-        JobKind::Exec(e) => {
-            if e.argv.first().is_none_or(|a| a.is_empty()) {
-                return Err((
-                    ".exec.argv",
-                    "must not be empty; give the program to run as argv[0]".into(),
-                ));
-            }
-            if e.cwd.as_ref().is_some_and(|c| !c.starts_with('/')) {
-                return Err((".exec.cwd", "must be an absolute path".into()));
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::job::ExecSpec;
-    use std::collections::BTreeMap;
-
-    fn spec() -> JobSpec {
-        JobSpec::exec_for_tests(&["true"])
-    }
-
-    #[test]
-    fn specs_that_break_a_rule_name_the_field() {
-        assert_eq!(check(&spec()), Ok(()));
-        let mut none = spec();
-        none.max_attempts = 0;
-        assert_eq!(check(&none).unwrap_err().0, ".max_attempts");
-        let mut zero = spec();
-        zero.timeout = Some(Duration::ZERO);
-        assert_eq!(check(&zero).unwrap_err().0, ".timeout");
-        let mut empty = spec();
-        empty.kind = JobKind::Exec(ExecSpec {
-            argv: vec![],
-            cwd: None,
-            env: BTreeMap::new(),
-        });
-        assert_eq!(check(&empty).unwrap_err().0, ".exec.argv");
-        let mut relative = spec();
-        relative.kind = JobKind::Exec(ExecSpec {
-            argv: vec!["true".into()],
-            cwd: Some("here".into()),
-            env: BTreeMap::new(),
-        });
-        assert_eq!(check(&relative).unwrap_err().0, ".exec.cwd");
     }
 }

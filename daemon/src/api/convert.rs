@@ -35,7 +35,7 @@ pub mod limits {
     /// Bytes in an idempotency key.
     pub const KEY_BYTES: usize = 256;
     /// Attempts per job.
-    pub const MAX_ATTEMPTS: u32 = 100;
+    pub const MAX_ATTEMPTS: u32 = crate::job::MAX_ATTEMPTS;
     /// How far ahead run_at may be, in microseconds (10 years).
     pub const RUN_AT_HORIZON_MICROS: u64 = 10 * 366 * 24 * 3600 * 1_000_000;
     /// Specs per SubmitBatch.

@@ -16,7 +16,10 @@
 //! [`in_process::CpuPool`].
 //!
 //! Adding a kind: a module here, an arm in [`Kinds::get`], and an arm in
-//! the proto conversion (`api/convert.rs`).
+//! the proto conversion (`api/convert.rs`). Its spec is a variant of
+//! `JobKind` in `job.rs`, with its tag and its rules, and it is stored by
+//! an arm in `store/record.rs` (with a schema step): the domain model and
+//! the store sit below the runner, so they cannot take the spec from here.
 
 pub mod exec;
 pub mod in_process;
