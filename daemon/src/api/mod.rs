@@ -53,9 +53,13 @@ impl JobsService {
         }
     }
 
-    /// The job with its live progress, in proto form.
+    /// The job with its live progress, in proto form. Only a running job
+    /// can have progress, so only its lookup takes the board's lock (a
+    /// List page would otherwise take it a hundred times).
     fn job(&self, job: &crate::job::Job) -> pb::Job {
-        convert::job_to_proto(job, self.jobs.progress(job.id).as_ref())
+        let running = job.state.tag() == crate::job::StateTag::Running;
+        let progress = running.then(|| self.jobs.progress(job.id)).flatten();
+        convert::job_to_proto(job, progress.as_ref())
     }
 }
 
