@@ -291,16 +291,16 @@ pub async fn run_attempt(
         // A dropped sender means the scheduler is gone: treat as shutdown.
         s = &mut stop => Why::Stopped(s.unwrap_or(Stop::Shutdown)),
     };
-    match why {
-        Why::Ended(_) => {}
-        Why::TimedOut(_) | Why::Stopped(Stop::Shutdown) => {
-            cancel.cancel();
-            running.stop(grace).await;
-        }
-        Why::Stopped(Stop::Cancel { grace }) => {
-            cancel.cancel();
-            running.stop(grace).await;
-        }
+    // A Cancel brings its own grace period; a timeout and a shutdown use
+    // the daemon's.
+    let stop_within = match why {
+        Why::Ended(_) => None,
+        Why::Stopped(Stop::Cancel { grace }) => Some(grace),
+        Why::TimedOut(_) | Why::Stopped(Stop::Shutdown) => Some(grace),
+    };
+    if let Some(grace) = stop_within {
+        cancel.cancel();
+        running.stop(grace).await;
     }
     running.close().await;
     progress.end();
