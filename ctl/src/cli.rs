@@ -89,6 +89,21 @@ pub enum Command {
     },
     /// Show job counts by state
     Stats,
+    /// Remove finished jobs, with their logs, and old events now; limits
+    /// not given are the daemon's configured retention. Queued, scheduled
+    /// and running jobs are never removed
+    Prune {
+        /// Remove finished jobs that finished longer ago than this, such as
+        /// 7d or 12h; 0s removes every finished job
+        #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+        older_than: Option<Duration>,
+        /// Keep at most this many finished jobs, removing the oldest
+        #[arg(long, value_name = "N")]
+        keep: Option<u64>,
+        /// Print what would be removed, and remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// The job kinds `submit` knows.

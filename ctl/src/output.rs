@@ -129,6 +129,21 @@ pub fn progress(p: &Progress) -> String {
         .to_string()
 }
 
+/// A byte count for people, in decimal units: `512 B`, `17.9 MB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 999.95 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// The counts as a JSON object, with the proto's field names.
 pub fn stats_json(stats: &StatsResponse) -> Value {
     json!({

@@ -38,6 +38,45 @@ pub struct Config {
     /// crash, as interrupted, or queued to run again if it was not yet
     /// recorded as running.
     pub commit_linger: Duration,
+    /// How long finished jobs and events are kept.
+    pub retention: Retention,
+}
+
+/// How long finished jobs, and the event log, are kept (`[retention]`).
+/// Queued, scheduled and running jobs are never removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished jobs older than this are removed; `None` keeps them
+    /// whatever their age.
+    pub max_age: Option<Duration>,
+    /// Beyond this many finished jobs, the oldest are removed; `None`
+    /// keeps any number.
+    pub max_finished: Option<u64>,
+    /// Events older than this are removed; `None` keeps them whatever
+    /// their age (the count window, `event_retention`, still applies).
+    pub events_max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            max_age: Some(Duration::from_secs(7 * 86_400)),
+            max_finished: Some(100_000),
+            events_max_age: Some(Duration::from_secs(7 * 86_400)),
+        }
+    }
+}
+
+/// The `[retention]` table of the file. A zero turns a limit off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// See [`Retention::max_age`], as "7d", "12h", ...
+    pub max_age: Option<String>,
+    /// See [`Retention::max_finished`].
+    pub max_finished: Option<u64>,
+    /// See [`Retention::events_max_age`].
+    pub events_max_age: Option<String>,
 }
 
 /// The longest [`Config::commit_linger`] accepted.
@@ -104,6 +143,9 @@ pub struct FileConfig {
     pub default_grace: Option<String>,
     /// See [`Config::commit_linger`].
     pub commit_linger: Option<String>,
+    /// See [`Config::retention`].
+    #[serde(default)]
+    pub retention: RetentionFile,
 }
 
 /// Values given on the command line or in the environment; they win over the
@@ -185,6 +227,7 @@ impl Config {
             retry_max_delay: duration("retry_max_delay", file.retry_max_delay, "1h")?,
             default_grace: duration("default_grace", file.default_grace, "10s")?,
             commit_linger,
+            retention: retention(file.retention)?,
         })
     }
 
@@ -201,8 +244,30 @@ impl Config {
             retry_max_delay: Duration::from_secs(3600),
             default_grace: Duration::from_secs(10),
             commit_linger: Duration::from_millis(10),
+            retention: Retention::default(),
         }
     }
+}
+
+fn retention(file: RetentionFile) -> Result<Retention, ConfigError> {
+    let default = Retention::default();
+    let age = |key, value: Option<String>, default: Option<Duration>| match value {
+        None => Ok(default),
+        Some(text) => duration(key, Some(text), "").map(|d| (!d.is_zero()).then_some(d)),
+    };
+    Ok(Retention {
+        max_age: age("retention.max_age", file.max_age, default.max_age)?,
+        max_finished: match file.max_finished {
+            None => default.max_finished,
+            Some(0) => None,
+            Some(n) => Some(n),
+        },
+        events_max_age: age(
+            "retention.events_max_age",
+            file.events_max_age,
+            default.events_max_age,
+        )?,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -290,6 +355,27 @@ mod tests {
     }
 
     #[test]
+    fn retention_defaults_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.toml");
+        let cfg = load_text(&path, "").unwrap();
+        assert_eq!(cfg.retention.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(cfg.retention.max_finished, Some(100_000));
+        assert_eq!(
+            cfg.retention.events_max_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        let cfg = load_text(
+            &path,
+            "[retention]\nmax_age = \"12h\"\nmax_finished = 0\nevents_max_age = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.retention.max_age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(cfg.retention.max_finished, None);
+        assert_eq!(cfg.retention.events_max_age, None);
+    }
+
+    #[test]
     fn bad_files_are_refused_with_the_key_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.toml");
@@ -302,6 +388,9 @@ mod tests {
                 "commit_linger = \"1s\" is invalid: must be at most 100ms",
             ),
             ("commit_linger = 2", "commit_linger"),
+            ("[retention]\nmax_age = \"a week\"", "retention.max_age"),
+            ("[retention]\nmax_finshed = 5", "max_finshed"),
+            ("[retention]\nmax_finished = -1", "max_finished"),
         ] {
             let err = load_text(&path, text).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod logs;
 pub mod platform;
 pub mod progress;
+pub mod retention;
 pub mod runner;
 pub mod scheduler;
 pub mod server;

@@ -155,13 +155,45 @@ impl LogStore {
         Ok(data)
     }
 
-    /// Deletes a job's files (not used for running jobs).
-    pub fn remove(&self, id: JobId) {
+    /// Deletes a job's files (not used for running jobs). Returns the
+    /// bytes they held.
+    pub fn remove(&self, id: JobId) -> u64 {
+        let mut freed = 0;
         for s in [Stream::Stdout, Stream::Stderr] {
             let (cur, old) = self.paths(id, s);
-            let _ = std::fs::remove_file(cur);
-            let _ = std::fs::remove_file(old);
+            for p in [cur, old] {
+                let len = std::fs::symlink_metadata(&p).map_or(0, |m| m.len());
+                if std::fs::remove_file(&p).is_ok() {
+                    freed += len;
+                }
+            }
         }
+        freed
+    }
+
+    /// The bytes a job's files hold.
+    pub fn size(&self, id: JobId) -> u64 {
+        [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .flat_map(|s| {
+                let (cur, old) = self.paths(id, s);
+                [cur, old]
+            })
+            .map(|p| std::fs::symlink_metadata(p).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// The ids of every job that has files here, from their names.
+    pub fn job_ids(&self) -> std::collections::BTreeSet<JobId> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Default::default();
+        };
+        entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                name.to_str()?.split('.').next()?.parse().ok()
+            })
+            .collect()
     }
 }
 

@@ -19,6 +19,7 @@ use crate::jobs::Jobs;
 use crate::logs::LogStore;
 use crate::platform;
 use crate::progress::ProgressBoard;
+use crate::retention::Retention;
 use crate::runner::in_process::CpuPool;
 use crate::runner::{self, KindEnv, RunnerCtx};
 use crate::scheduler::Scheduler;
@@ -261,8 +262,14 @@ pub async fn run(
     .map_err(|e| DaemonError::Server(format!("cannot start a jobs runtime: {e}")))?;
 
     let jobs = Jobs::new(store.clone(), sched_handle, progress, clock);
+    let retention = Arc::new(Retention::new(
+        store.clone(),
+        logs.clone(),
+        config.retention,
+        clock,
+    ));
     let streams_stop = shutdown.child_token();
-    let service = JobsService::new(jobs, logs, config.clone(), streams_stop);
+    let service = JobsService::new(jobs, logs, retention.clone(), config.clone(), streams_stop);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quern_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -302,6 +309,7 @@ pub async fn run(
     };
 
     recover(&ctx).await?;
+    tracker.spawn(retention.run(shutdown.child_token()));
 
     let sched_stop = shutdown.child_token();
     let sched = scheduler

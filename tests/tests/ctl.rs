@@ -440,3 +440,62 @@ async fn events_replay_a_jobs_changes_as_json_lines() -> Result<()> {
     );
     Ok(())
 }
+
+/// `prune --keep` removes the oldest finished jobs with their logs, never
+/// an unfinished one; `--dry-run` first says so and removes nothing.
+#[tokio::test]
+async fn prune_removes_the_oldest_finished_jobs_and_their_logs() -> Result<()> {
+    let daemon = TestDaemon::builder().concurrency(1).start().await?;
+    let mut client = daemon.client();
+    let mut done = Vec::new();
+    for i in 0..3 {
+        let job =
+            quern_tests::submit(&mut client, quern_tests::sh(&format!("echo out-{i}"))).await?;
+        quern_tests::wait_for_terminal(&mut client, job.id).await?;
+        done.push(job.id);
+    }
+    let sleeper =
+        quern_tests::submit(&mut client, quern_tests::exec_spec(["sleep", "600"])).await?;
+    wait_for_running(&mut client, sleeper.id).await?;
+    let log_dir = daemon.state_dir().join("logs");
+    let first_log = log_dir.join(format!("{}.out", done[0]));
+    ensure!(first_log.exists(), "job {} wrote no log file", done[0]);
+
+    let dry = quernctl_ok(&daemon, &["prune", "--keep", "1", "--dry-run"]).await?;
+    ensure!(
+        dry.starts_with("would remove 2 finished jobs, ") && dry.ends_with(" of logs\n"),
+        "{dry}"
+    );
+    ensure!(
+        get(&mut client, done[0]).await.is_ok(),
+        "a dry run removed a job"
+    );
+
+    let out = quernctl_ok(&daemon, &["--json", "prune", "--keep", "1"]).await?;
+    let pruned = json(&out)?;
+    ensure!(
+        pruned["jobs"] == 2 && pruned["dry_run"] == false,
+        "{pruned}"
+    );
+    // Each job printed "out-N\n": 6 bytes of stdout.
+    ensure!(pruned["log_bytes"] == 12, "{pruned}");
+    for id in &done[..2] {
+        let gone = get(&mut client, *id).await;
+        ensure!(gone.is_err(), "job {id} is still there: {gone:?}");
+    }
+    ensure!(
+        !first_log.exists(),
+        "{} is left behind",
+        first_log.display()
+    );
+    ensure!(
+        get(&mut client, done[2]).await.is_ok(),
+        "the newest finished job stays"
+    );
+    let running = get(&mut client, sleeper.id).await?;
+    ensure!(running.state == JobState::Running as i32, "{running:?}");
+
+    let err = quernctl_err(&daemon, &["prune", "--older-than", "soon"]).await?;
+    ensure!(err.contains("--older-than"), "{err}");
+    Ok(())
+}

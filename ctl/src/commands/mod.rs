@@ -5,6 +5,7 @@ mod events;
 mod get;
 mod list;
 mod logs;
+mod prune;
 mod stats;
 mod submit;
 mod wait;
@@ -47,6 +48,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             progress,
         } => events::run(&mut connect().await?, job, after, progress, json).await,
         Command::Stats => stats::run(&mut connect().await?, json).await,
+        Command::Prune {
+            older_than,
+            keep,
+            dry_run,
+        } => {
+            let request = prune::request(older_than, keep, dry_run);
+            prune::run(&mut connect().await?, request, json).await
+        }
     }
 }
 

@@ -40,6 +40,9 @@ pub mod limits {
     pub const RUN_AT_HORIZON_MICROS: u64 = 10 * 366 * 24 * 3600 * 1_000_000;
     /// Specs per SubmitBatch.
     pub const BATCH: usize = 100_000;
+    /// The longest grace period a Cancel may ask for: a Cancel call waits
+    /// it out, holding its job's stop in the daemon all that time.
+    pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 }
 
 fn ts_to_micros(field: &str, ts: &prost_types::Timestamp) -> Result<Micros, Error> {
@@ -198,7 +201,32 @@ pub fn cancel_from_proto(
         Some(g) => duration("grace", g)?,
         None => default_grace,
     };
+    if grace > limits::GRACE {
+        return Err(Error::invalid(
+            "grace",
+            format!(
+                "is {}, over the limit of 1h; pass a shorter grace period",
+                humantime::format_duration(grace)
+            ),
+        ));
+    }
     Ok((id, grace))
+}
+
+/// The limits of a Prune: each one the request leaves out is the
+/// configured one.
+pub fn prune_from_proto(
+    r: &pb::PruneRequest,
+    configured: crate::config::Retention,
+) -> Result<crate::config::Retention, Error> {
+    Ok(crate::config::Retention {
+        max_age: match &r.older_than {
+            Some(d) => Some(duration("older_than", d)?),
+            None => configured.max_age,
+        },
+        max_finished: r.keep.or(configured.max_finished),
+        events_max_age: configured.events_max_age,
+    })
 }
 
 /// What an Events stream asks for.
@@ -590,6 +618,23 @@ mod tests {
             })),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_cancel_grace_over_an_hour_is_refused_by_name() {
+        let req = |seconds| pb::CancelRequest {
+            id: 1,
+            grace: Some(prost_types::Duration { seconds, nanos: 0 }),
+        };
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            cancel_from_proto(req(3600), ten).unwrap().1,
+            Duration::from_secs(3600)
+        );
+        let err = cancel_from_proto(req(3601), ten).unwrap_err().to_string();
+        assert!(err.starts_with("grace: is 1h 1s, over the limit of 1h"), "{err}");
+        let err = cancel_from_proto(req(i64::MAX), ten).unwrap_err().to_string();
+        assert!(err.starts_with("grace: "), "{err}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::jobs::Jobs;
 use crate::logs::LogStore;
+use crate::retention::Retention;
 use crate::store::EventsPage;
 use feeds::{EventFeed, LogFeed, REPLAY_PAGE};
 
@@ -32,6 +33,7 @@ pub use convert::limits;
 pub struct JobsService {
     jobs: Jobs,
     logs: Arc<LogStore>,
+    retention: Arc<Retention>,
     config: Arc<Config>,
     /// Fires on shutdown, ending long-lived streams.
     shutdown: CancellationToken,
@@ -42,12 +44,14 @@ impl JobsService {
     pub fn new(
         jobs: Jobs,
         logs: Arc<LogStore>,
+        retention: Arc<Retention>,
         config: Arc<Config>,
         shutdown: CancellationToken,
     ) -> JobsService {
         JobsService {
             jobs,
             logs,
+            retention,
             config,
             shutdown,
         }
@@ -200,6 +204,24 @@ impl JobsApi for JobsService {
             &c,
             self.config.concurrency,
         )))
+    }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let r = req.into_inner();
+        let policy = convert::prune_from_proto(&r, self.retention.policy())?;
+        let pruned = self
+            .retention
+            .prune(policy, r.dry_run)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::PruneResponse {
+            jobs: pruned.jobs,
+            events: pruned.events,
+            log_bytes: pruned.log_bytes,
+        }))
     }
 }
 

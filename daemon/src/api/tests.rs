@@ -28,9 +28,16 @@ fn rig() -> Rig {
         ctx.progress.clone(),
         ctx.env.clock,
     );
+    let retention = Arc::new(crate::retention::Retention::new(
+        ctx.store.clone(),
+        ctx.logs.clone(),
+        config.retention,
+        ctx.env.clock,
+    ));
     let service = JobsService::new(
         jobs,
         ctx.logs.clone(),
+        retention,
         Arc::new(config),
         CancellationToken::new(),
     );

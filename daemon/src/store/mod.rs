@@ -22,18 +22,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redb::Database;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::job::{Event, Job, JobId, JobSpec, KindTag, Micros, Outcome, RunRecord, StateTag};
 
 mod inbox;
 mod migrate;
+mod prune;
 mod read;
 mod record;
 mod schema;
 mod tx;
 mod writer;
 
+pub use prune::{MAX_PRUNED, PruneChunk, PruneStep};
 pub use schema::{Counters, DB_FILE, SCHEMA_VERSION};
 pub use writer::Commit;
 use writer::{Linger, Op, Pace, Writer};
@@ -168,6 +170,7 @@ pub struct Store {
     db: Arc<Database>,
     ops: inbox::Sender<Op>,
     events: broadcast::Sender<Event>,
+    finished: watch::Receiver<u64>,
     commits: Arc<AtomicU64>,
     /// For tests: how many of the next transactions fail.
     #[cfg(test)]
@@ -244,6 +247,7 @@ impl Store {
         let (ops, rx) = inbox::channel();
         let (events, _) = broadcast::channel(LIVE_EVENTS);
         let commits = Arc::new(AtomicU64::new(0));
+        let (finished_tx, finished) = watch::channel(counters.finished());
         #[cfg(test)]
         let failing = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let writer = Writer {
@@ -251,6 +255,7 @@ impl Store {
             counters,
             retention: event_retention,
             events: events.clone(),
+            finished: finished_tx,
             linger: linger.max,
             pace: Pace::new(linger.busy_window),
             commits: commits.clone(),
@@ -265,6 +270,7 @@ impl Store {
             db,
             ops,
             events,
+            finished,
             commits,
             #[cfg(test)]
             failing,
@@ -393,6 +399,20 @@ impl Store {
     /// next one is due.
     pub async fn promote_due(&self, now: Micros) -> Result<Option<Micros>> {
         self.call(|reply| Op::Promote { now, reply }).await
+    }
+
+    /// Applies one chunk of a prune pass: removes (or, in a dry run,
+    /// counts) finished jobs and old events, within a bounded amount of
+    /// work. The chunk says how to go on. Logs are not touched: the
+    /// caller deletes those of the jobs removed.
+    pub async fn prune(&self, step: PruneStep) -> Result<PruneChunk> {
+        self.call(|reply| Op::Prune { step, reply }).await
+    }
+
+    /// How many jobs are finished, as committed, updated after every
+    /// commit that changes it.
+    pub fn finished_count(&self) -> watch::Receiver<u64> {
+        self.finished.clone()
     }
 
     /// Commits what is pending and stops the writer; later writes fail with

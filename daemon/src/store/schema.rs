@@ -67,6 +67,13 @@ impl Counters {
         self.counts[tag as usize]
     }
 
+    /// Jobs in a finished state: succeeded, failed or cancelled.
+    pub fn finished(&self) -> u64 {
+        self.count(StateTag::Succeeded)
+            + self.count(StateTag::Failed)
+            + self.count(StateTag::Cancelled)
+    }
+
     /// The newest event's seq, 0 when there has been none.
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1

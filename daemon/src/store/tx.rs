@@ -16,16 +16,16 @@ use crate::job::{Event, Job, JobId, JobSpec, JobState, Micros, Refused};
 
 /// The tables of one write transaction, with the index upkeep in one place.
 pub(super) struct Tx<'t> {
-    jobs: Table<'t, u64, &'static [u8]>,
-    by_state: Table<'t, (u8, u64), ()>,
-    kind_runs: Table<'t, u64, u8>,
-    by_kind: Table<'t, (u8, u64), ()>,
+    pub(super) jobs: Table<'t, u64, &'static [u8]>,
+    pub(super) by_state: Table<'t, (u8, u64), ()>,
+    pub(super) kind_runs: Table<'t, u64, u8>,
+    pub(super) by_kind: Table<'t, (u8, u64), ()>,
     ready: Table<'t, (u32, u64), ()>,
     due: Table<'t, (u64, u64), ()>,
-    idem: Table<'t, &'static str, u64>,
-    checkpoints: Table<'t, u64, &'static [u8]>,
-    events: Table<'t, u64, &'static [u8]>,
-    counters: &'t mut Counters,
+    pub(super) idem: Table<'t, &'static str, u64>,
+    pub(super) checkpoints: Table<'t, u64, &'static [u8]>,
+    pub(super) events: Table<'t, u64, &'static [u8]>,
+    pub(super) counters: &'t mut Counters,
     published: &'t mut Vec<Event>,
     /// Where records are encoded before they are inserted, reused for the
     /// whole batch: a fresh, growing vector per record cost about 5% of the
@@ -167,6 +167,7 @@ impl<'t> Tx<'t> {
                     .map(|(k, _)| k.value().0);
                 pending(reply, Ok(next))
             }
+            Op::Prune { step, reply } => pending(reply, self.prune(step)),
             Op::Close { .. } => unreachable!("close is handled by the writer loop"),
         })
     }
@@ -249,7 +250,7 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
-    fn load(&self, id: JobId) -> Result<Option<Job>> {
+    pub(super) fn load(&self, id: JobId) -> Result<Option<Job>> {
         match self.jobs.get(id).map_err(db_err("read job"))? {
             Some(v) => Ok(Some(decode_job(v.value())?)),
             None => Ok(None),

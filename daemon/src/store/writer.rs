@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redb::Database;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use super::inbox;
+use super::prune::{PruneChunk, PruneStep};
 use super::schema::{Counters, META};
 use super::tx::Tx;
 use super::{Result, StoreError, Submitted, db_err};
@@ -102,6 +103,10 @@ pub(super) enum Op {
         now: Micros,
         reply: oneshot::Sender<Result<Option<Micros>>>,
     },
+    Prune {
+        step: PruneStep,
+        reply: oneshot::Sender<Result<PruneChunk>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -125,6 +130,8 @@ pub(super) struct Writer {
     pub(super) counters: Counters,
     pub(super) retention: u64,
     pub(super) events: broadcast::Sender<Event>,
+    /// How many jobs are finished, as committed.
+    pub(super) finished: watch::Sender<u64>,
     /// [`Store::open`]'s `commit_linger`.
     pub(super) linger: Duration,
     pub(super) pace: Pace,
@@ -284,6 +291,12 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.counters = counters;
+                let finished = counters.finished();
+                self.finished.send_if_modified(|n| {
+                    let changed = *n != finished;
+                    *n = finished;
+                    changed
+                });
                 for r in replies {
                     r(None);
                 }
