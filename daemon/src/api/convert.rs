@@ -632,8 +632,13 @@ mod tests {
             Duration::from_secs(3600)
         );
         let err = cancel_from_proto(req(3601), ten).unwrap_err().to_string();
-        assert!(err.starts_with("grace: is 1h 1s, over the limit of 1h"), "{err}");
-        let err = cancel_from_proto(req(i64::MAX), ten).unwrap_err().to_string();
+        assert!(
+            err.starts_with("grace: is 1h 1s, over the limit of 1h"),
+            "{err}"
+        );
+        let err = cancel_from_proto(req(i64::MAX), ten)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("grace: "), "{err}");
     }
 

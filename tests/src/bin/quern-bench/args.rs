@@ -11,7 +11,7 @@ use crate::scenarios::Scenario;
 const USAGE: &str = "\
 usage: quern-bench <scenario|all>... [options]
 
-scenarios: p1a p1b p1c p2 p3 p4 p5 p6 p6b, or all
+scenarios: p1a p1b p1c p2 p3 p4 p5 p6 p6b p10, or all
 
 options:
   --jobs N         jobs per scenario (default: the issue's full size, see docs/benchmarks.md)
@@ -129,7 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options>
             name => match Scenario::parse(name) {
                 Some(s) => scenarios.push(s),
                 None => bail!(
-                    "unknown scenario {name:?}; expected one of p1a p1b p1c p2 p3 p4 p5 p6 p6b all"
+                    "unknown scenario {name:?}; expected one of p1a p1b p1c p2 p3 p4 p5 p6 p6b p10 all"
                 ),
             },
         }

@@ -35,6 +35,10 @@ const MAX_SOCKET_PATH: usize = 107;
 pub struct DaemonConfig {
     /// The concurrency limit; `None` keeps the daemon's default (CPUs).
     pub concurrency: Option<u32>,
+    /// `retention.max_finished`; `None` keeps the daemon's default.
+    pub max_finished: Option<u64>,
+    /// `event_retention`; `None` keeps the daemon's default.
+    pub event_retention: Option<u64>,
 }
 
 /// How long a start took.
@@ -98,6 +102,13 @@ impl Quernd {
         let mut toml = String::from("# written by quern-bench\n");
         if let Some(n) = config.concurrency {
             toml.push_str(&format!("concurrency = {n}\n"));
+        }
+        if let Some(n) = config.event_retention {
+            toml.push_str(&format!("event_retention = {n}\n"));
+        }
+        // Tables go after the top-level keys.
+        if let Some(n) = config.max_finished {
+            toml.push_str(&format!("[retention]\nmax_finished = {n}\n"));
         }
         std::fs::write(&config_path, toml)
             .with_context(|| format!("cannot write config {}", config_path.display()))?;
@@ -217,6 +228,11 @@ impl Quernd {
             .await
             .context("connecting to quernd timed out")?
             .with_context(|| format!("cannot connect to quernd at {}", self.socket.display()))
+    }
+
+    /// The daemon's state dir.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// The socket the daemon listens on.

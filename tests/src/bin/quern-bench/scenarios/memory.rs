@@ -84,6 +84,7 @@ pub async fn run(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
 async fn queued_memory(ctx: &Ctx<'_>, jobs: u64, run: &mut Run) -> Result<Memory> {
     let config = DaemonConfig {
         concurrency: Some(1),
+        ..DaemonConfig::default()
     };
     let (mut daemon, _) = ctx.start(config).await?;
     let mut client = JobsClient::new(daemon.channel().await?);

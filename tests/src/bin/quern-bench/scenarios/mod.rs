@@ -5,6 +5,7 @@ mod latency;
 mod list;
 mod memory;
 mod restart;
+mod retention;
 mod submit;
 mod throughput;
 
@@ -50,11 +51,13 @@ pub enum Scenario {
     P6,
     /// Restart time after kill -9 with many jobs stored.
     P6b,
+    /// Disk use under a steady stream of jobs, with retention on.
+    P10,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::P1a,
         Scenario::P1b,
         Scenario::P1c,
@@ -64,6 +67,7 @@ impl Scenario {
         Scenario::P5,
         Scenario::P6,
         Scenario::P6b,
+        Scenario::P10,
     ];
 
     /// Finds a scenario by its id, ignoring case.
@@ -85,6 +89,7 @@ impl Scenario {
             Scenario::P5 => "P5",
             Scenario::P6 => "P6",
             Scenario::P6b => "P6b",
+            Scenario::P10 => "P10",
         }
     }
 
@@ -100,6 +105,7 @@ impl Scenario {
             Scenario::P5 => "daemon peak RSS with N queued jobs vs 1k",
             Scenario::P6 => "restart (SIGTERM, start) with N jobs stored, until SERVING",
             Scenario::P6b => "restart after kill -9 with N jobs stored, until SERVING",
+            Scenario::P10 => "store and log dir size as N no-op jobs run, keeping N/10 finished",
         }
     }
 
@@ -112,7 +118,7 @@ impl Scenario {
             Scenario::P1c => 10_000,
             Scenario::P2 => 1_000,
             Scenario::P3 => 20_000,
-            Scenario::P4 | Scenario::P5 | Scenario::P6 | Scenario::P6b => 1_000_000,
+            Scenario::P4 | Scenario::P5 | Scenario::P6 | Scenario::P6b | Scenario::P10 => 1_000_000,
         }
     }
 
@@ -128,6 +134,7 @@ impl Scenario {
             Scenario::P5 => memory::run(ctx, jobs).await,
             Scenario::P6 => restart::run(ctx, jobs, restart::Stop::Term).await,
             Scenario::P6b => restart::run(ctx, jobs, restart::Stop::Kill).await,
+            Scenario::P10 => retention::run(ctx, jobs).await,
         };
         run.with_context(|| format!("scenario {} failed", self.id()))
     }
