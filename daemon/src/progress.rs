@@ -73,6 +73,12 @@ impl ProgressBoard {
         }
     }
 
+    /// Forgets `job`'s latest progress: for an attempt that ended without
+    /// ending its sink (its task panicked).
+    pub fn forget(&self, job: JobId) {
+        lock(&self.latest).remove(&job);
+    }
+
     /// The latest progress passed on for `job`, while its attempt runs.
     pub fn get(&self, job: JobId) -> Option<Progress> {
         lock(&self.latest).get(&job).cloned()

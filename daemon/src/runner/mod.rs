@@ -357,6 +357,45 @@ async fn record(
         .await
 }
 
+/// Records that attempt `attempt` of job `id` ended in a panic of its task,
+/// which `message` describes: the job fails for good (the same attempt
+/// would most likely panic again), and what the attempt held in memory,
+/// its live output and progress, is let go. A bug in quernd, so it says
+/// so, but one job's bug must not take its slot or a Cancel with it.
+pub async fn record_panic(
+    ctx: &RunnerCtx,
+    id: JobId,
+    attempt: u32,
+    message: &str,
+) -> Result<Job, StoreError> {
+    tracing::error!(
+        job = id,
+        attempt,
+        panic = message,
+        "a job's task panicked; the job is failed"
+    );
+    ctx.logs.finish(id);
+    ctx.progress.forget(id);
+    let outcome = Outcome::Failed {
+        exit_code: None,
+        error: format!("internal error: {message}; this is a bug in quernd, please report it"),
+        retry_at: None,
+    };
+    let at = ctx.env.clock.now_micros();
+    ctx.store
+        .finish(id, attempt, None, outcome, at, Commit::Now)
+        .await
+}
+
+/// The message a panic was raised with, if it was a string.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
 async fn sleep_or_forever(clock: &crate::clock::Clock, d: Option<Duration>) {
     match d {
         Some(d) => clock.sleep(d).await,

@@ -30,3 +30,53 @@ where
 {
     Kinds::every_job_as(Arc::new(Scripted(script)))
 }
+
+/// Where [`panicking`] panics: a bug in quernd's own code around a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PanicAt {
+    /// In `Kind::start`.
+    Start,
+    /// In `Attempt::stop`: the attempt runs until stopped.
+    Stop,
+}
+
+/// A kind that panics at `at`, in the runner's task itself rather than in
+/// work of its own (whose panic its task would catch).
+pub(crate) fn panicking(at: PanicAt) -> Kinds {
+    Kinds::every_job_as(Arc::new(Panicking(at)))
+}
+
+struct Panicking(PanicAt);
+
+impl Kind for Panicking {
+    fn start(&self, _spec: &JobSpec, _ctx: AttemptCtx) -> Result<Box<dyn Attempt>, String> {
+        match self.0 {
+            PanicAt::Start => panic!("boom at start"),
+            PanicAt::Stop => Ok(Box::new(PanicOnStop)),
+        }
+    }
+
+    fn recover(&self, _run: &RunRecord) -> Option<String> {
+        None
+    }
+}
+
+struct PanicOnStop;
+
+impl Attempt for PanicOnStop {
+    fn record(&self) -> RunRecord {
+        RunRecord::InProcess
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Ended> {
+        Box::pin(std::future::pending())
+    }
+
+    fn stop(&mut self, _grace: std::time::Duration) -> BoxFuture<'_, ()> {
+        panic!("boom on stop")
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}

@@ -3,9 +3,11 @@
 //! which the admission policy bounds.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -15,7 +17,7 @@ use super::handle::{Msg, SchedulerHandle};
 use super::lock;
 use crate::admission::Admission;
 use crate::job::{Job, JobId, StateTag};
-use crate::runner::{RunnerCtx, Stop, run_attempt};
+use crate::runner::{RunnerCtx, Stop, panic_message, record_panic, run_attempt};
 use crate::store::StoreError;
 
 /// How long job starts pause after the store failed to record a job.
@@ -189,12 +191,22 @@ impl Core {
             let core = self.clone();
             move || core.released(id)
         };
+        let attempt = job.attempts + 1;
         // On a job thread's runtime, where the job process is forked: see
         // runner::exec::spawn for why that matters.
         self.threads[thread].spawn(self.tracker.track_future(async move {
             #[cfg(test)]
             super::tests::Placed::ran(&core.placed, id);
-            let result = run_attempt(core.ctx.clone(), job, stop_rx, released).await;
+            let ctx = core.ctx.clone();
+            // A panic in the attempt must still end the job, free its slot
+            // and answer its Cancel: `exited` does all three.
+            let run = AssertUnwindSafe(run_attempt(ctx.clone(), job, stop_rx, released))
+                .catch_unwind()
+                .await;
+            let result = match run {
+                Ok(result) => result,
+                Err(panic) => record_panic(&ctx, id, attempt, panic_message(&*panic)).await,
+            };
             core.exited(id, result).await;
         }));
     }

@@ -533,3 +533,50 @@ async fn a_long_analysis_delays_neither_a_start_nor_a_cancel() {
     Here::wait(&mut events, 1, StateTag::Succeeded).await;
     here.stop().await;
 }
+
+/// A panic in the runner's own code around a job (here, in a test kind's
+/// `start` and `stop`) fails that job with an internal error, gives its
+/// slot to the next job, and answers a Cancel that was waiting on it.
+#[tokio::test]
+async fn a_job_whose_task_panics_fails_frees_its_slot_and_answers_its_cancel() {
+    // Without the fix, the slot leaks and the waits below never end.
+    let run = async {
+        use crate::runner::testing::{PanicAt, panicking};
+        for at in [PanicAt::Start, PanicAt::Stop] {
+            let here = Here::start(1, panicking(at), |_| {});
+            let mut events = here.jobs.subscribe();
+            let first = here.submit(job(JobState::Queued).spec).await;
+            if at == PanicAt::Stop {
+                Here::wait(&mut events, first.id, StateTag::Running).await;
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    here.jobs.cancel(first.id, Duration::ZERO),
+                )
+                .await
+                .expect("the Cancel of a job whose stop panicked was answered");
+                // Its answer is the job as the panic left it: failed, so the
+                // Cancel stopped nothing.
+                let err = answer.unwrap_err().to_string();
+                assert!(err.contains("failed"), "{err}");
+            }
+            let ended = Here::wait(&mut events, first.id, StateTag::Failed).await;
+            let want = match at {
+                PanicAt::Start => "internal error: boom at start; this is a bug in quernd",
+                PanicAt::Stop => "internal error: boom on stop; this is a bug in quernd",
+            };
+            assert!(ended.error.starts_with(want), "{at:?}: {}", ended.error);
+            assert_eq!(here.jobs.get(first.id).await.unwrap().attempts, 1);
+            // The one slot is free again: the next job gets it.
+            let second = here.submit(job(JobState::Queued).spec).await;
+            let next = match at {
+                PanicAt::Start => StateTag::Failed,
+                PanicAt::Stop => StateTag::Running,
+            };
+            Here::wait(&mut events, second.id, next).await;
+            here.stop().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("every job ended, and the Cancel was answered");
+}
