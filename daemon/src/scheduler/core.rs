@@ -23,6 +23,13 @@ use crate::store::StoreError;
 /// How long job starts pause after the store failed to record a job.
 pub(super) const STORE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 
+/// The first wait before the ready index is read again after a read
+/// failed; each failure in a row doubles it, up to [`READ_RETRY_MAX`].
+pub(super) const READ_RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// The longest wait between reads of a failing ready index.
+pub(super) const READ_RETRY_MAX: Duration = Duration::from_secs(5);
+
 pub(super) struct Running {
     pub(super) stop: Option<oneshot::Sender<Stop>>,
     pub(super) waiters: Vec<oneshot::Sender<Result<Job, StoreError>>>,
@@ -51,6 +58,9 @@ pub(super) struct Slots {
     pub(super) cancelling: Vec<JobId>,
     /// Shutting down: nothing more starts.
     pub(super) stopping: bool,
+    /// The wait before the next read of the ready index, after reads
+    /// failed in a row; zero after a read succeeds.
+    pub(super) read_retry: Duration,
 }
 
 impl Slots {
@@ -151,10 +161,20 @@ impl Core {
             // Read under the lock, so that two threads never pick the same
             // job: one bounded read of the ready index.
             let jobs = match self.ctx.store.ready(free, &skip) {
-                Ok(j) => j,
+                Ok(j) => {
+                    s.read_retry = Duration::ZERO;
+                    j
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "reading ready jobs failed");
-                    s.maybe_ready = false;
+                    // Queued jobs must not sit idle until something else
+                    // happens: read again after a pause, which the
+                    // scheduler's timer covers, and longer each time.
+                    s.read_retry = (s.read_retry * 2).clamp(READ_RETRY_FIRST, READ_RETRY_MAX);
+                    tracing::error!(error = %e, retry_in = ?s.read_retry, "reading ready jobs failed");
+                    s.paused_until = Some(Instant::now() + s.read_retry);
+                    // This may run on a job's thread, while the scheduler
+                    // sleeps on a timer set before the pause.
+                    let _ = self.handle.tx.send(Msg::Wake);
                     return;
                 }
             };

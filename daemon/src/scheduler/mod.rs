@@ -90,6 +90,7 @@ impl Scheduler {
             paused_until: None,
             cancelling: Vec::new(),
             stopping: false,
+            read_retry: std::time::Duration::ZERO,
         };
         let core = Arc::new(Core {
             ctx,

@@ -580,3 +580,26 @@ async fn a_job_whose_task_panics_fails_frees_its_slot_and_answers_its_cancel() {
         .await
         .expect("every job ended, and the Cancel was answered");
 }
+
+/// A failed read of the ready index is retried on its own, with a growing
+/// pause: the queued job runs without anything else waking the scheduler.
+#[tokio::test]
+async fn a_failed_read_of_the_ready_index_is_retried() {
+    let here = Here::start(1, holding(), |_| {});
+    let mut events = here.jobs.subscribe();
+    here.ctx.store.fail_next_ready_reads(3);
+    let queued = here.submit(job(JobState::Queued).spec).await;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Here::wait(&mut events, queued.id, StateTag::Running),
+    )
+    .await
+    .expect("the job started once the reads succeeded again");
+    // All three failures were met on the way.
+    assert_eq!(
+        here.ctx.store.ready_reads_to_fail(),
+        0,
+        "the job ran without the reads failing"
+    );
+    here.stop().await;
+}

@@ -175,6 +175,9 @@ pub struct Store {
     /// For tests: how many of the next transactions fail.
     #[cfg(test)]
     failing: Arc<std::sync::atomic::AtomicU32>,
+    /// For tests: how many of the next reads of ready jobs fail.
+    #[cfg(test)]
+    failing_reads: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Capacity of the live event channel. A subscriber that falls further
@@ -274,6 +277,8 @@ impl Store {
             commits,
             #[cfg(test)]
             failing,
+            #[cfg(test)]
+            failing_reads: Arc::default(),
         })
     }
 
@@ -437,6 +442,19 @@ impl Store {
         self.failing.store(n, Ordering::Relaxed);
     }
 
+    /// For tests: the next `n` reads of ready jobs fail, as a failing disk
+    /// would make them.
+    #[cfg(test)]
+    pub(crate) fn fail_next_ready_reads(&self, n: u32) {
+        self.failing_reads.store(n, Ordering::Relaxed);
+    }
+
+    /// For tests: how many of the reads set to fail are still to come.
+    #[cfg(test)]
+    pub(crate) fn ready_reads_to_fail(&self) -> u32 {
+        self.failing_reads.load(Ordering::Relaxed)
+    }
+
     /// Live events, published after each commit.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -489,6 +507,17 @@ impl Store {
     /// read (quern-bench p3: 0.72-0.78 ms of daemon CPU per job with the
     /// hop, 0.66-0.68 without).
     pub fn ready(&self, limit: usize, skip: &HashSet<JobId>) -> Result<Vec<Job>> {
+        #[cfg(test)]
+        if self
+            .failing_reads
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Db {
+                op: "read ready jobs",
+                detail: "failed on purpose by a test".into(),
+            });
+        }
         read::ready_jobs(&self.db, limit, skip)
     }
 
