@@ -24,6 +24,9 @@ pub enum Error {
     /// An Events resume point older than the retained window.
     #[error("{0}")]
     OutOfRange(String),
+    /// Out of a resource the caller can free, such as disk space.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The daemon is shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -47,6 +50,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::NotFound(id) => Error::NotFound(id),
             StoreError::WrongState { .. } => Error::FailedPrecondition(e.to_string()),
+            StoreError::NoSpace { .. } => Error::ResourceExhausted(e.to_string()),
             StoreError::Closed => {
                 Error::Unavailable("quernd is shutting down; retry once it is back".into())
             }

@@ -66,6 +66,30 @@ pub enum StoreError {
         /// What redb or the check said.
         detail: String,
     },
+    /// The file could not be opened for a reason of the file system, such
+    /// as its permissions or a failing disk: not a judgement of its
+    /// contents.
+    #[error(
+        "cannot open database {path}: {detail}; check the file's permissions, its owner and the disk (nothing in it was changed)"
+    )]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        detail: String,
+    },
+    /// The disk holding the state dir is full: a write was not made.
+    #[error(
+        "no space left on the disk of {dir} ({free} bytes free): nothing was written; free some space on that disk{restart}"
+    )]
+    NoSpace {
+        /// The state dir.
+        dir: PathBuf,
+        /// Bytes free for the daemon's user, as statvfs says.
+        free: u64,
+        /// Empty, or what else it takes once space is free.
+        restart: &'static str,
+    },
     /// The file was written by a newer quernd.
     #[error(
         "database {path} has schema version {found}, written by a newer quernd; this quernd understands versions up to {SCHEMA_VERSION}: upgrade quernd to open it (nothing in the file was changed)"
@@ -123,6 +147,35 @@ fn db_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> StoreError {
         op,
         detail: e.to_string(),
     }
+}
+
+/// Why the database would not open: in use, unreadable (permissions, I/O),
+/// or damaged. Only the last is advice to move the file aside; telling
+/// that to someone whose healthy file is merely unreadable could cost them
+/// their queue.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_path_buf(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Unreadable {
+            path: path.to_path_buf(),
+            detail: io.to_string(),
+        },
+        other => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Bytes free for an unprivileged user on the file system of `dir`.
+// The field types of statvfs differ between platforms.
+#[allow(clippy::useless_conversion)]
+pub(crate) fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir).map_or(0, |s| {
+        u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size()))
+    })
 }
 
 /// The result of storing one submitted spec.
@@ -236,13 +289,7 @@ impl Store {
         } else {
             builder.open(&path)
         };
-        let db = opened.map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            other => StoreError::Corrupt {
-                path: path.clone(),
-                detail: other.to_string(),
-            },
-        })?;
+        let db = opened.map_err(|e| open_error(&path, e))?;
         // Jobs from before owners were recorded were all submitted by the
         // daemon's own user (see `migrate`).
         let counters = schema::open(&db, &path, nix::unistd::getuid().as_raw())?;
@@ -262,6 +309,8 @@ impl Store {
             linger: linger.max,
             pace: Pace::new(linger.busy_window),
             commits: commits.clone(),
+            dir: state_dir.to_path_buf(),
+            out_of_space: false,
             #[cfg(test)]
             failing: failing.clone(),
         };

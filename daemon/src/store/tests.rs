@@ -1,6 +1,7 @@
 //! The store's tests: real files in temporary directories.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::writer::{BUSY_WINDOW, LINGER_MIN_OPS, Linger, Pace};
@@ -537,4 +538,33 @@ async fn list_by_kind_follows_the_runs_of_the_kind_index() {
             }
         }
     }
+}
+
+/// A file the daemon may not read, or a failing disk, is reported as what
+/// it is: never as corrupt, whose advice (move it aside) could cost a
+/// healthy queue.
+#[test]
+fn an_unreadable_database_is_not_called_corrupt() {
+    let path = Path::new("/state/quern.redb");
+    for errno in [libc::EACCES, libc::EIO, libc::EROFS] {
+        let io = std::io::Error::from_raw_os_error(errno);
+        let e = open_error(
+            path,
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)),
+        );
+        let msg = e.to_string();
+        assert!(matches!(e, StoreError::Unreadable { .. }), "{msg}");
+        assert!(
+            msg.starts_with("cannot open database /state/quern.redb: ")
+                && msg.contains("check the file's permissions")
+                && !msg.contains("corrupt")
+                && !msg.contains("move it aside"),
+            "{msg}"
+        );
+    }
+    let corrupt = open_error(
+        path,
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted("bad page".into())),
+    );
+    assert!(matches!(corrupt, StoreError::Corrupt { .. }), "{corrupt}");
 }

@@ -113,6 +113,21 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// Answers the op with `e`, unapplied.
+    pub(super) fn fail(self, e: StoreError) {
+        match self {
+            Op::Submit { reply, .. } => drop(reply.send(Err(e))),
+            Op::MarkRunning { reply, .. }
+            | Op::Finish { reply, .. }
+            | Op::CancelPending { reply, .. } => drop(reply.send(Err(e))),
+            Op::SaveCheckpoint { reply, .. } => drop(reply.send(Err(e))),
+            Op::Promote { reply, .. } => drop(reply.send(Err(e))),
+            Op::Prune { reply, .. } => drop(reply.send(Err(e))),
+            // Handled by the writer's loop; never in a batch.
+            Op::Close { reply } => drop(reply.send(())),
+        }
+    }
+
     /// Whether the writer may hold this op back to group it with others.
     /// Only the runner marks jobs running, so those always may.
     pub(super) fn may_wait(&self) -> bool {
@@ -137,6 +152,12 @@ pub(super) struct Writer {
     pub(super) pace: Pace,
     /// Transactions committed since open.
     pub(super) commits: Arc<AtomicU64>,
+    /// The state dir, named when its disk is full.
+    pub(super) dir: std::path::PathBuf,
+    /// A write failed for want of space. redb then refuses every later
+    /// write until the database is opened again, which for now takes a
+    /// restart of quernd; later failures still name the cause.
+    pub(super) out_of_space: bool,
     /// See [`Store::fail_next_commits`].
     #[cfg(test)]
     pub(super) failing: Arc<std::sync::atomic::AtomicU32>,
@@ -251,19 +272,49 @@ impl Writer {
         self.pace.note(Instant::now(), grouped);
     }
 
+    /// What a failed write means to the caller: a full disk is said to
+    /// be one, with the free space, since it is the caller's to fix.
+    fn write_error(&mut self, op: &'static str, e: impl Into<redb::Error>) -> StoreError {
+        let e: redb::Error = e.into();
+        let no_space = match &e {
+            redb::Error::Io(io) => {
+                matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            }
+            // An earlier failed write latched the file as failed.
+            redb::Error::PreviousIo => self.out_of_space,
+            _ => false,
+        };
+        if !no_space {
+            return db_err(op)(e);
+        }
+        self.out_of_space = true;
+        StoreError::NoSpace {
+            free: super::free_bytes(&self.dir),
+            dir: self.dir.clone(),
+            restart: ", then restart quernd",
+        }
+    }
+
     fn commit_batch(&mut self, ops: Vec<Op>) {
         let mut counters = self.counters;
         let mut published = Vec::new();
         let mut replies: Vec<Pending> = Vec::with_capacity(ops.len());
+        // Ops not yet applied when the transaction fails are answered with
+        // its error too: dropping one would read to its caller as a daemon
+        // shutting down.
+        let mut ops = ops.into_iter();
         let result = (|| -> Result<()> {
-            let mut txn = self.db.begin_write().map_err(db_err("begin write"))?;
+            let mut txn = self
+                .db
+                .begin_write()
+                .map_err(|e| self.write_error("begin write", e))?;
             // Quick repair keeps the allocator state in each commit, so that
             // a restart after kill -9 or power loss opens at once instead of
             // walking the whole file.
             txn.set_quick_repair(true);
             {
                 let mut tx = Tx::open(&txn, &mut counters, &mut published)?;
-                for op in ops {
+                for op in ops.by_ref() {
                     replies.push(tx.apply(op)?);
                 }
                 tx.prune_events(self.retention)?;
@@ -284,7 +335,7 @@ impl Writer {
                     detail: "failed on purpose by a test".into(),
                 });
             }
-            txn.commit().map_err(db_err("commit"))?;
+            txn.commit().map_err(|e| self.write_error("commit", e))?;
             self.commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })();
@@ -309,6 +360,9 @@ impl Writer {
                 tracing::error!(error = %e, "store transaction failed; nothing in it was written");
                 for r in replies {
                     r(Some(e.clone()));
+                }
+                for op in ops {
+                    op.fail(e.clone());
                 }
             }
         }
