@@ -31,6 +31,9 @@
 //!   sequence h2 will refuse, a block that does not decode, one over
 //!   [`MAX_BLOCK`]) turns it off for the rest of the connection: the bytes
 //!   go on untouched and h2 judges them as it would without the layer.
+//!   The one exception is a block that does not decode once blocks are
+//!   being rewritten: h2 would read it against a table that no longer
+//!   matches the client's, so the connection ends with an error instead.
 //!
 //! Patching h2 is ruled out (no vendored dependencies), and nothing in
 //! tonic or hyper runs before h2 checks the authority, so the byte stream
@@ -119,6 +122,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFilter<T> {
                 buf.put_slice(&this.ready[..n]);
                 this.ready.advance(n);
                 return Poll::Ready(Ok(()));
+            }
+            if this.scan.state == State::Broken {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a client header block does not decode after its :authority was rewritten; closing the connection",
+                )));
             }
             if !this.unscanned.is_empty() {
                 if let Some(n) = this.scan.passing(&this.unscanned, buf.remaining()) {
@@ -237,6 +246,10 @@ enum State {
     Hold(usize),
     /// Everything passes as it is, for the rest of the connection.
     Off,
+    /// A block did not decode after h2's table stopped following the
+    /// client's: nothing more can be passed on safely (h2 would read the
+    /// client's references into its own table), so the connection ends.
+    Broken,
 }
 
 /// The client-to-server half of the layer, free of I/O: finds frame
@@ -333,7 +346,7 @@ impl Scanner {
                 };
                 Some(n)
             }
-            State::Hold(_) => None,
+            State::Hold(_) | State::Broken => None,
             State::FrameHead => {
                 if self.in_block {
                     return None;
@@ -400,16 +413,26 @@ impl Scanner {
             }
             // Only called where `passing` said no, which these never do.
             State::Preface(_) | State::Pass(_) | State::Off => Some(0),
+            State::Broken => None,
         }
     }
 
     /// Hands over whatever is held, as received, and passes everything
-    /// from now on.
+    /// from now on. The decoder's table and the buffers are let go: they
+    /// are not needed again.
     fn give_up(&mut self, out: &mut BytesMut) {
         out.extend_from_slice(&self.block);
-        self.block.clear();
         self.in_block = false;
         self.state = State::Off;
+        self.release();
+    }
+
+    fn release(&mut self) {
+        self.block = Vec::new();
+        self.fragment = Vec::new();
+        self.encoded = Vec::new();
+        self.last_valid = Vec::new();
+        self.decoder = loona_hpack::Decoder::new();
     }
 
     /// At the end of the client's bytes: whatever is held goes to h2.
@@ -458,8 +481,15 @@ impl Scanner {
         });
         if let Err(e) = decoded {
             // The table may now differ from the client's: stop decoding.
-            tracing::debug!(error = %e, "client header block does not decode; passing the connection through");
-            self.give_up(out);
+            if self.rewriting {
+                tracing::debug!(error = %e, "client header block does not decode; closing the connection");
+                self.state = State::Broken;
+                self.release();
+            } else {
+                // Untouched so far: h2 can judge the block itself.
+                tracing::debug!(error = %e, "client header block does not decode; passing the connection through");
+                self.give_up(out);
+            }
             return;
         }
         if replaced.is_none() && !self.rewriting {

@@ -529,6 +529,38 @@ async fn what_the_filter_cannot_follow_passes_untouched_for_h2_to_judge() {
 }
 
 #[tokio::test]
+async fn a_block_that_does_not_decode_after_a_rewrite_ends_the_connection() {
+    let fields = call("/tmp/x.sock", "/a.B/C", &[]);
+    let first = request(1, &encode(&mut Encoder::new(), &fields));
+    let mut input = start();
+    input.extend_from_slice(&first);
+    // An index past the end of the client's table.
+    input.extend(frame(HEADERS, END_HEADERS, 3, &[0x82, 0x80 | 0x70]));
+    input.extend(frame(DATA, END_STREAM, 3, &[0, 0, 0, 0, 0]));
+    let mut filter = AuthorityFilter::new(Client::new(vec![input], false));
+    let mut out = Vec::new();
+    let err = loop {
+        let mut buf = [0; 4096];
+        match filter.read(&mut buf).await {
+            Ok(0) => panic!("the connection ended without an error"),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    let (blocks, others) = as_h2_sees(&out);
+    assert_eq!(
+        blocks,
+        [fixed(fields)],
+        "the first request got through, rewritten"
+    );
+    assert!(
+        others.iter().all(|f| f.stream != 3),
+        "nothing of the broken request reached h2: {others:?}"
+    );
+}
+
+#[tokio::test]
 async fn random_frames_never_panic_or_lose_a_byte_outside_header_blocks() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for _ in 0..300 {
