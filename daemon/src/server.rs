@@ -25,6 +25,9 @@ use crate::runner::{self, KindEnv, RunnerCtx};
 use crate::scheduler::Scheduler;
 use crate::store::{Commit, Store, StoreError};
 
+mod authority;
+use authority::AuthorityFilter;
+
 /// Largest gRPC message accepted. Above one spec's own 1 MiB limit so that
 /// big batches fit, and so that an oversized spec gets a precise
 /// INVALID_ARGUMENT from validation rather than a transport error.
@@ -279,17 +282,21 @@ pub async fn run(
     // Only our own user may talk to us. The socket's mode already says so;
     // this also holds if someone loosens it.
     let me = nix::unistd::getuid().as_raw();
-    let incoming = UnixListenerStream::new(listener).filter(move |conn| match conn {
-        Ok(stream) => match stream.peer_cred() {
-            Ok(cred) if cred.uid() == me => true,
-            Ok(cred) => {
-                tracing::warn!(uid = cred.uid(), "refused a connection from another user");
-                false
-            }
-            Err(_) => false,
-        },
-        Err(_) => true,
-    });
+    let incoming = UnixListenerStream::new(listener)
+        .filter(move |conn| match conn {
+            Ok(stream) => match stream.peer_cred() {
+                Ok(cred) if cred.uid() == me => true,
+                Ok(cred) => {
+                    tracing::warn!(uid = cred.uid(), "refused a connection from another user");
+                    false
+                }
+                Err(_) => false,
+            },
+            Err(_) => true,
+        })
+        // Clients such as grpcio send the socket path as :authority, which h2
+        // refuses; the filter gives h2 `localhost` instead (see its module).
+        .map(|conn| conn.map(AuthorityFilter::new));
 
     let tracker = TaskTracker::new();
     let server_stop = shutdown.child_token();
