@@ -33,6 +33,12 @@ use authority::AuthorityFilter;
 /// INVALID_ARGUMENT from validation rather than a transport error.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Most requests one connection may have open at once, streams included;
+/// the server says so in its HTTP/2 settings, and a client's further
+/// requests wait for one to end. Bounds what one client can make the daemon
+/// hold, well above what a client follows at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Errors that stop the daemon from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -171,12 +177,22 @@ const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 async fn open_store(config: &Config) -> Result<Store, StoreError> {
     let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
     loop {
-        match Store::open(
-            &config.state_dir,
+        // Opening reads the file, and may migrate it: seconds, for a large
+        // store, that must not hold a runtime thread.
+        let (dir, retention, cache, linger) = (
+            config.state_dir.clone(),
             config.event_retention,
             config.db_cache_bytes,
             config.commit_linger,
-        ) {
+        );
+        let opened =
+            tokio::task::spawn_blocking(move || Store::open(&dir, retention, cache, linger))
+                .await
+                .map_err(|e| StoreError::Db {
+                    op: "open",
+                    detail: e.to_string(),
+                })?;
+        match opened {
             Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
@@ -304,6 +320,7 @@ pub async fn run(
         let stop = server_stop.clone();
         tracker.spawn(
             tonic::transport::Server::builder()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(

@@ -203,3 +203,39 @@ async fn a_socket_path_as_authority_is_answered() -> Result<()> {
     }
     Ok(())
 }
+
+/// The daemon bounds what one connection can make it hold: its first
+/// SETTINGS frame limits concurrent streams to 256.
+#[tokio::test]
+async fn a_connection_is_limited_to_256_concurrent_streams() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut conn = UnixStream::connect(daemon.socket()).await?;
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    conn.write_all(&hello).await?;
+    let read = async {
+        let mut head = [0u8; 9];
+        conn.read_exact(&mut head).await?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).await?;
+        anyhow::Ok((head[3], payload))
+    };
+    let (kind, payload) = tokio::time::timeout(WAIT, read)
+        .await
+        .context("no SETTINGS from quernd")??;
+    ensure!(
+        kind == SETTINGS,
+        "the server's first frame is of type {kind}"
+    );
+    // SETTINGS_MAX_CONCURRENT_STREAMS is parameter 3.
+    let limit = payload
+        .chunks_exact(6)
+        .find(|p| u16::from_be_bytes([p[0], p[1]]) == 3)
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+    ensure!(
+        limit == Some(256),
+        "SETTINGS_MAX_CONCURRENT_STREAMS is {limit:?}"
+    );
+    Ok(())
+}
