@@ -51,6 +51,7 @@ impl From<StoreError> for Error {
             StoreError::NotFound(id) => Error::NotFound(id),
             StoreError::WrongState { .. } => Error::FailedPrecondition(e.to_string()),
             StoreError::NoSpace { .. } => Error::ResourceExhausted(e.to_string()),
+            StoreError::Failed { .. } => Error::Unavailable(e.to_string()),
             StoreError::Closed => {
                 Error::Unavailable("quernd is shutting down; retry once it is back".into())
             }

@@ -347,7 +347,18 @@ pub async fn run(
     platform::notify_ready();
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), concurrency = config.concurrency, "quernd ready");
 
-    shutdown.cancelled().await;
+    // A store that can no longer write stops the daemon, with an error,
+    // so that a service manager restarts it: serving reads while every
+    // write fails would look healthy and lose work.
+    let store_failed = store.failed();
+    let failure = tokio::select! {
+        () = shutdown.cancelled() => None,
+        () = store_failed.cancelled() => store.failure(),
+    };
+    if let Some(e) = &failure {
+        tracing::error!(error = %e, "quernd stops: its store failed");
+        shutdown.cancel();
+    }
     tracing::info!("shutting down");
     platform::notify_stopping();
     health
@@ -363,6 +374,9 @@ pub async fn run(
     tracker.wait().await;
     store.close().await;
     tracing::info!("stopped");
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(DaemonError::Server(e.to_string())),
@@ -514,5 +528,72 @@ mod tests {
         let store = open_store(&config).await;
         reap(child);
         assert!(store.is_ok(), "{:?}", store.err());
+    }
+
+    /// A store whose writer dies stops the daemon: health goes NOT_SERVING,
+    /// writes are UNAVAILABLE naming the cause, and `run` fails, so that
+    /// quernd exits non-zero and its service manager restarts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_whose_writer_dies_stops_the_daemon_with_an_error() {
+        use quern_proto::v1::jobs_client::JobsClient;
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_dir(dir.path());
+        crate::store::PANIC_AT_FIRST_COMMIT
+            .lock()
+            .unwrap()
+            .push(config.state_dir.clone());
+        let listener = tokio::net::UnixListener::from_std(bind(&config.socket).unwrap()).unwrap();
+        let socket = config.socket.clone();
+        let daemon = tokio::spawn(run(config, listener, CancellationToken::new()));
+
+        let test = async {
+            let channel = quern_proto::connect(&socket).await.unwrap();
+            let mut watch = HealthClient::new(channel.clone())
+                .watch(HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            // Boot is done when health says SERVING.
+            while watch.message().await.unwrap().unwrap().status != ServingStatus::Serving as i32 {}
+            let spec = quern_proto::v1::JobSpec {
+                kind: Some(quern_proto::v1::job_spec::Kind::Exec(
+                    quern_proto::v1::ExecSpec {
+                        argv: vec!["true".into()],
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            };
+            let refused = JobsClient::new(channel)
+                .submit(quern_proto::v1::SubmitRequest { spec: Some(spec) })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+            assert!(
+                refused
+                    .message()
+                    .contains("its writer thread panicked: panicked on purpose by a test"),
+                "{}",
+                refused.message()
+            );
+            // Health says so before the server goes.
+            let next = watch.message().await.unwrap().unwrap();
+            assert_eq!(next.status, ServingStatus::NotServing as i32);
+            // The server's drain waits for open streams to end.
+            drop(watch);
+            match daemon.await.unwrap() {
+                Err(DaemonError::Store(StoreError::Failed { cause })) => {
+                    assert!(cause.contains("panicked on purpose"), "{cause}")
+                }
+                other => panic!("run ended with {other:?}"),
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), test)
+            .await
+            .expect("the daemon stopped");
     }
 }

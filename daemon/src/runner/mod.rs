@@ -387,15 +387,6 @@ pub async fn record_panic(
         .await
 }
 
-/// The message a panic was raised with, if it was a string.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message")
-}
-
 async fn sleep_or_forever(clock: &crate::clock::Clock, d: Option<Duration>) {
     match d {
         Some(d) => clock.sleep(d).await,

@@ -17,7 +17,8 @@ use super::handle::{Msg, SchedulerHandle};
 use super::lock;
 use crate::admission::Admission;
 use crate::job::{Job, JobId, StateTag};
-use crate::runner::{RunnerCtx, Stop, panic_message, record_panic, run_attempt};
+use crate::platform::panic_message;
+use crate::runner::{RunnerCtx, Stop, record_panic, run_attempt};
 use crate::store::StoreError;
 
 /// How long job starts pause after the store failed to record a job.

@@ -116,6 +116,15 @@ pub enum StoreError {
         /// The limit.
         max: usize,
     },
+    /// The store's writer stopped without being closed: no write can be
+    /// made until quernd is restarted.
+    #[error(
+        "the store failed ({cause}); quernd is exiting so that its service manager restarts it"
+    )]
+    Failed {
+        /// What stopped the writer.
+        cause: String,
+    },
     /// The store is shutting down and takes no more writes.
     #[error("the store is closed because quernd is shutting down")]
     Closed,
@@ -224,6 +233,13 @@ pub struct Store {
     ops: inbox::Sender<Op>,
     events: broadcast::Sender<Event>,
     finished: watch::Receiver<u64>,
+    /// Set by [`Store::close`], so that a writer gone after it is closed,
+    /// not failed.
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Why the writer stopped, if it stopped without being closed.
+    failure: Arc<std::sync::OnceLock<String>>,
+    /// Fires once `failure` is set.
+    failed: tokio_util::sync::CancellationToken,
     commits: Arc<AtomicU64>,
     /// For tests: how many of the next transactions fail.
     #[cfg(test)]
@@ -232,6 +248,12 @@ pub struct Store {
     #[cfg(test)]
     failing_reads: Arc<std::sync::atomic::AtomicU32>,
 }
+
+/// For tests: the state dirs whose store's writer panics at its first
+/// commit, for tests that run the whole daemon and cannot reach its store.
+#[cfg(test)]
+pub(crate) static PANIC_AT_FIRST_COMMIT: std::sync::Mutex<Vec<PathBuf>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// Capacity of the live event channel. A subscriber that falls further
 /// behind than this catches up from the stored window instead.
@@ -300,6 +322,14 @@ impl Store {
         let (finished_tx, finished) = watch::channel(counters.finished());
         #[cfg(test)]
         let failing = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        #[cfg(test)]
+        if PANIC_AT_FIRST_COMMIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&state_dir.to_path_buf())
+        {
+            failing.store(u32::MAX, Ordering::Relaxed);
+        }
         let writer = Writer {
             db: db.clone(),
             counters,
@@ -314,15 +344,34 @@ impl Store {
             #[cfg(test)]
             failing: failing.clone(),
         };
+        let failure = Arc::new(std::sync::OnceLock::new());
+        let failed = tokio_util::sync::CancellationToken::new();
+        let (cause, fired) = (failure.clone(), failed.clone());
         std::thread::Builder::new()
             .name("quern-store".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                // Without its writer the store takes no write: say so,
+                // rather than let every caller think quernd is stopping.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run(rx)));
+                if let Err(panic) = run {
+                    let why = format!(
+                        "its writer thread panicked: {}",
+                        crate::platform::panic_message(&*panic)
+                    );
+                    tracing::error!(cause = %why, "the store failed; quernd stops");
+                    let _ = cause.set(why);
+                    fired.cancel();
+                }
+            })
             .map_err(db_err("start writer thread"))?;
         Ok(Store {
             db,
             ops,
             events,
             finished,
+            closing: Arc::default(),
+            failure,
+            failed,
             commits,
             #[cfg(test)]
             failing,
@@ -334,14 +383,54 @@ impl Store {
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err(self.gone().await),
+        }
+    }
+
+    /// Why the writer dropped a request: closed, or failed. A failed
+    /// writer drops its requests while it unwinds, a moment before it
+    /// records why, hence the short wait for the cause.
+    async fn gone(&self) -> StoreError {
+        if self.closing.load(Ordering::Acquire) {
+            return StoreError::Closed;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.failed.cancelled()).await;
+        self.lost()
+    }
+
+    /// [`Store::gone`] for a caller that cannot wait.
+    fn lost(&self) -> StoreError {
+        match self.failure.get() {
+            Some(cause) => StoreError::Failed {
+                cause: cause.clone(),
+            },
+            None if self.closing.load(Ordering::Acquire) => StoreError::Closed,
+            None => StoreError::Failed {
+                cause: "its writer thread stopped".into(),
+            },
+        }
+    }
+
+    /// Fires if the writer stops without being closed; then every write
+    /// fails with [`StoreError::Failed`].
+    pub fn failed(&self) -> tokio_util::sync::CancellationToken {
+        self.failed.clone()
+    }
+
+    /// Why the writer stopped, once [`Store::failed`] has fired.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.failure.get().map(|cause| StoreError::Failed {
+            cause: cause.clone(),
+        })
     }
 
     /// Queues `op` for the writer; only an op that may not wait wakes a
     /// writer that lingers (see [`Writer::linger`]).
     fn send(&self, op: Op) -> Result<()> {
         let urgent = !op.may_wait();
-        self.ops.send(op, urgent).map_err(|_| StoreError::Closed)
+        self.ops.send(op, urgent).map_err(|_| self.lost())
     }
 
     /// Runs a read that may be long (a scan) on a blocking-pool thread.
@@ -400,9 +489,13 @@ impl Store {
             at,
             reply,
         });
+        let store = self.clone();
         async move {
             sent?;
-            rx.await.map_err(|_| StoreError::Closed)?
+            match rx.await {
+                Ok(answer) => answer,
+                Err(_) => Err(store.gone().await),
+            }
         }
     }
 
@@ -472,6 +565,7 @@ impl Store {
     /// Commits what is pending and stops the writer; later writes fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
+        self.closing.store(true, Ordering::Release);
         let (reply, rx) = oneshot::channel();
         if self.send(Op::Close { reply }).is_ok() {
             let _ = rx.await;

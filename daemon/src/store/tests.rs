@@ -568,3 +568,27 @@ fn an_unreadable_database_is_not_called_corrupt() {
     );
     assert!(matches!(corrupt, StoreError::Corrupt { .. }), "{corrupt}");
 }
+
+/// A writer that dies without being closed fails every later write with
+/// its cause, not as a store closing for shutdown; reads go on.
+#[tokio::test]
+async fn a_writer_that_panics_fails_every_write_by_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 100, 1 << 20, Duration::ZERO).unwrap();
+    store.submit(vec![spec(0)], 0, 1).await.unwrap();
+    assert!(store.failure().is_none());
+    store.fail_next_commits(u32::MAX);
+    for _ in 0..2 {
+        match store.submit(vec![spec(0)], 0, 2).await {
+            Err(StoreError::Failed { cause }) => assert_eq!(
+                cause,
+                "its writer thread panicked: panicked on purpose by a test"
+            ),
+            other => panic!("a dead writer answered {other:?}"),
+        }
+    }
+    assert!(store.failed().is_cancelled());
+    assert!(matches!(store.failure(), Some(StoreError::Failed { .. })));
+    assert_eq!(store.counters().await.unwrap().count(StateTag::Queued), 1);
+    store.close().await;
+}

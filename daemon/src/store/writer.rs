@@ -323,6 +323,11 @@ impl Writer {
                 let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
                 counters.save(&mut meta)?;
             }
+            // u32::MAX: a writer that panics, as a bug in it would.
+            #[cfg(test)]
+            if self.failing.load(Ordering::Relaxed) == u32::MAX {
+                panic!("panicked on purpose by a test");
+            }
             #[cfg(test)]
             if self
                 .failing
