@@ -31,6 +31,12 @@ pub(super) struct Tx<'t> {
     /// whole batch: a fresh, growing vector per record cost about 5% of the
     /// writer's time in SubmitBatch.
     scratch: Vec<u8>,
+    /// Bytes of records written so far, for the writer's check that the
+    /// disk has room for the commit.
+    pub(super) written: usize,
+    /// Whether a Submit is among the ops: new work, which must leave room
+    /// for the progress of the work already accepted.
+    pub(super) submits: bool,
 }
 
 impl<'t> Tx<'t> {
@@ -53,6 +59,8 @@ impl<'t> Tx<'t> {
             counters,
             published,
             scratch: Vec::new(),
+            written: 0,
+            submits: false,
         })
     }
 
@@ -67,6 +75,7 @@ impl<'t> Tx<'t> {
                 at,
                 reply,
             } => {
+                self.submits = true;
                 let mut out = Vec::with_capacity(specs.len());
                 for spec in specs {
                     out.push(self.submit(spec, owner_uid, at)?);
@@ -293,6 +302,7 @@ impl<'t> Tx<'t> {
             _ => {}
         }
         encode_job(&mut self.scratch, new)?;
+        self.written += self.scratch.len();
         self.jobs
             .insert(new.id, self.scratch.as_slice())
             .map_err(db_err("write job"))?;
@@ -308,6 +318,7 @@ impl<'t> Tx<'t> {
         self.counters.next_seq += 1;
         let ev = Event::of(seq, job, at, ended);
         encode_event(&mut self.scratch, &ev)?;
+        self.written += self.scratch.len();
         self.events
             .insert(seq, self.scratch.as_slice())
             .map_err(db_err("write event"))?;

@@ -21,6 +21,14 @@ use crate::job::{Event, Job, JobId, JobSpec, Micros, Outcome, RunRecord};
 /// burst cannot delay its first acknowledgements without bound.
 pub(super) const MAX_BATCH_OPS: usize = 4096;
 
+/// Free space below which no commit is made (see [`Writer::check_room`]).
+pub(super) const MIN_FREE_BYTES: u64 = 2 << 20;
+
+/// What a commit may write to the file, as a multiple of its records'
+/// bytes: pages are written whole, and the B-tree pages above them and
+/// the allocator's state are written anew.
+const COMMIT_SPACE_FACTOR: u64 = 8;
+
 /// How many job-progress writes (see [`Commit::Grouped`]) must have come
 /// within [`BUSY_WINDOW`] before the writer waits for more. One job at a
 /// time writes two per run, so an idle daemon never waits; short jobs
@@ -272,6 +280,37 @@ impl Writer {
         self.pace.note(Instant::now(), grouped);
     }
 
+    /// Refuses a commit that the disk may not have room for, before redb
+    /// writes anything: once a write of redb's fails, redb refuses every
+    /// later one until the file is opened again, so running out of space
+    /// would take a restart to recover from. Refused here, a Submit is
+    /// accepted again as soon as space is freed.
+    ///
+    /// New jobs must leave [`MIN_FREE_BYTES`] free, so that the jobs
+    /// already accepted can still record their progress; other writes a
+    /// quarter of it.
+    fn check_room(&mut self, written: usize, submits: bool) -> Result<()> {
+        let free = super::free_bytes(&self.dir);
+        let reserve = if submits {
+            MIN_FREE_BYTES
+        } else {
+            MIN_FREE_BYTES / 4
+        };
+        let needed = reserve.saturating_add(COMMIT_SPACE_FACTOR.saturating_mul(written as u64));
+        if free >= needed {
+            return Ok(());
+        }
+        Err(StoreError::NoSpace {
+            dir: self.dir.clone(),
+            free,
+            restart: if self.out_of_space {
+                ", then restart quernd"
+            } else {
+                ""
+            },
+        })
+    }
+
     /// What a failed write means to the caller: a full disk is said to
     /// be one, with the free space, since it is the caller's to fix.
     fn write_error(&mut self, op: &'static str, e: impl Into<redb::Error>) -> StoreError {
@@ -318,6 +357,7 @@ impl Writer {
                     replies.push(tx.apply(op)?);
                 }
                 tx.prune_events(self.retention)?;
+                self.check_room(tx.written, tx.submits)?;
             }
             {
                 let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
