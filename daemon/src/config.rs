@@ -57,6 +57,15 @@ pub struct Retention {
     pub events_max_age: Option<Duration>,
 }
 
+impl Retention {
+    /// No limit at all: everything is kept.
+    pub const NONE: Retention = Retention {
+        max_age: None,
+        max_finished: None,
+        events_max_age: None,
+    };
+}
+
 impl Default for Retention {
     fn default() -> Retention {
         Retention {

@@ -541,7 +541,12 @@ mod tests {
         use tonic_health::pb::health_client::HealthClient;
 
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::for_dir(dir.path());
+        let config = Config {
+            // Retention keeps off the store, so that the first commit is
+            // the test's Submit.
+            retention: crate::config::Retention::NONE,
+            ..Config::for_dir(dir.path())
+        };
         crate::store::PANIC_AT_FIRST_COMMIT
             .lock()
             .unwrap()
