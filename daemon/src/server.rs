@@ -39,6 +39,10 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// hold, well above what a client follows at once.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
+/// How long a shutdown waits for clients' open requests to end before it
+/// closes their connections.
+const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Errors that stop the daemon from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -369,7 +373,17 @@ pub async fn run(
     // accepting, streams end, and the scheduler stops its jobs. Wait for
     // both before closing the store, which they still write to.
     let _ = sched.await;
-    let served = server.await;
+    // Streams the daemon does not end itself, such as a health Watch, would
+    // hold the server's drain open for as long as their client likes.
+    let mut server = server;
+    let served = match tokio::time::timeout(SERVER_DRAIN, &mut server).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!(after = ?SERVER_DRAIN, "closing the connections of clients still streaming");
+            server.abort();
+            Ok(Ok(()))
+        }
+    };
     tracker.close();
     tracker.wait().await;
     store.close().await;

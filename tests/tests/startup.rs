@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use quern_proto::v1::jobs_client::JobsClient;
 use quern_proto::v1::{JobState, StatsRequest};
 use quern_tests::{TestDaemon, exec_spec, get, submit, wait_for_terminal};
@@ -174,5 +174,27 @@ async fn stored_state_is_private_to_the_user() -> Result<()> {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// A client that keeps a stream open which the daemon does not end itself
+/// (a health Watch) cannot hold a shutdown: SIGTERM still stops quernd,
+/// cleanly, within the test's wait.
+#[tokio::test]
+async fn sigterm_stops_the_daemon_while_a_client_watches_health() -> Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut daemon = TestDaemon::start().await?;
+    let channel = quern_proto::connect(daemon.socket()).await?;
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    // The stream is open and answered before the signal.
+    watch
+        .message()
+        .await?
+        .context("the health Watch ended at once")?;
+    daemon.stop().await?;
     Ok(())
 }
