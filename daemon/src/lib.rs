@@ -12,6 +12,8 @@ pub mod jobs;
 pub mod logs;
 pub mod platform;
 pub mod progress;
+#[cfg(test)]
+mod props;
 pub mod runner;
 pub mod scheduler;
 pub mod server;
