@@ -575,4 +575,6 @@ pub fn retry_delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> 
 }
 
 #[cfg(test)]
+pub(crate) mod props;
+#[cfg(test)]
 mod tests;
