@@ -115,3 +115,22 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The backoff takes any settings a config file can give (humantime
+    /// reads up to u64::MAX seconds) and any attempt count: it never
+    /// panics and never waits longer than `max`.
+    #[test]
+    fn retry_delays_stay_within_max(
+        attempt in any::<u32>(),
+        base in any_duration(),
+        max in any_duration(),
+        jitter in prop_oneof![0.75..=1.0f64, -1.0..2.0f64],
+    ) {
+        let d = retry_delay(attempt, base, max, jitter);
+        prop_assert!(d <= max, "{d:?} > {max:?}");
+        prop_assert!(d >= base.min(max).mul_f64(0.74), "{d:?} for {base:?}");
+    }
+}
