@@ -578,7 +578,9 @@ pub fn retry_delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> 
     if raw.as_secs() >= 1 << 53 {
         return raw;
     }
-    raw.mul_f64(jitter.clamp(0.75, 1.0))
+    // The f64 product can also round up past `max`: an f64 holds 2^44
+    // seconds only to 4 ms.
+    raw.mul_f64(jitter.clamp(0.75, 1.0)).min(raw)
 }
 
 #[cfg(test)]
