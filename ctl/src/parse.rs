@@ -120,6 +120,9 @@ fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -313,6 +313,9 @@ fn default_state_dir() -> Result<PathBuf, ConfigError> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

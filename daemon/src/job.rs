@@ -571,8 +571,19 @@ impl Event {
 pub fn retry_delay(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
     let exp = attempt.saturating_sub(1).min(32);
     let raw = base.saturating_mul(1u32 << exp.min(31)).min(max);
-    raw.mul_f64(jitter.clamp(0.75, 1.0))
+    // `mul_f64` panics where its product rounds past `Duration::MAX`, and
+    // a config file can give delays that long (humantime reads up to
+    // u64::MAX seconds). Past 2^53 seconds an f64 can't hold the delay
+    // anyway, and 285 million years need no jitter.
+    if raw.as_secs() >= 1 << 53 {
+        return raw;
+    }
+    // The f64 product can also round up past `max`: an f64 holds 2^44
+    // seconds only to 4 ms.
+    raw.mul_f64(jitter.clamp(0.75, 1.0)).min(raw)
 }
 
+#[cfg(test)]
+pub(crate) mod props;
 #[cfg(test)]
 mod tests;

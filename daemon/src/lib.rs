@@ -13,6 +13,8 @@ pub mod logs;
 pub mod platform;
 pub mod progress;
 pub mod retention;
+#[cfg(test)]
+mod props;
 pub mod runner;
 pub mod scheduler;
 pub mod server;

@@ -607,6 +607,9 @@ pub fn event_to_proto(e: &Event) -> pb::EventsResponse {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

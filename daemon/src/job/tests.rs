@@ -213,6 +213,20 @@ fn retry_delays_grow_and_cap() {
     assert_eq!(retry_delay(3, base, max, 0.1), Duration::from_millis(600));
 }
 
+/// Found by the property tests: the longest delays a config can give
+/// made the jitter's float product round past `Duration::MAX`, a panic.
+#[test]
+fn the_longest_retry_delays_do_not_panic() {
+    let max = Duration::MAX;
+    let base = Duration::from_secs(4_611_686_018_427_387_648);
+    assert_eq!(retry_delay(3, base, max, 1.0), base * 4);
+    assert_eq!(retry_delay(1, max, max, 0.75), max);
+    // Found by the long run: f64 rounding took the delay 2 ms past its
+    // cap.
+    let cap = Duration::new(17_592_186_044_416, 72_265_626);
+    assert!(retry_delay(0, max, cap, 1.0) <= cap);
+}
+
 #[test]
 fn priority_names_resolve() {
     assert_eq!(priority_from_name("critical"), Some(20));

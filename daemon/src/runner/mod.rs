@@ -413,7 +413,10 @@ fn failed(
             config.retry_max_delay,
             jitter,
         );
-        ctx.env.clock.now_micros() + delay.as_micros() as u64
+        // Saturating: a config may give delays past u64::MAX microseconds,
+        // which a cast would wrap, or an add overflow, to a retry at once.
+        let delay = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        ctx.env.clock.now_micros().saturating_add(delay)
     });
     Outcome::Failed {
         exit_code,

@@ -175,6 +175,39 @@ async fn a_failure_the_kind_calls_final_is_not_retried() {
     );
 }
 
+/// The longest retry delays a config can give (humantime reads up to
+/// u64::MAX seconds) schedule the retry at the end of time: they neither
+/// panic nor wrap around to a retry at once.
+#[tokio::test]
+async fn the_longest_retry_delay_schedules_the_retry_at_the_end_of_time() {
+    let kinds = scripted(|_ctx| {
+        Box::pin(async {
+            Ended::Failed {
+                exit_code: None,
+                error: "try again".into(),
+                retry: true,
+            }
+        })
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        retry_base_delay: Duration::MAX,
+        retry_max_delay: Duration::MAX,
+        ..Config::for_dir(dir.path())
+    };
+    let rig = Rig {
+        ctx: RunnerCtx::for_tests(dir.path(), config, kinds, Clock::System),
+        _dir: dir,
+    };
+    let job = rig.job(2, None).await;
+    let done = rig.run(job, never_stopped()).await;
+    assert_eq!(
+        done.state,
+        JobState::Scheduled { run_at: u64::MAX },
+        "{done:?}"
+    );
+}
+
 /// A checkpoint over the limit is refused and saves nothing.
 #[tokio::test]
 async fn a_checkpoint_over_the_limit_is_refused() {

@@ -142,6 +142,7 @@ pub(super) mod v1 {
     };
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize, Debug, Clone))]
     struct JobV1 {
         id: u64,
         spec: SpecV1,
@@ -154,6 +155,7 @@ pub(super) mod v1 {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize, Debug, Clone))]
     struct SpecV1 {
         kind: KindV1,
         priority: i32,
@@ -165,11 +167,13 @@ pub(super) mod v1 {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize, Debug, Clone))]
     enum KindV1 {
         Exec(ExecV1),
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize, Debug, Clone))]
     struct ExecV1 {
         argv: Vec<String>,
         cwd: Option<String>,
@@ -177,6 +181,7 @@ pub(super) mod v1 {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize, Debug, Clone))]
     enum StateV1 {
         Queued,
         Scheduled {
@@ -200,6 +205,7 @@ pub(super) mod v1 {
 
     /// Encoded by its variant index, in this order.
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize, Debug, Clone))]
     enum TagV1 {
         Queued,
         Scheduled,
@@ -210,6 +216,7 @@ pub(super) mod v1 {
     }
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize, Debug, Clone))]
     struct EventV1 {
         seq: u64,
         job_id: u64,
@@ -290,6 +297,9 @@ pub(super) mod v1 {
             error: old.error,
         }
     }
+
+    #[cfg(test)]
+    mod props;
 
     const JOBS_DONE: &str = "migrate.2.next_job";
     const EVENTS_DONE: &str = "migrate.2.next_event";

@@ -184,7 +184,7 @@ pub(super) fn job_rec(job: &Job) -> JobRec {
             priority: s.priority,
             labels: s.labels.clone(),
             run_at: s.run_at,
-            timeout_micros: s.timeout.map(|t| t.as_micros() as u64),
+            timeout_micros: s.timeout.map(timeout_micros),
             max_attempts: s.max_attempts,
             idempotency_key: s.idempotency_key.clone(),
         }),
@@ -198,6 +198,15 @@ pub(super) fn job_rec(job: &Job) -> JobRec {
         error: job.error.clone(),
         owner_uid: job.owner_uid,
     }
+}
+
+/// A timeout in the whole microseconds it is stored in. Rounded up, so
+/// that a timeout under a microsecond is not stored as zero, which `check`
+/// refuses and which reads as "no time at all"; and capped at the largest
+/// that fits (585,000 years), where a cast would wrap a longer one to a
+/// few microseconds and kill the job at once.
+fn timeout_micros(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 fn run_rec(run: &RunRecord) -> RunRec {
@@ -296,6 +305,9 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<Event> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -376,6 +388,27 @@ mod tests {
         let back = decode_job(&bytes).unwrap();
         assert_eq!(back.owner_uid, 0);
         assert_eq!(back.spec, job(JobState::Queued).spec);
+    }
+
+    /// Found by the property tests: a timeout under a microsecond was
+    /// stored as zero, and one of more than u64::MAX microseconds (a
+    /// client may send up to i64::MAX seconds) wrapped to a short one.
+    #[test]
+    fn timeouts_are_stored_rounded_up_and_capped() {
+        let most = Duration::from_micros(u64::MAX);
+        for (timeout, stored) in [
+            (Duration::from_nanos(1), Duration::from_micros(1)),
+            (Duration::from_nanos(1_001), Duration::from_micros(2)),
+            (Duration::from_secs(18_446_744_073_709_552), most),
+            (Duration::MAX, most),
+        ] {
+            let mut j = job(JobState::Queued);
+            j.spec.timeout = Some(timeout);
+            let mut buf = Vec::new();
+            encode_job(&mut buf, &j).unwrap();
+            let back = decode_job(&buf).unwrap();
+            assert_eq!(back.spec.timeout, Some(stored), "{timeout:?}");
+        }
     }
 
     #[test]

@@ -93,6 +93,19 @@ impl Counters {
         for tag in StateTag::ALL {
             c.counts[tag as usize] = get(count_key(tag))?.unwrap_or(0);
         }
+        // The counters come from the file, and no quernd writes these: ids
+        // and seqs start at 1 and the window never starts past its end.
+        // Refused here, they would underflow later (`last_seq`, the event
+        // pruning) instead.
+        if c.next_id == 0 || c.next_seq == 0 || c.first_seq == 0 || c.first_seq > c.next_seq {
+            return Err(StoreError::Db {
+                op: "read counters",
+                detail: format!(
+                    "next_id {}, next_seq {} and first_seq {} in meta are inconsistent; the file is damaged",
+                    c.next_id, c.next_seq, c.first_seq
+                ),
+            });
+        }
         Ok(c)
     }
 
@@ -215,6 +228,9 @@ pub(super) fn open(db: &Database, path: &Path, owner_uid: u32) -> Result<Counter
     txn.commit().map_err(db_err("commit"))?;
     Ok(counters)
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
