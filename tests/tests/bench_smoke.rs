@@ -120,4 +120,5 @@ scenarios! {
     p5_peak_rss => "p5",
     p6_restart_after_sigterm => "p6",
     p6b_restart_after_kill_9 => "p6b",
+    p13_output_capture => "p13",
 }

@@ -11,7 +11,7 @@ use tonic::Status;
 use super::convert;
 use crate::job::{Event, JobId, Progress};
 use crate::jobs::Jobs;
-use crate::logs::{LogStore, Stream as LogStreamKind};
+use crate::logs::{LogStore, Piece, Stream as LogStreamKind};
 use crate::store::EventsPage;
 
 /// How many stored events one read takes while replaying.
@@ -187,8 +187,10 @@ impl LogFeed {
     }
 
     pub(super) async fn run(self, follow: bool) {
-        // Positions reached in each stream of the attempt being followed.
-        let mut pos = [0u64; 2];
+        // Positions reached in each stream of the attempt being followed;
+        // the first attempt followed is shown from its oldest kept byte
+        // (earlier attempts' output included).
+        let mut pos = [Some(0u64); 2];
         let mut followed: Option<Arc<crate::logs::LiveLog>> = None;
         loop {
             // Subscribe before looking at the job, so a change that happens
@@ -203,13 +205,10 @@ impl LogFeed {
             };
             let terminal = job.state.tag().is_terminal();
             if let Some(live) = self.logs.live(self.id).filter(|_| follow) {
-                // The first attempt we follow is shown from its oldest kept
-                // byte (earlier attempts' output included); a later one from
-                // its own beginning, since what came before was sent live.
+                // A later attempt from its own beginning, since what came
+                // before was sent live.
                 if followed.as_ref().is_some_and(|f| !Arc::ptr_eq(f, &live)) {
-                    for s in [LogStreamKind::Stdout, LogStreamKind::Stderr] {
-                        pos[s as usize] = live.start(s);
-                    }
+                    pos = [None; 2];
                 }
                 followed = Some(live.clone());
                 if !self.follow_live(live, &mut pos).await {
@@ -238,12 +237,16 @@ impl LogFeed {
 
     /// Streams the live output until its writers finish. False when the
     /// client went away.
-    async fn follow_live(&self, live: Arc<crate::logs::LiveLog>, pos: &mut [u64; 2]) -> bool {
+    async fn follow_live(
+        &self,
+        live: Arc<crate::logs::LiveLog>,
+        pos: &mut [Option<u64>; 2],
+    ) -> bool {
         let mut tasks = Vec::new();
         for &s in &self.streams {
             let idx = s as usize;
             let start = pos[idx];
-            let (ctx, mut crx) = mpsc::channel::<Vec<u8>>(8);
+            let (ctx, mut crx) = mpsc::channel::<Piece>(4);
             let live = live.clone();
             let tx = self.tx.clone();
             tasks.push((
@@ -251,18 +254,14 @@ impl LogFeed {
                 tokio::spawn(async move {
                     let reader = tokio::spawn(async move { live.follow(s, start, ctx).await });
                     let mut open = true;
-                    while let Some(data) = crx.recv().await {
-                        let msg = pb::LogsResponse {
-                            stream: convert::stream_to_proto(s) as i32,
-                            data,
-                        };
-                        if tx.send(Ok(msg)).await.is_err() {
+                    while let Some(piece) = crx.recv().await {
+                        if tx.send(Ok(piece_to_proto(s, piece))).await.is_err() {
                             open = false;
                             break;
                         }
                     }
                     drop(crx);
-                    let end = reader.await.ok().and_then(Result::ok).unwrap_or(start);
+                    let end = reader.await.ok().and_then(Result::ok).or(start);
                     (open, end)
                 }),
             ));
@@ -282,34 +281,78 @@ impl LogFeed {
 
     async fn send_stored(&self) {
         for &s in &self.streams {
-            let logs = self.logs.clone();
-            let id = self.id;
-            let data = tokio::task::spawn_blocking(move || logs.read_stored(id, s)).await;
-            let data = match data {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    let _ = self
-                        .tx
-                        .send(Err(Status::internal(format!(
-                            "reading output of job {id} failed: {e}"
-                        ))))
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
-                    return;
-                }
-            };
-            for chunk in data.chunks(64 * 1024) {
-                let msg = pb::LogsResponse {
-                    stream: convert::stream_to_proto(s) as i32,
-                    data: chunk.to_vec(),
+            let mut from = None;
+            loop {
+                let logs = self.logs.clone();
+                let id = self.id;
+                let page = tokio::task::spawn_blocking(move || {
+                    logs.read_page(id, s, from, crate::logs::PAGE_MAX)
+                })
+                .await;
+                let page = match page {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        let _ = self
+                            .tx
+                            .send(Err(Status::internal(format!(
+                                "reading output of job {id} failed: {e}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
                 };
-                if self.tx.send(Ok(msg)).await.is_err() {
-                    return;
+                let next = page.piece.offset + page.piece.data.len() as u64;
+                let last = next >= page.end || page.piece.data.is_empty();
+                if !page.piece.data.is_empty() || page.piece.skipped > 0 {
+                    for msg in split(s, page.piece) {
+                        if self.tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
                 }
+                if last {
+                    break;
+                }
+                from = Some(next);
             }
         }
+    }
+}
+
+/// How much one Logs message carries at most.
+const MESSAGE_MAX: usize = 64 * 1024;
+
+/// One piece as messages of at most [`MESSAGE_MAX`] bytes; only the first
+/// carries the gap.
+fn split(s: LogStreamKind, piece: Piece) -> Vec<pb::LogsResponse> {
+    let mut out = Vec::new();
+    let mut offset = piece.offset;
+    let mut skipped = piece.skipped;
+    let mut chunks = piece.data.chunks(MESSAGE_MAX).peekable();
+    if chunks.peek().is_none() {
+        return vec![piece_to_proto(s, piece)];
+    }
+    for chunk in chunks {
+        out.push(piece_to_proto(
+            s,
+            Piece {
+                skipped: std::mem::take(&mut skipped),
+                offset,
+                data: chunk.to_vec(),
+            },
+        ));
+        offset += chunk.len() as u64;
+    }
+    out
+}
+
+fn piece_to_proto(s: LogStreamKind, piece: Piece) -> pb::LogsResponse {
+    pb::LogsResponse {
+        stream: convert::stream_to_proto(s) as i32,
+        data: piece.data,
     }
 }

@@ -1,6 +1,7 @@
 //! The scenarios of issue 3, and what they share: starting a daemon, building
 //! no-op job specs, bulk filling the store, and following the Events stream.
 
+mod capture;
 mod latency;
 mod list;
 mod memory;
@@ -50,11 +51,13 @@ pub enum Scenario {
     P6,
     /// Restart time after kill -9 with many jobs stored.
     P6b,
+    /// What capturing a job's output costs against /dev/null.
+    P13,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::P1a,
         Scenario::P1b,
         Scenario::P1c,
@@ -64,6 +67,7 @@ impl Scenario {
         Scenario::P5,
         Scenario::P6,
         Scenario::P6b,
+        Scenario::P13,
     ];
 
     /// Finds a scenario by its id, ignoring case.
@@ -85,6 +89,7 @@ impl Scenario {
             Scenario::P5 => "P5",
             Scenario::P6 => "P6",
             Scenario::P6b => "P6b",
+            Scenario::P13 => "P13",
         }
     }
 
@@ -100,11 +105,12 @@ impl Scenario {
             Scenario::P5 => "daemon peak RSS with N queued jobs vs 1k",
             Scenario::P6 => "restart (SIGTERM, start) with N jobs stored, until SERVING",
             Scenario::P6b => "restart after kill -9 with N jobs stored, until SERVING",
+            Scenario::P13 => "a job printing N MiB: through quern vs to a file vs to /dev/null",
         }
     }
 
     /// The size issue 3 asks for: jobs per client level for P1a, samples for
-    /// P2, stored jobs for P4-P6.
+    /// P2, stored jobs for P4-P6, MiB of output for P13.
     pub fn default_jobs(self) -> u64 {
         match self {
             Scenario::P1a => 50_000,
@@ -113,6 +119,7 @@ impl Scenario {
             Scenario::P2 => 1_000,
             Scenario::P3 => 20_000,
             Scenario::P4 | Scenario::P5 | Scenario::P6 | Scenario::P6b => 1_000_000,
+            Scenario::P13 => 2_000,
         }
     }
 
@@ -128,6 +135,7 @@ impl Scenario {
             Scenario::P5 => memory::run(ctx, jobs).await,
             Scenario::P6 => restart::run(ctx, jobs, restart::Stop::Term).await,
             Scenario::P6b => restart::run(ctx, jobs, restart::Stop::Kill).await,
+            Scenario::P13 => capture::run(ctx, jobs).await,
         };
         run.with_context(|| format!("scenario {} failed", self.id()))
     }
