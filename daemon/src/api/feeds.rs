@@ -354,5 +354,7 @@ fn piece_to_proto(s: LogStreamKind, piece: Piece) -> pb::LogsResponse {
     pb::LogsResponse {
         stream: convert::stream_to_proto(s) as i32,
         data: piece.data,
+        skipped_bytes: piece.skipped,
+        offset: piece.offset,
     }
 }

@@ -255,3 +255,81 @@ async fn remove_reports_the_bytes_freed() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     assert_eq!(logs.remove(11), 0);
 }
+
+/// Checks what a follower got against everything written: each piece is
+/// the bytes at its offset, right after the previous piece plus its gap,
+/// a gap is followed by the start of a line, and the pieces and gaps end
+/// where the output ends. Returns how many bytes were skipped.
+fn check_pieces(all: &[u8], from: u64, pieces: &[Piece]) -> u64 {
+    let mut at = from;
+    let mut skipped = 0;
+    for p in pieces {
+        assert_eq!(
+            p.offset,
+            at + p.skipped,
+            "a piece is not where its gap ends"
+        );
+        let start = p.offset as usize;
+        assert_eq!(
+            p.data,
+            all[start..start + p.data.len()],
+            "bytes at {start} differ"
+        );
+        if p.skipped > 0 {
+            assert_eq!(
+                all[start - 1],
+                b'\n',
+                "after a gap, output resumes mid-line at {start}"
+            );
+        }
+        skipped += p.skipped;
+        at = p.offset + p.data.len() as u64;
+    }
+    assert_eq!(at, all.len() as u64, "the pieces end before the output");
+    skipped
+}
+
+/// A follower that falls a cap behind is told how much it missed, resumes
+/// at a line's start, and never gets bytes overwritten under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_follower_is_told_of_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = LogStore::new(dir.path().to_path_buf(), 64 * 1024).unwrap();
+    let live = logs.start(12);
+    // Room for one piece: the follower stalls until the test reads.
+    let (tx, rx) = mpsc::channel(1);
+    let l2 = live.clone();
+    let follower = tokio::spawn(async move { l2.follow(Stream::Stdout, Some(0), tx).await });
+    let all = numbered_lines(0..100_000);
+    pump_all(&live, Stream::Stdout, &all.chunks(4096).collect::<Vec<_>>()).await;
+    let pieces = drain(rx).await;
+    assert_eq!(follower.await.unwrap().unwrap(), all.len() as u64);
+    let skipped = check_pieces(&all, 0, &pieces);
+    assert!(
+        skipped > all.len() as u64 / 2,
+        "only {skipped} bytes skipped"
+    );
+}
+
+/// Followers racing a writer that laps the ring over and over: whatever
+/// they get is checked byte for byte, so a read that returned overwritten
+/// bytes fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_racing_the_writer_never_see_overwritten_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = LogStore::new(dir.path().to_path_buf(), 8 * 1024).unwrap();
+    let live = logs.start(13);
+    let mut followers = Vec::new();
+    for depth in [1, 2, 16] {
+        let (tx, rx) = mpsc::channel(depth);
+        let l2 = live.clone();
+        let f = tokio::spawn(async move { l2.follow(Stream::Stdout, Some(0), tx).await });
+        followers.push((f, tokio::spawn(drain(rx))));
+    }
+    let all = numbered_lines(0..200_000);
+    pump_all(&live, Stream::Stdout, &all.chunks(1000).collect::<Vec<_>>()).await;
+    for (f, pieces) in followers {
+        assert_eq!(f.await.unwrap().unwrap(), all.len() as u64);
+        check_pieces(&all, 0, &pieces.await.unwrap());
+    }
+}
