@@ -658,6 +658,39 @@ async fn first_read(src: OwnedFd) -> Result<FirstRead, (std::io::Error, OwnedFd)
     }
 }
 
+/// Waits until the pipe `src` holds bytes or every writer has closed it,
+/// and returns how many bytes it holds (0: closed and empty).
+#[cfg(target_os = "linux")]
+fn pipe_bytes(src: &File) -> std::io::Result<usize> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::{AsFd, AsRawFd};
+    loop {
+        let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let mut n: nix::libc::c_int = 0;
+        // SAFETY: FIONREAD on a pipe writes one c_int through the pointer,
+        // which points at a live local of that type.
+        let r = unsafe { nix::libc::ioctl(src.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n > 0 {
+            return Ok(usize::try_from(n).unwrap_or(0));
+        }
+        // Readable with nothing in it: the writers are gone.
+        let hup = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+        if hup {
+            return Ok(0);
+        }
+    }
+}
+
 /// Asks for a bigger pipe, so a job that writes fast wakes the pump less
 /// often; a refusal (over the per-user pipe budget, or a limit below
 /// 1 MiB) keeps the pipe as it is.
@@ -856,16 +889,21 @@ impl LiveStream {
     fn splice_in(&self, w: &mut Writer, src: &File) -> std::io::Result<usize> {
         use nix::fcntl::{SpliceFFlags, splice};
         let ring = self.cap;
-        // How much will come is not known before the call: reserve a whole
-        // run of slots (never past the ring's end), and give back what the
-        // call did not use.
+        // Only the bytes already in the pipe are reserved, and the splice
+        // moves exactly those (nothing else reads the pipe): reserving
+        // more would tell readers that kept bytes were gone.
+        let waiting = pipe_bytes(src)?;
+        if waiting == 0 {
+            return Ok(0);
+        }
         let (start, len, before) = {
             let mut st = lock(&self.state);
             let start = st.total;
             let slot = start % ring;
             let len = usize::try_from(ring - slot)
                 .unwrap_or(usize::MAX)
-                .min(BIG_READ);
+                .min(BIG_READ)
+                .min(waiting);
             let before = st.reserved;
             st.reserved = before.max(start + len as u64);
             (start, len, before)

@@ -171,3 +171,68 @@ async fn logs_of_a_capped_job_say_what_was_dropped() -> Result<()> {
     ensure!(at == all.len() as u64, "the output ends at {at}");
     Ok(())
 }
+
+/// `quernctl logs` without follow pages through output larger than one
+/// response may carry (4 MiB), and prints all of it, byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn quernctl_logs_pages_through_large_output() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let n = 1_000_000;
+    let job = submit(&mut client, exec_spec(["seq", "1", &n.to_string()])).await?;
+    wait_for_terminal(&mut client, job.id).await?;
+    let out = timeout(WAIT, quernctl_logs(&daemon, job.id, &[]).output())
+        .await
+        .context("quernctl logs hung")??;
+    ensure!(out.status.success(), "quernctl logs exited {}", out.status);
+    let all = seq(n);
+    ensure!(all.len() > 4 << 20, "the output fits in one page");
+    ensure!(
+        out.stdout == all,
+        "printed {} bytes of {}",
+        out.stdout.len(),
+        all.len()
+    );
+    Ok(())
+}
+
+/// `quernctl logs -f` whose daemon goes away, by SIGTERM or by kill -9,
+/// exits non-zero and says the output stopped short.
+#[tokio::test(flavor = "multi_thread")]
+async fn quernctl_logs_follow_fails_when_the_daemon_goes() -> Result<()> {
+    for kill9 in [false, true] {
+        let mut daemon = daemon().await?;
+        let mut client = daemon.client();
+        let job = submit(&mut client, quern_tests::sh("echo started; exec sleep 600")).await?;
+        let mut follower = quernctl_logs(&daemon, job.id, &["-f"]).spawn()?;
+        // The first line shows the follower is following.
+        let mut stdout = follower.stdout.take().context("no stdout")?;
+        let mut first = [0u8; 8];
+        timeout(WAIT, stdout.read_exact(&mut first))
+            .await
+            .context("no output reached quernctl logs -f")??;
+        ensure!(&first == b"started\n", "got {first:?}");
+        if kill9 {
+            daemon.kill9().await?;
+        } else {
+            daemon.stop().await?;
+        }
+        let out = timeout(WAIT, follower.wait_with_output())
+            .await
+            .context("quernctl logs -f outlived its daemon")??;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success(),
+            "exited {} (kill9: {kill9})",
+            out.status
+        );
+        ensure!(
+            stderr.contains(&format!(
+                "the output of job {} stopped before its end",
+                job.id
+            )),
+            "stderr: {stderr}"
+        );
+    }
+    Ok(())
+}

@@ -4,28 +4,66 @@
 
 use std::io::{self, Write};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use quern_proto::v1::{LogStream, LogsRequest, LogsResponse};
 
 use crate::client::{Client, rpc_error};
 
 /// Copies the job's output; with `follow`, until the job finishes.
+///
+/// Without follow each stream is read in pages, each asked for where the
+/// last one ended, until the daemon says there is no more. A stream that
+/// ends with an error (the daemon went away, or could not read the output)
+/// is an error here too: what was printed is not the whole output.
 pub async fn run(client: &mut Client, id: u64, follow: bool) -> Result<()> {
-    let mut chunks = client
-        .logs(LogsRequest {
+    let mut out = Output::default();
+    if follow {
+        let req = LogsRequest {
             job_id: id,
             follow,
             stream: LogStream::Unspecified as i32,
             ..LogsRequest::default()
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
-    let mut out = Output::default();
-    while let Some(chunk) = chunks.message().await.map_err(rpc_error)? {
-        out.write(&chunk)?;
+        };
+        copy(client, req, &mut out).await?;
+        return Ok(());
+    }
+    for stream in [LogStream::Stdout, LogStream::Stderr] {
+        let mut offset = None;
+        loop {
+            let req = LogsRequest {
+                job_id: id,
+                stream: stream as i32,
+                offset,
+                ..LogsRequest::default()
+            };
+            match copy(client, req, &mut out).await? {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
     }
     Ok(())
+}
+
+/// Prints the messages of one Logs call; returns where the next page
+/// starts, if the daemon said.
+async fn copy(client: &mut Client, req: LogsRequest, out: &mut Output) -> Result<Option<u64>> {
+    let id = req.job_id;
+    let mut chunks = client.logs(req).await.map_err(rpc_error)?.into_inner();
+    let mut next = None;
+    loop {
+        match chunks.message().await {
+            Ok(Some(chunk)) => {
+                out.write(&chunk)?;
+                next = chunk.next_offset.or(next);
+            }
+            Ok(None) => return Ok(next),
+            Err(status) => {
+                return Err(rpc_error(status))
+                    .with_context(|| format!("the output of job {id} stopped before its end"));
+            }
+        }
+    }
 }
 
 /// Where each stream's output goes, and whether it is at a line's start.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use quern_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::Status;
 
 use super::convert;
@@ -186,7 +187,8 @@ impl LogFeed {
         }
     }
 
-    pub(super) async fn run(self, follow: bool) {
+    /// Sends the output asked for; see [`convert::LogsQuery`].
+    pub(super) async fn run(self, follow: bool, offset: Option<u64>, limit: usize) {
         // Positions reached in each stream of the attempt being followed;
         // the first attempt followed is shown from its oldest kept byte
         // (earlier attempts' output included).
@@ -218,7 +220,7 @@ impl LogFeed {
             if terminal || !follow {
                 // Output already followed live has been sent.
                 if followed.is_none() {
-                    self.send_stored().await;
+                    self.send_stored(follow, offset, limit).await;
                 }
                 return;
             }
@@ -236,7 +238,8 @@ impl LogFeed {
     }
 
     /// Streams the live output until its writers finish. False when the
-    /// client went away.
+    /// stream is over: the client went away, or reading failed (the client
+    /// has been told).
     async fn follow_live(
         &self,
         live: Arc<crate::logs::LiveLog>,
@@ -249,53 +252,74 @@ impl LogFeed {
             let (ctx, mut crx) = mpsc::channel::<Piece>(4);
             let live = live.clone();
             let tx = self.tx.clone();
+            // Aborted with the feed (shutdown, or the client went away),
+            // so no reader outlives its stream waiting for output.
             tasks.push((
                 idx,
-                tokio::spawn(async move {
-                    let reader = tokio::spawn(async move { live.follow(s, start, ctx).await });
+                AbortOnDropHandle::new(tokio::spawn(async move {
+                    let reader = AbortOnDropHandle::new(tokio::spawn(async move {
+                        live.follow(s, start, ctx).await
+                    }));
                     let mut open = true;
                     while let Some(piece) = crx.recv().await {
-                        if tx.send(Ok(piece_to_proto(s, piece))).await.is_err() {
+                        if tx.send(Ok(piece_to_proto(s, piece, None))).await.is_err() {
                             open = false;
                             break;
                         }
                     }
                     drop(crx);
-                    let end = reader.await.ok().and_then(Result::ok).or(start);
+                    let end = match reader.await {
+                        Ok(Ok(end)) => Ok(end),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
                     (open, end)
-                }),
+                })),
             ));
         }
         let mut open = true;
+        let mut failed = None;
         for (idx, t) in tasks {
             match t.await {
-                Ok((o, end)) => {
+                Ok((o, Ok(end))) => {
                     open &= o;
-                    pos[idx] = end;
+                    pos[idx] = Some(end);
                 }
-                Err(_) => open = false,
+                Ok((_, Err(e))) => failed = Some(e),
+                Err(e) => failed = Some(e.to_string()),
             }
+        }
+        if let Some(e) = failed {
+            // A clean end would look like the whole output: say it is not.
+            let _ = self
+                .tx
+                .send(Err(Status::internal(format!(
+                    "reading the output of job {} failed: {e}; what was sent is incomplete",
+                    self.id
+                ))))
+                .await;
+            return false;
         }
         open
     }
 
-    async fn send_stored(&self) {
+    /// Sends stored output: without follow one page of each stream (from
+    /// `offset`, at most `limit` bytes); with follow, all of it.
+    async fn send_stored(&self, follow: bool, offset: Option<u64>, limit: usize) {
         for &s in &self.streams {
-            let mut from = None;
+            let mut from = offset;
             loop {
                 let logs = self.logs.clone();
                 let id = self.id;
-                let page = tokio::task::spawn_blocking(move || {
-                    logs.read_page(id, s, from, crate::logs::PAGE_MAX)
-                })
-                .await;
+                let page =
+                    tokio::task::spawn_blocking(move || logs.read_page(id, s, from, limit)).await;
                 let page = match page {
                     Ok(Ok(p)) => p,
                     Ok(Err(e)) => {
                         let _ = self
                             .tx
                             .send(Err(Status::internal(format!(
-                                "reading output of job {id} failed: {e}"
+                                "reading the output of job {id} failed: {e}; what was sent is incomplete"
                             ))))
                             .await;
                         return;
@@ -306,15 +330,16 @@ impl LogFeed {
                     }
                 };
                 let next = page.piece.offset + page.piece.data.len() as u64;
-                let last = next >= page.end || page.piece.data.is_empty();
-                if !page.piece.data.is_empty() || page.piece.skipped > 0 {
-                    for msg in split(s, page.piece) {
+                let more = next < page.end && !page.piece.data.is_empty();
+                let next_offset = (more && !follow).then_some(next);
+                if !page.piece.data.is_empty() || page.piece.skipped > 0 || next_offset.is_some() {
+                    for msg in split(s, page.piece, next_offset) {
                         if self.tx.send(Ok(msg)).await.is_err() {
                             return;
                         }
                     }
                 }
-                if last {
+                if !more || !follow {
                     break;
                 }
                 from = Some(next);
@@ -327,16 +352,12 @@ impl LogFeed {
 const MESSAGE_MAX: usize = 64 * 1024;
 
 /// One piece as messages of at most [`MESSAGE_MAX`] bytes; only the first
-/// carries the gap.
-fn split(s: LogStreamKind, piece: Piece) -> Vec<pb::LogsResponse> {
+/// carries the gap, and only the last `next_offset`.
+fn split(s: LogStreamKind, piece: Piece, next_offset: Option<u64>) -> Vec<pb::LogsResponse> {
     let mut out = Vec::new();
     let mut offset = piece.offset;
     let mut skipped = piece.skipped;
-    let mut chunks = piece.data.chunks(MESSAGE_MAX).peekable();
-    if chunks.peek().is_none() {
-        return vec![piece_to_proto(s, piece)];
-    }
-    for chunk in chunks {
+    for chunk in piece.data.chunks(MESSAGE_MAX) {
         out.push(piece_to_proto(
             s,
             Piece {
@@ -344,17 +365,23 @@ fn split(s: LogStreamKind, piece: Piece) -> Vec<pb::LogsResponse> {
                 offset,
                 data: chunk.to_vec(),
             },
+            None,
         ));
         offset += chunk.len() as u64;
+    }
+    match out.last_mut() {
+        Some(last) => last.next_offset = next_offset,
+        None => out.push(piece_to_proto(s, piece, next_offset)),
     }
     out
 }
 
-fn piece_to_proto(s: LogStreamKind, piece: Piece) -> pb::LogsResponse {
+fn piece_to_proto(s: LogStreamKind, piece: Piece, next_offset: Option<u64>) -> pb::LogsResponse {
     pb::LogsResponse {
         stream: convert::stream_to_proto(s) as i32,
         data: piece.data,
         skipped_bytes: piece.skipped,
         offset: piece.offset,
+        next_offset,
     }
 }
