@@ -236,3 +236,64 @@ async fn quernctl_logs_follow_fails_when_the_daemon_goes() -> Result<()> {
     }
     Ok(())
 }
+
+/// Unmounts a file system the test mounted, after the daemon using it has
+/// gone (declare it before the daemon).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A job whose output fills the disk of the log directory (a 1 MiB tmpfs)
+/// succeeds all the same: its output is truncated, with a marker line
+/// where it stops. Needs root to mount.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_output_fills_the_disk_still_succeeds() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a tiny tmpfs for the log directory needs root");
+        return Ok(());
+    }
+    let prepared = TestDaemon::builder().prepare()?;
+    let logs_dir = prepared.state_dir().join("logs");
+    std::fs::create_dir(&logs_dir)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .arg(&logs_dir)
+        .status()?;
+    if !mounted.success() {
+        eprintln!("skipped: cannot mount a tmpfs here ({mounted}), though root");
+        return Ok(());
+    }
+    let _unmount = Mounted(logs_dir.clone());
+    let daemon = prepared.start().await?;
+    let mut client = daemon.client();
+    let n = 1_000_000;
+    let job = submit(&mut client, exec_spec(["seq", "1", &n.to_string()])).await?;
+    let done = wait_for_terminal(&mut client, job.id).await?;
+    ensure!(
+        done.state == JobState::Succeeded as i32,
+        "the job ended {:?}: {}",
+        done.state(),
+        done.error
+    );
+    let out = quern_tests::read_logs(&mut client, job.id, LogStream::Stdout).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tail = &text[text.len().saturating_sub(200)..];
+    ensure!(
+        tail.ends_with("[quern: output truncated: No space left on device (os error 28)]\n"),
+        "no marker at the end: {tail:?}"
+    );
+    ensure!(text.starts_with("1\n2\n3\n"), "the start is lost");
+    ensure!(
+        out.stdout.len() <= 1 << 20,
+        "{} bytes on a 1 MiB disk",
+        out.stdout.len()
+    );
+    Ok(())
+}

@@ -333,3 +333,68 @@ async fn followers_racing_the_writer_never_see_overwritten_bytes() {
         check_pieces(&all, 0, &pieces.await.unwrap());
     }
 }
+
+/// A disk that fills up truncates the output, with a marker line where it
+/// stops; the pipe is still drained to its end, so a job writing far more
+/// than a pipe holds finishes instead of blocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_truncates_output_with_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = LogStore::new(dir.path().to_path_buf(), 1 << 20).unwrap();
+    let full_at = 100_000;
+    logs.fail_writes_past(full_at);
+    let live = logs.start(14);
+    let all = numbered_lines(0..400_000);
+    assert!(all.len() > 4 << 20, "less output than pipes may hold");
+    // pump_all returns only once the writer wrote everything and the pump
+    // reached EOF: a pump that stopped reading would hang it.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        pump_all(
+            &live,
+            Stream::Stdout,
+            &all.chunks(64 * 1024).collect::<Vec<_>>(),
+        ),
+    )
+    .await
+    .expect("the pump stopped draining the pipe");
+    logs.finish(14);
+    let stored = logs.read_stored(14, Stream::Stdout).unwrap();
+    let marker = format!(
+        "\n[quern: output truncated: {}]\n",
+        std::io::Error::from_raw_os_error(nix::libc::ENOSPC)
+    );
+    assert_eq!(stored.len() as u64, full_at, "the file holds what fit");
+    assert!(
+        stored.ends_with(marker.as_bytes()),
+        "no marker at the end: {:?}",
+        String::from_utf8_lossy(&stored[stored.len() - 100..])
+    );
+    let kept = stored.len() - marker.len();
+    assert_eq!(
+        stored[..kept],
+        all[..kept],
+        "the output before the marker differs"
+    );
+}
+
+/// When the marker itself cannot be added, it replaces the last bytes
+/// kept; when there is room it is appended.
+#[tokio::test]
+async fn the_marker_is_appended_when_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = LogStore::new(dir.path().to_path_buf(), 1 << 20).unwrap();
+    let live = logs.start(15);
+    let stream = live.stream(Stream::Stdout).clone();
+    let mut w = Writer::default();
+    stream.load().unwrap();
+    stream.append(&mut w, b"half a li").unwrap();
+    let e = std::io::Error::from_raw_os_error(nix::libc::EIO);
+    stream.mark_truncated(&mut w, &e);
+    stream.finish();
+    logs.finish(15);
+    assert_eq!(
+        String::from_utf8(logs.read_stored(15, Stream::Stdout).unwrap()).unwrap(),
+        format!("half a li\n[quern: output truncated: {e}]\n")
+    );
+}
