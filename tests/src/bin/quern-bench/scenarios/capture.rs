@@ -1,6 +1,8 @@
 //! P13: what capturing a job's output costs. One command that prints a lot
 //! is timed, in the same run, through quern (submit, then the success
-//! event), written straight to a file, and written to /dev/null.
+//! event), written straight to a file, written to /dev/null, and piped
+//! through `cat` to /dev/null (the cost of one more pipe, which any capture
+//! through a pipe pays).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ pub async fn run(ctx: &Ctx<'_>, mib: u64) -> Result<Run> {
     let mut quern = Duration::MAX;
     let mut file = Duration::MAX;
     let mut null = Duration::MAX;
+    let mut piped = Duration::MAX;
     let out_path = ctx.options.dir.join("p13-output");
     let mut succeeded = 0;
     let mut daemon_cpu = Duration::ZERO;
@@ -69,6 +72,7 @@ pub async fn run(ctx: &Ctx<'_>, mib: u64) -> Result<Run> {
         file = file.min(direct(&cmd, Stdio::from(target))?);
         std::fs::remove_file(&out_path).ok();
         null = null.min(direct(&cmd, Stdio::null())?);
+        piped = piped.min(direct(&format!("{cmd} | cat"), Stdio::null())?);
     }
 
     let mut run = Run::default();
@@ -86,6 +90,14 @@ pub async fn run(ctx: &Ctx<'_>, mib: u64) -> Result<Run> {
     ));
     run.push(Metric::millis("file", "to a file on disk", file));
     run.push(Metric::millis("null", "to /dev/null", null));
+    // Any capture through a pipe pays for one more pipe between the job
+    // and the reader: `cat` reading it and writing to /dev/null is that
+    // cost alone.
+    run.push(Metric::millis(
+        "piped",
+        "through one more pipe (| cat) to /dev/null",
+        piped,
+    ));
     run.push(
         Metric::new(
             "ratio",
