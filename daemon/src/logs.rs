@@ -68,6 +68,11 @@ const SMALL_READ: usize = 64 * 1024;
 /// (`/proc/sys/fs/pipe-max-size`); a refusal keeps the default quietly.
 const BIG_READ: usize = 1 << 20;
 
+/// How long a busy pump lets a pipe that holds little fill up before it
+/// takes it (see `pipe_bytes`).
+#[cfg(target_os = "linux")]
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// After a gap, output resumes after the first newline within this many
 /// bytes, so that a reader does not see half a line glued to the next.
 const LINE_WINDOW: usize = 4096;
@@ -92,7 +97,7 @@ pub struct LogStore {
 /// Failures a test can make the log path meet, to prove it reports them.
 /// Relaxed loads of two atomics per write or read cost nothing measurable.
 #[derive(Debug)]
-pub struct Faults {
+struct Faults {
     /// Writes fail with ENOSPC once a stream's file would pass this many
     /// bytes (`u64::MAX`: never).
     write_fails_past: AtomicU64,
@@ -660,8 +665,14 @@ async fn first_read(src: OwnedFd) -> Result<FirstRead, (std::io::Error, OwnedFd)
 
 /// Waits until the pipe `src` holds bytes or every writer has closed it,
 /// and returns how many bytes it holds (0: closed and empty).
+///
+/// For a `busy` stream (one that has filled its pipe), a few bytes are
+/// given [`BATCH_WAIT`] to become more: a job writing in 4-8 KiB writes
+/// woke the pump for each (176,000 splices for 2 GB), and on a small
+/// machine every wake-up is CPU the job itself no longer has. A 1 MiB pipe
+/// takes far longer than that to fill, so the job never blocks for it.
 #[cfg(target_os = "linux")]
-fn pipe_bytes(src: &File) -> std::io::Result<usize> {
+fn pipe_bytes(src: &File, busy: bool) -> std::io::Result<usize> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::{AsFd, AsRawFd};
     loop {
@@ -671,15 +682,23 @@ fn pipe_bytes(src: &File) -> std::io::Result<usize> {
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
-        let mut n: nix::libc::c_int = 0;
-        // SAFETY: FIONREAD on a pipe writes one c_int through the pointer,
-        // which points at a live local of that type.
-        let r = unsafe { nix::libc::ioctl(src.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let held = || -> std::io::Result<usize> {
+            let mut n: nix::libc::c_int = 0;
+            // SAFETY: FIONREAD on a pipe writes one c_int through the
+            // pointer, which points at a live local of that type.
+            let r = unsafe { nix::libc::ioctl(src.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(usize::try_from(n).unwrap_or(0))
+        };
+        let n = held()?;
         if n > 0 {
-            return Ok(usize::try_from(n).unwrap_or(0));
+            if busy && n < SMALL_READ {
+                std::thread::sleep(BATCH_WAIT);
+                return held();
+            }
+            return Ok(n);
         }
         // Readable with nothing in it: the writers are gone.
         let hup = fds[0]
@@ -695,8 +714,13 @@ fn pipe_bytes(src: &File) -> std::io::Result<usize> {
 /// often; a refusal (over the per-user pipe budget, or a limit below
 /// 1 MiB) keeps the pipe as it is.
 fn grow_pipe(src: &File) {
-    use nix::fcntl::{FcntlArg, fcntl};
-    let _ = fcntl(src, FcntlArg::F_SETPIPE_SZ(BIG_READ as nix::libc::c_int));
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let _ = fcntl(src, FcntlArg::F_SETPIPE_SZ(BIG_READ as nix::libc::c_int));
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = src;
 }
 
 enum Chunk {
@@ -719,6 +743,9 @@ struct Writer {
     ino: u64,
     /// The sidecar, once the ring has wrapped.
     head: Option<File>,
+    /// The `reserved` the sidecar holds: writes below it need no sidecar
+    /// write before them.
+    leased: u64,
 }
 
 impl LiveStream {
@@ -800,8 +827,13 @@ impl LiveStream {
     /// On Linux the bytes go from the pipe to the file with `splice`, which
     /// copies them once, into the page cache, rather than out to a buffer
     /// and back in.
-    fn pump(&self, first: Vec<u8>, mut src: File) {
+    fn pump(&self, first: Vec<u8>, src: File) {
         let mut w = Writer::default();
+        self.pump_into(&mut w, first, src);
+        self.close_head(&mut w);
+    }
+
+    fn pump_into(&self, w: &mut Writer, first: Vec<u8>, mut src: File) {
         let mut failed = self.load().err();
         if let Some(e) = &failed {
             tracing::warn!(file = %self.paths.cur.display(), error = %e, "reading earlier output failed; this attempt's output is dropped");
@@ -813,16 +845,16 @@ impl LiveStream {
         };
         if failed.is_none()
             && !first.is_empty()
-            && let Err(e) = self.append(&mut w, &first)
+            && let Err(e) = self.append(w, &first)
         {
-            fail(&mut w, e, &mut failed);
+            fail(w, e, &mut failed);
         }
         let mut splicing = cfg!(target_os = "linux");
         let mut buf = Vec::new();
         let mut grown = false;
         loop {
             let n = if failed.is_none() && splicing {
-                match self.splice_in(&mut w, &src) {
+                match self.splice_in(w, &src, grown) {
                     Ok(n) => n,
                     // The file system takes no splice: copy through a
                     // buffer instead.
@@ -831,7 +863,7 @@ impl LiveStream {
                         continue;
                     }
                     Err(e) => {
-                        fail(&mut w, e, &mut failed);
+                        fail(w, e, &mut failed);
                         continue;
                     }
                 }
@@ -849,9 +881,9 @@ impl LiveStream {
                 };
                 if failed.is_none()
                     && n > 0
-                    && let Err(e) = self.append(&mut w, &buf[..n])
+                    && let Err(e) = self.append(w, &buf[..n])
                 {
-                    fail(&mut w, e, &mut failed);
+                    fail(w, e, &mut failed);
                 }
                 n
             };
@@ -886,13 +918,13 @@ impl LiveStream {
     /// Moves what the pipe holds (up to [`BIG_READ`]) into the next slots,
     /// with `splice`. Returns 0 at EOF.
     #[cfg(target_os = "linux")]
-    fn splice_in(&self, w: &mut Writer, src: &File) -> std::io::Result<usize> {
+    fn splice_in(&self, w: &mut Writer, src: &File, busy: bool) -> std::io::Result<usize> {
         use nix::fcntl::{SpliceFFlags, splice};
         let ring = self.cap;
         // Only the bytes already in the pipe are reserved, and the splice
         // moves exactly those (nothing else reads the pipe): reserving
         // more would tell readers that kept bytes were gone.
-        let waiting = pipe_bytes(src)?;
+        let waiting = pipe_bytes(src, busy)?;
         if waiting == 0 {
             return Ok(0);
         }
@@ -912,7 +944,7 @@ impl LiveStream {
         let end = start + len as u64;
         let wraps = end > ring;
         if wraps {
-            self.write_head(w, ring, start, end)?;
+            self.lease(w, ring, start, end)?;
         }
         let slot = start % ring;
         let allowed = self.faults.writable(slot + len as u64, len);
@@ -945,13 +977,14 @@ impl LiveStream {
         }
         let n = moved?;
         if wraps {
-            self.write_head(w, ring, start + n as u64, start + n as u64)?;
+            let leased = w.leased;
+            self.write_head(w, ring, start + n as u64, leased)?;
         }
         Ok(n)
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn splice_in(&self, _w: &mut Writer, _src: &File) -> std::io::Result<usize> {
+    fn splice_in(&self, _w: &mut Writer, _src: &File, _busy: bool) -> std::io::Result<usize> {
         Err(std::io::Error::from_raw_os_error(nix::libc::EINVAL))
     }
 
@@ -977,7 +1010,7 @@ impl LiveStream {
         if wraps {
             // Before any slot is reused, say so on disk: a crash in the
             // middle leaves a sidecar whose `reserved` covers the write.
-            self.write_head(w, ring, start, end)?;
+            self.lease(w, ring, start, end)?;
         }
         let mut done = 0;
         let result = loop {
@@ -1003,7 +1036,8 @@ impl LiveStream {
         }
         result?;
         if wraps {
-            self.write_head(w, ring, end, end)?;
+            let leased = w.leased;
+            self.write_head(w, ring, end, leased)?;
         }
         Ok(())
     }
@@ -1034,6 +1068,43 @@ impl LiveStream {
             return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
         }
         Ok(done)
+    }
+
+    /// Before a write ending at `end` that reuses slots: makes sure the
+    /// sidecar's `reserved` covers it. It is leased ahead (a 16th of the
+    /// ring, at most [`BIG_READ`]), so that a stream of small writes does
+    /// not write the sidecar twice each: after a crash, at most the lease
+    /// of the oldest kept bytes is given up.
+    fn lease(&self, w: &mut Writer, ring: u64, total: u64, end: u64) -> std::io::Result<()> {
+        if end <= w.leased {
+            return Ok(());
+        }
+        // Never below what the state reserves: after a crash that is the
+        // old sidecar's lease, whose slots may hold bytes of the crashed
+        // run until this one writes past them.
+        let reserved = lock(&self.state).reserved;
+        let leased = (end + (ring / 16).min(BIG_READ as u64)).max(reserved);
+        self.write_head(w, ring, total, leased)?;
+        w.leased = leased;
+        Ok(())
+    }
+
+    /// At the end of a stream that wrapped: the sidecar's `reserved` comes
+    /// back from its lease, so that every kept byte is read.
+    fn close_head(&self, w: &mut Writer) {
+        if w.head.is_none() {
+            return;
+        }
+        // The state's `reserved` is `total` unless a crash's lease is still
+        // ahead of it: those slots may hold the crashed run's bytes.
+        let (total, reserved) = {
+            let st = lock(&self.state);
+            (st.total, st.reserved)
+        };
+        if let Err(e) = self.write_head(w, self.cap, total, reserved) {
+            tracing::warn!(file = %self.paths.head.display(), error = %e, "recording where job output ends failed; its oldest bytes may not be shown");
+        }
+        w.leased = reserved;
     }
 
     fn write_head(

@@ -398,3 +398,45 @@ async fn the_marker_is_appended_when_there_is_room() {
         format!("half a li\n[quern: output truncated: {e}]\n")
     );
 }
+
+/// A daemon that dies while a wrapped stream is being written leaves a
+/// sidecar whose lease runs ahead of its total: a reader then gets the
+/// newest bytes written, right, minus at most the lease of the oldest; and
+/// the next attempt carries on from there.
+#[tokio::test]
+async fn a_crash_mid_stream_keeps_the_newest_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = 16 * 1024;
+    let all = numbered_lines(0..5000);
+    {
+        let logs = LogStore::new(dir.path().to_path_buf(), ring).unwrap();
+        let live = logs.start(16);
+        let stream = live.stream(Stream::Stdout).clone();
+        let mut w = Writer::default();
+        stream.load().unwrap();
+        for c in all.chunks(1000) {
+            stream.append(&mut w, c).unwrap();
+        }
+        // Dropped here without `close_head`: as a crash leaves it.
+    }
+    let logs = LogStore::new(dir.path().to_path_buf(), ring).unwrap();
+    let page = logs.read_page(16, Stream::Stdout, None, PAGE_MAX).unwrap();
+    assert_eq!(page.end, all.len() as u64);
+    let start = page.piece.offset as usize;
+    assert!(start + page.piece.data.len() == all.len());
+    assert_eq!(page.piece.data, all[start..]);
+    assert!(
+        page.piece.data.len() as u64 >= ring - ring / 16 - LINE_WINDOW as u64,
+        "only {} bytes kept",
+        page.piece.data.len()
+    );
+    let more = numbered_lines(5000..5100);
+    let live = logs.start(16);
+    pump_all(&live, Stream::Stdout, &[&more]).await;
+    logs.finish(16);
+    let mut everything = all.clone();
+    everything.extend(&more);
+    let stored = logs.read_stored(16, Stream::Stdout).unwrap();
+    assert!(stored.len() as u64 >= ring - ring / 16);
+    assert!(everything.ends_with(&stored));
+}
