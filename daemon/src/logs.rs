@@ -13,9 +13,16 @@
 //! Once a file has wrapped, a sidecar `ID.out.head` says where its newest
 //! byte is. **On disk the sidecar's `reserved` is never below the end of a
 //! write in progress, and its `total` never above what was written**: the
-//! pump writes it before a write that reuses slots and again after, so a
-//! crash of the daemon at any point leaves `[reserved - cap, total)` intact,
-//! which is what a reader takes.
+//! pump writes it before a write that reuses slots past its `reserved`
+//! (leasing some slots ahead, so most writes need no write before them) and
+//! again after, so a crash of the daemon at any point leaves
+//! `[reserved - cap, total)` intact, which is what a reader takes. At a
+//! clean end `reserved` comes back to `total`.
+//!
+//! Positions carry on from one attempt to the next. Files an older quernd
+//! rotated into `.1` + current, or a ring of another cap, are rewritten as
+//! one plain file when the next attempt starts, and positions start again
+//! at 0 then.
 //!
 //! Readers wait on a watch channel for new bytes rather than polling, and a
 //! live read is checked against the writer's reservation after it is made,
