@@ -110,6 +110,10 @@ struct Faults {
     write_fails_past: AtomicU64,
     /// Reads of output fail with EIO.
     reads_fail: AtomicBool,
+    /// Held (for writing) by a test, it holds up every look at the files
+    /// earlier attempts left, as a slow disk would.
+    #[cfg(test)]
+    load_gate: std::sync::RwLock<()>,
 }
 
 impl Default for Faults {
@@ -117,6 +121,8 @@ impl Default for Faults {
         Faults {
             write_fails_past: AtomicU64::new(u64::MAX),
             reads_fail: AtomicBool::new(false),
+            #[cfg(test)]
+            load_gate: std::sync::RwLock::new(()),
         }
     }
 }
@@ -766,6 +772,12 @@ impl LiveStream {
     /// never include this attempt's output.
     fn load(&self) -> std::io::Result<()> {
         let _loading = lock(&self.loading);
+        #[cfg(test)]
+        let _gate = self
+            .faults
+            .load_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         if lock(&self.state).loaded {
             return Ok(());
         }

@@ -440,3 +440,52 @@ async fn a_crash_mid_stream_keeps_the_newest_bytes() {
     assert!(stored.len() as u64 >= ring - ring / 16);
     assert!(everything.ends_with(&stored));
 }
+
+/// Looking at the files earlier attempts left happens on blocking threads
+/// only: with that held up (a slow disk), a follower waits, and the
+/// runtime's one thread still runs other tasks, and ends a silent stream.
+#[tokio::test]
+async fn a_slow_disk_never_holds_up_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = LogStore::new(dir.path().to_path_buf(), 1024).unwrap();
+    std::fs::write(dir.path().join("17.out"), b"earlier\n").unwrap();
+    let live = logs.start(17);
+    let faults = logs.faults.clone();
+    let released = Arc::new(AtomicBool::new(false));
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let released = released.clone();
+        std::thread::spawn(move || {
+            let gate = faults.load_gate.write().unwrap();
+            held_tx.send(()).unwrap();
+            // Released by the test, or after a while if the runtime is
+            // stuck, so that the test fails instead of hanging.
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(10));
+            released.store(true, Ordering::SeqCst);
+            drop(gate);
+        })
+    };
+    held_rx.recv().unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let l2 = live.clone();
+    let follower = tokio::spawn(async move { l2.follow(Stream::Stdout, Some(0), tx).await });
+    tokio::task::yield_now().await;
+    // A silent stream ends on the runtime, without the lengths.
+    let (r, w) = pipe();
+    drop(w);
+    live.clone().pump(Stream::Stderr, r).await;
+    assert_eq!(tokio::spawn(async { 7 }).await.unwrap(), 7);
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "the runtime waited for the files to be looked at"
+    );
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let (r, w) = pipe();
+    drop(w);
+    live.clone().pump(Stream::Stdout, r).await;
+    assert_eq!(follower.await.unwrap().unwrap(), 8);
+    let got = drain(rx).await;
+    assert_eq!(got[0].data, b"earlier\n");
+}
