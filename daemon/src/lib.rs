@@ -12,9 +12,9 @@ pub mod jobs;
 pub mod logs;
 pub mod platform;
 pub mod progress;
-pub mod retention;
 #[cfg(test)]
 mod props;
+pub mod retention;
 pub mod runner;
 pub mod scheduler;
 pub mod server;

@@ -804,6 +804,7 @@ pub async fn open_logs(
             job_id: id,
             follow,
             stream: stream as i32,
+            ..LogsRequest::default()
         }),
     )
     .await
@@ -812,21 +813,47 @@ pub async fn open_logs(
     .into_inner())
 }
 
-/// Reads the whole `Logs` stream of job `id` (without follow, so what is
-/// stored now), optionally of one stream only.
+/// Reads the whole stored output of job `id` (without follow, so what is
+/// stored now), optionally of one stream only, a page at a time as the
+/// daemon gives them.
 pub async fn read_logs(
     client: &mut JobsClient<Channel>,
     id: u64,
     stream: LogStream,
 ) -> Result<JobOutput> {
-    let mut logs = open_logs(client, id, false, stream).await?;
+    let streams = match stream {
+        LogStream::Unspecified => vec![LogStream::Stdout, LogStream::Stderr],
+        s => vec![s],
+    };
     let mut output = JobOutput::default();
-    while let Some(chunk) = timeout(WAIT, logs.message())
-        .await
-        .map_err(|_| anyhow!("Logs of {id} without follow did not end within {WAIT:?}"))?
-        .with_context(|| format!("reading Logs of {id}"))?
-    {
-        output.push(chunk)?;
+    for s in streams {
+        let mut offset = None;
+        loop {
+            let req = LogsRequest {
+                job_id: id,
+                stream: s as i32,
+                offset,
+                ..LogsRequest::default()
+            };
+            let mut logs = timeout(WAIT, client.logs(req))
+                .await
+                .map_err(|_| anyhow!("opening Logs of {id} timed out"))?
+                .with_context(|| format!("Logs of {id}"))?
+                .into_inner();
+            let mut next = None;
+            while let Some(chunk) = timeout(WAIT, logs.message())
+                .await
+                .map_err(|_| anyhow!("Logs of {id} without follow did not end within {WAIT:?}"))?
+                .with_context(|| format!("reading Logs of {id}"))?
+            {
+                next = chunk.next_offset.or(next);
+                output.push(chunk)?;
+            }
+            match next {
+                Some(n) => offset = Some(n),
+                None => break,
+            }
+        }
     }
     Ok(output)
 }

@@ -289,6 +289,7 @@ async fn unknown_ids_are_not_found() -> Result<()> {
                 job_id: unknown,
                 follow,
                 stream: LogStream::Unspecified as i32,
+                ..LogsRequest::default()
             };
             expect_stream_code(client.logs(request).await, Code::NotFound)
                 .await

@@ -121,4 +121,5 @@ scenarios! {
     p6_restart_after_sigterm => "p6",
     p6b_restart_after_kill_9 => "p6b",
     p10_disk_use_with_retention => "p10",
+    p13_output_capture => "p13",
 }

@@ -12,7 +12,7 @@ use crate::job::{
     Event, ExecSpec, Job, JobId, JobKind, JobSpec, JobState, KindTag, Micros, PRIORITY_NAMES,
     Progress, RunRecord, StateTag, priority_from_name,
 };
-use crate::logs::Stream as LogStreamKind;
+use crate::logs::{PAGE_MAX, Stream as LogStreamKind};
 use crate::store::{Counters, ListQuery};
 
 /// Limits on what one spec may hold. They keep a single request from
@@ -256,6 +256,10 @@ pub struct LogsQuery {
     pub streams: Vec<LogStreamKind>,
     /// Follow until the job finishes.
     pub follow: bool,
+    /// Without follow: where to start (the oldest kept byte if `None`).
+    pub offset: Option<u64>,
+    /// Without follow: the most bytes of each stream to send.
+    pub limit: usize,
 }
 
 /// The query of a Logs stream.
@@ -272,10 +276,34 @@ pub fn logs_from_proto(r: pb::LogsRequest) -> Result<LogsQuery, Error> {
             ));
         }
     };
+    if r.follow && r.offset.is_some() {
+        return Err(Error::invalid(
+            "offset",
+            "pages are for a Logs call without follow; drop offset, or follow",
+        ));
+    }
+    if r.follow && r.limit != 0 {
+        return Err(Error::invalid(
+            "limit",
+            "pages are for a Logs call without follow; drop limit, or follow",
+        ));
+    }
+    if r.offset.is_some() && streams.len() != 1 {
+        return Err(Error::invalid(
+            "offset",
+            "a position belongs to one stream; set stream to STDOUT or STDERR",
+        ));
+    }
+    let limit = match usize::try_from(r.limit) {
+        Ok(0) | Err(_) => PAGE_MAX,
+        Ok(n) => n.min(PAGE_MAX),
+    };
     Ok(LogsQuery {
         job,
         streams,
         follow: r.follow,
+        offset: r.offset,
+        limit,
     })
 }
 

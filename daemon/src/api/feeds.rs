@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use quern_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::Status;
 
 use super::convert;
 use crate::job::{Event, JobId, Progress};
 use crate::jobs::Jobs;
-use crate::logs::{LogStore, Stream as LogStreamKind};
+use crate::logs::{LogStore, Piece, Stream as LogStreamKind};
 use crate::store::EventsPage;
 
 /// How many stored events one read takes while replaying.
@@ -186,9 +187,12 @@ impl LogFeed {
         }
     }
 
-    pub(super) async fn run(self, follow: bool) {
-        // Positions reached in each stream of the attempt being followed.
-        let mut pos = [0u64; 2];
+    /// Sends the output asked for; see [`convert::LogsQuery`].
+    pub(super) async fn run(self, follow: bool, offset: Option<u64>, limit: usize) {
+        // Positions reached in each stream of the attempt being followed;
+        // the first attempt followed is shown from its oldest kept byte
+        // (earlier attempts' output included).
+        let mut pos = [Some(0u64); 2];
         let mut followed: Option<Arc<crate::logs::LiveLog>> = None;
         loop {
             // Subscribe before looking at the job, so a change that happens
@@ -203,13 +207,10 @@ impl LogFeed {
             };
             let terminal = job.state.tag().is_terminal();
             if let Some(live) = self.logs.live(self.id).filter(|_| follow) {
-                // The first attempt we follow is shown from its oldest kept
-                // byte (earlier attempts' output included); a later one from
-                // its own beginning, since what came before was sent live.
+                // A later attempt from its own beginning, since what came
+                // before was sent live.
                 if followed.as_ref().is_some_and(|f| !Arc::ptr_eq(f, &live)) {
-                    for s in [LogStreamKind::Stdout, LogStreamKind::Stderr] {
-                        pos[s as usize] = live.start(s);
-                    }
+                    pos = [None; 2];
                 }
                 followed = Some(live.clone());
                 if !self.follow_live(live, &mut pos).await {
@@ -219,7 +220,7 @@ impl LogFeed {
             if terminal || !follow {
                 // Output already followed live has been sent.
                 if followed.is_none() {
-                    self.send_stored().await;
+                    self.send_stored(follow, offset, limit).await;
                 }
                 return;
             }
@@ -237,79 +238,150 @@ impl LogFeed {
     }
 
     /// Streams the live output until its writers finish. False when the
-    /// client went away.
-    async fn follow_live(&self, live: Arc<crate::logs::LiveLog>, pos: &mut [u64; 2]) -> bool {
+    /// stream is over: the client went away, or reading failed (the client
+    /// has been told).
+    async fn follow_live(
+        &self,
+        live: Arc<crate::logs::LiveLog>,
+        pos: &mut [Option<u64>; 2],
+    ) -> bool {
         let mut tasks = Vec::new();
         for &s in &self.streams {
             let idx = s as usize;
             let start = pos[idx];
-            let (ctx, mut crx) = mpsc::channel::<Vec<u8>>(8);
+            let (ctx, mut crx) = mpsc::channel::<Piece>(4);
             let live = live.clone();
             let tx = self.tx.clone();
+            // Aborted with the feed (shutdown, or the client went away),
+            // so no reader outlives its stream waiting for output.
             tasks.push((
                 idx,
-                tokio::spawn(async move {
-                    let reader = tokio::spawn(async move { live.follow(s, start, ctx).await });
+                AbortOnDropHandle::new(tokio::spawn(async move {
+                    let reader = AbortOnDropHandle::new(tokio::spawn(async move {
+                        live.follow(s, start, ctx).await
+                    }));
                     let mut open = true;
-                    while let Some(data) = crx.recv().await {
-                        let msg = pb::LogsResponse {
-                            stream: convert::stream_to_proto(s) as i32,
-                            data,
-                        };
-                        if tx.send(Ok(msg)).await.is_err() {
+                    while let Some(piece) = crx.recv().await {
+                        if tx.send(Ok(piece_to_proto(s, piece, None))).await.is_err() {
                             open = false;
                             break;
                         }
                     }
                     drop(crx);
-                    let end = reader.await.ok().and_then(Result::ok).unwrap_or(start);
+                    let end = match reader.await {
+                        Ok(Ok(end)) => Ok(end),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
                     (open, end)
-                }),
+                })),
             ));
         }
         let mut open = true;
+        let mut failed = None;
         for (idx, t) in tasks {
             match t.await {
-                Ok((o, end)) => {
+                Ok((o, Ok(end))) => {
                     open &= o;
-                    pos[idx] = end;
+                    pos[idx] = Some(end);
                 }
-                Err(_) => open = false,
+                Ok((_, Err(e))) => failed = Some(e),
+                Err(e) => failed = Some(e.to_string()),
             }
+        }
+        if let Some(e) = failed {
+            // A clean end would look like the whole output: say it is not.
+            let _ = self
+                .tx
+                .send(Err(Status::internal(format!(
+                    "reading the output of job {} failed: {e}; what was sent is incomplete",
+                    self.id
+                ))))
+                .await;
+            return false;
         }
         open
     }
 
-    async fn send_stored(&self) {
+    /// Sends stored output: without follow one page of each stream (from
+    /// `offset`, at most `limit` bytes); with follow, all of it.
+    async fn send_stored(&self, follow: bool, offset: Option<u64>, limit: usize) {
         for &s in &self.streams {
-            let logs = self.logs.clone();
-            let id = self.id;
-            let data = tokio::task::spawn_blocking(move || logs.read_stored(id, s)).await;
-            let data = match data {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    let _ = self
-                        .tx
-                        .send(Err(Status::internal(format!(
-                            "reading output of job {id} failed: {e}"
-                        ))))
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
-                    return;
-                }
-            };
-            for chunk in data.chunks(64 * 1024) {
-                let msg = pb::LogsResponse {
-                    stream: convert::stream_to_proto(s) as i32,
-                    data: chunk.to_vec(),
+            let mut from = offset;
+            loop {
+                let logs = self.logs.clone();
+                let id = self.id;
+                let page =
+                    tokio::task::spawn_blocking(move || logs.read_page(id, s, from, limit)).await;
+                let page = match page {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        let _ = self
+                            .tx
+                            .send(Err(Status::internal(format!(
+                                "reading the output of job {id} failed: {e}; what was sent is incomplete"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = self.tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
                 };
-                if self.tx.send(Ok(msg)).await.is_err() {
-                    return;
+                let next = page.piece.offset + page.piece.data.len() as u64;
+                let more = next < page.end && !page.piece.data.is_empty();
+                let next_offset = (more && !follow).then_some(next);
+                if !page.piece.data.is_empty() || page.piece.skipped > 0 || next_offset.is_some() {
+                    for msg in split(s, page.piece, next_offset) {
+                        if self.tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
                 }
+                if !more || !follow {
+                    break;
+                }
+                from = Some(next);
             }
         }
+    }
+}
+
+/// How much one Logs message carries at most.
+const MESSAGE_MAX: usize = 64 * 1024;
+
+/// One piece as messages of at most [`MESSAGE_MAX`] bytes; only the first
+/// carries the gap, and only the last `next_offset`.
+fn split(s: LogStreamKind, piece: Piece, next_offset: Option<u64>) -> Vec<pb::LogsResponse> {
+    let mut out = Vec::new();
+    let mut offset = piece.offset;
+    let mut skipped = piece.skipped;
+    for chunk in piece.data.chunks(MESSAGE_MAX) {
+        out.push(piece_to_proto(
+            s,
+            Piece {
+                skipped: std::mem::take(&mut skipped),
+                offset,
+                data: chunk.to_vec(),
+            },
+            None,
+        ));
+        offset += chunk.len() as u64;
+    }
+    match out.last_mut() {
+        Some(last) => last.next_offset = next_offset,
+        None => out.push(piece_to_proto(s, piece, next_offset)),
+    }
+    out
+}
+
+fn piece_to_proto(s: LogStreamKind, piece: Piece, next_offset: Option<u64>) -> pb::LogsResponse {
+    pb::LogsResponse {
+        stream: convert::stream_to_proto(s) as i32,
+        data: piece.data,
+        skipped_bytes: piece.skipped,
+        offset: piece.offset,
+        next_offset,
     }
 }

@@ -27,6 +27,9 @@ use crate::retention::Retention;
 use crate::store::EventsPage;
 use feeds::{EventFeed, LogFeed, REPLAY_PAGE};
 
+/// How long a stream cut by shutdown waits to tell its client so.
+const STREAM_END_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub use convert::limits;
 
 /// The `quern.v1.Jobs` service.
@@ -184,12 +187,27 @@ impl JobsApi for JobsService {
         // Fail fast on an unknown id, before the stream starts.
         self.jobs.get(r.job).await?;
         let (tx, rx) = mpsc::channel(64);
-        let feed = LogFeed::new(self.jobs.clone(), self.logs.clone(), r.job, r.streams, tx);
+        let feed = LogFeed::new(
+            self.jobs.clone(),
+            self.logs.clone(),
+            r.job,
+            r.streams,
+            tx.clone(),
+        );
         let shutdown = self.shutdown.clone();
+        let id = r.job;
         tokio::spawn(async move {
             tokio::select! {
-                _ = feed.run(r.follow) => {}
-                _ = shutdown.cancelled() => {}
+                _ = feed.run(r.follow, r.offset, r.limit) => {}
+                _ = shutdown.cancelled() => {
+                    // The end of a Logs stream means "that is all the
+                    // output": one cut short must say it was. A client
+                    // that reads nothing any more is not waited for long.
+                    let stop = Status::unavailable(format!(
+                        "quernd is shutting down; the output of job {id} was not sent to its end; ask again once it is back"
+                    ));
+                    let _ = tokio::time::timeout(STREAM_END_NOTICE, tx.send(Err(stop))).await;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

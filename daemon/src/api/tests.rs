@@ -13,6 +13,7 @@ struct Rig {
     _dir: tempfile::TempDir,
     ctx: Arc<crate::runner::RunnerCtx>,
     service: JobsService,
+    shutdown: CancellationToken,
 }
 
 /// The service over a real store, and a scheduler that never runs: these
@@ -34,17 +35,19 @@ fn rig() -> Rig {
         config.retention,
         ctx.env.clock,
     ));
+    let shutdown = CancellationToken::new();
     let service = JobsService::new(
         jobs,
         ctx.logs.clone(),
         retention,
         Arc::new(config),
-        CancellationToken::new(),
+        shutdown.clone(),
     );
     Rig {
         _dir: dir,
         ctx,
         service,
+        shutdown,
     }
 }
 
@@ -147,4 +150,164 @@ async fn progress_reaches_the_streams_that_ask_and_get() {
     let running = get(job.id).await;
     assert_eq!(running.progress.map(|p| p.done), Some(512));
     assert_eq!(running.owner_uid, nix::unistd::getuid().as_raw());
+}
+
+/// Gives job `id` a live log whose stdout is `data`, written to the end.
+async fn output(rig: &Rig, id: u64, data: &[u8]) -> Arc<crate::logs::LiveLog> {
+    use std::io::Write as _;
+    let live = rig.ctx.logs.start(id);
+    let (r, w): (std::os::fd::OwnedFd, std::os::fd::OwnedFd) = nix::unistd::pipe().unwrap();
+    let pump = tokio::spawn(live.clone().pump(crate::logs::Stream::Stdout, r));
+    let data = data.to_vec();
+    tokio::task::spawn_blocking(move || std::fs::File::from(w).write_all(&data).unwrap())
+        .await
+        .unwrap();
+    pump.await.unwrap();
+    live
+}
+
+async fn logs(rig: &Rig, req: pb::LogsRequest) -> Vec<Result<pb::LogsResponse, Status>> {
+    let stream = rig
+        .service
+        .logs(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.collect().await
+}
+
+/// A failed read of output ends the stream with an error, followed or
+/// not: a clean end would claim the output was complete.
+#[tokio::test]
+async fn a_failed_read_ends_logs_with_an_error() {
+    let rig = rig();
+    let job = submit(&rig).await;
+    output(&rig, job.id, b"some output\n").await;
+    rig.ctx.logs.fail_reads();
+    for follow in [true, false] {
+        let got = logs(
+            &rig,
+            pb::LogsRequest {
+                job_id: job.id,
+                follow,
+                ..Default::default()
+            },
+        )
+        .await;
+        let last = got.last().expect("the stream sent nothing");
+        let err = last.as_ref().expect_err("the stream ended cleanly");
+        assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+        assert!(err.message().contains("incomplete"), "{err:?}");
+    }
+}
+
+/// A followed stream cut by shutdown says so rather than ending cleanly.
+#[tokio::test]
+async fn shutdown_ends_a_followed_stream_with_unavailable() {
+    let rig = rig();
+    let job = submit(&rig).await;
+    // Live, with nothing written yet: the follower waits.
+    let _live = rig.ctx.logs.start(job.id);
+    let mut stream = rig
+        .service
+        .logs(Request::new(pb::LogsRequest {
+            job_id: job.id,
+            follow: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    rig.shutdown.cancel();
+    let err = stream.next().await.unwrap().expect_err("a clean message");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(stream.next().await.is_none());
+}
+
+/// Without follow, a response holds at most `limit` bytes of a stream,
+/// its last message says where the next page starts, and the pages add
+/// up to the output.
+#[tokio::test]
+async fn logs_come_in_pages() {
+    let rig = rig();
+    let job = submit(&rig).await;
+    let data: Vec<u8> = (0..10_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    output(&rig, job.id, &data).await;
+    let mut got = Vec::new();
+    let mut offset = None;
+    let mut pages = 0;
+    loop {
+        let msgs = logs(
+            &rig,
+            pb::LogsRequest {
+                job_id: job.id,
+                stream: pb::LogStream::Stdout as i32,
+                offset,
+                limit: 10_000,
+                ..Default::default()
+            },
+        )
+        .await;
+        pages += 1;
+        let mut next = None;
+        let mut len = 0;
+        for m in msgs {
+            let m = m.unwrap();
+            assert_eq!(m.offset, got.len() as u64);
+            len += m.data.len();
+            got.extend(m.data);
+            next = m.next_offset;
+        }
+        assert!(len <= 10_000, "a page of {len} bytes");
+        match next {
+            Some(n) => offset = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(got, data);
+    assert_eq!(pages, data.len().div_ceil(10_000));
+}
+
+/// Paging fields that cannot mean anything are refused, naming the field.
+#[tokio::test]
+async fn paging_fields_are_checked() {
+    let rig = rig();
+    let job = submit(&rig).await;
+    for (req, field) in [
+        (
+            pb::LogsRequest {
+                job_id: job.id,
+                follow: true,
+                offset: Some(0),
+                stream: pb::LogStream::Stdout as i32,
+                ..Default::default()
+            },
+            "offset",
+        ),
+        (
+            pb::LogsRequest {
+                job_id: job.id,
+                follow: true,
+                limit: 10,
+                ..Default::default()
+            },
+            "limit",
+        ),
+        (
+            pb::LogsRequest {
+                job_id: job.id,
+                offset: Some(0),
+                ..Default::default()
+            },
+            "offset",
+        ),
+    ] {
+        let Err(err) = rig.service.logs(Request::new(req)).await else {
+            panic!("accepted a request with a bad {field}");
+        };
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with(field), "{err:?}");
+    }
 }

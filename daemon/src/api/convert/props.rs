@@ -273,6 +273,9 @@ proptest! {
         id in prop_oneof![Just(0u64), any::<u64>()],
         grace in prop::option::of(duration()),
         stream in edgy_i32(),
+        offset in prop::option::of(prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()]),
+        limit in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+        follow in any::<bool>(),
     ) {
         let default = Duration::from_secs(10);
         match cancel_from_proto(pb::CancelRequest { id, grace }, default) {
@@ -282,7 +285,7 @@ proptest! {
             }
             Err(e) => check_refusal(e, "")?,
         }
-        let r = pb::LogsRequest { job_id: id, stream, follow: false };
+        let r = pb::LogsRequest { job_id: id, stream, follow, offset, limit };
         if let Err(e) = logs_from_proto(r) {
             check_refusal(e, "")?;
         }

@@ -1,6 +1,7 @@
 //! The scenarios of issue 3, and what they share: starting a daemon, building
 //! no-op job specs, bulk filling the store, and following the Events stream.
 
+mod capture;
 mod latency;
 mod list;
 mod memory;
@@ -53,11 +54,13 @@ pub enum Scenario {
     P6b,
     /// Disk use under a steady stream of jobs, with retention on.
     P10,
+    /// What capturing a job's output costs against /dev/null.
+    P13,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::P1a,
         Scenario::P1b,
         Scenario::P1c,
@@ -68,6 +71,7 @@ impl Scenario {
         Scenario::P6,
         Scenario::P6b,
         Scenario::P10,
+        Scenario::P13,
     ];
 
     /// Finds a scenario by its id, ignoring case.
@@ -90,6 +94,7 @@ impl Scenario {
             Scenario::P6 => "P6",
             Scenario::P6b => "P6b",
             Scenario::P10 => "P10",
+            Scenario::P13 => "P13",
         }
     }
 
@@ -106,11 +111,12 @@ impl Scenario {
             Scenario::P6 => "restart (SIGTERM, start) with N jobs stored, until SERVING",
             Scenario::P6b => "restart after kill -9 with N jobs stored, until SERVING",
             Scenario::P10 => "store and log dir size as N no-op jobs run, keeping N/10 finished",
+            Scenario::P13 => "a job printing N MiB: through quern vs to a file vs to /dev/null",
         }
     }
 
     /// The size issue 3 asks for: jobs per client level for P1a, samples for
-    /// P2, stored jobs for P4-P6.
+    /// P2, stored jobs for P4-P6, MiB of output for P13.
     pub fn default_jobs(self) -> u64 {
         match self {
             Scenario::P1a => 50_000,
@@ -119,6 +125,7 @@ impl Scenario {
             Scenario::P2 => 1_000,
             Scenario::P3 => 20_000,
             Scenario::P4 | Scenario::P5 | Scenario::P6 | Scenario::P6b | Scenario::P10 => 1_000_000,
+            Scenario::P13 => 2_000,
         }
     }
 
@@ -135,6 +142,7 @@ impl Scenario {
             Scenario::P6 => restart::run(ctx, jobs, restart::Stop::Term).await,
             Scenario::P6b => restart::run(ctx, jobs, restart::Stop::Kill).await,
             Scenario::P10 => retention::run(ctx, jobs).await,
+            Scenario::P13 => capture::run(ctx, jobs).await,
         };
         run.with_context(|| format!("scenario {} failed", self.id()))
     }
