@@ -111,9 +111,7 @@ fn gap_marker(n: u64) -> String {
     let size = match n {
         1 => "1 byte".to_owned(),
         0..1_000 => format!("{n} bytes"),
-        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
-        _ => format!("{:.1} GB", n as f64 / 1e9),
+        _ => crate::output::human_bytes(n),
     };
     format!("[quern: {size} skipped]")
 }
