@@ -80,15 +80,13 @@ pub enum StoreError {
     },
     /// The disk holding the state dir is full: a write was not made.
     #[error(
-        "no space left on the disk of {dir} ({free} bytes free): nothing was written; free some space on that disk{restart}"
+        "no space left on the disk of {dir} ({free} bytes free): nothing was written; free some space on that disk"
     )]
     NoSpace {
         /// The state dir.
         dir: PathBuf,
         /// Bytes free for the daemon's user, as statvfs says.
         free: u64,
-        /// Empty, or what else it takes once space is free.
-        restart: &'static str,
     },
     /// The file was written by a newer quernd.
     #[error(
@@ -187,6 +185,58 @@ pub(crate) fn free_bytes(dir: &Path) -> u64 {
     })
 }
 
+/// The open database, shared by the writer and every reader. The writer
+/// opens the file again after a write failed for want of space: redb
+/// refuses every write after one fails, until it is reopened. Readers
+/// take a reference for one read; a reopen holds the lock while it waits
+/// for theirs to go, so they never see the file closed.
+pub(super) struct DbCell {
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    cache_bytes: usize,
+}
+
+impl DbCell {
+    /// The database, for one read or one transaction.
+    pub(super) fn get(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Failed {
+                cause: "its database could not be opened again after a failed write".into(),
+            })
+    }
+
+    /// Closes the file and opens it again, once no reader holds it (at
+    /// most `wait`). On failure nothing is left open.
+    pub(super) fn reopen(&self, wait: Duration) -> Result<()> {
+        let mut slot = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let deadline = std::time::Instant::now() + wait;
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::Db {
+                    op: "reopen",
+                    detail: "readers still hold the database".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The file lock is released only when the old handle is dropped.
+        *slot = None;
+        let mut builder = Database::builder();
+        builder.set_cache_size(self.cache_bytes);
+        let db = builder
+            .open(&self.path)
+            .map_err(|e| open_error(&self.path, e))?;
+        *slot = Some(Arc::new(db));
+        Ok(())
+    }
+}
+
 /// The result of storing one submitted spec.
 #[derive(Clone, Debug)]
 pub struct Submitted {
@@ -229,7 +279,7 @@ pub enum EventsPage {
 /// A handle to the store: cheap to clone, usable from any task.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<DbCell>,
     ops: inbox::Sender<Op>,
     events: broadcast::Sender<Event>,
     finished: watch::Receiver<u64>,
@@ -247,6 +297,9 @@ pub struct Store {
     /// For tests: how many of the next reads of ready jobs fail.
     #[cfg(test)]
     failing_reads: Arc<std::sync::atomic::AtomicU32>,
+    /// For tests: the writer skips its room check.
+    #[cfg(test)]
+    unchecked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// For tests: the state dirs whose store's writer panics at its first
@@ -315,13 +368,19 @@ impl Store {
         // Jobs from before owners were recorded were all submitted by the
         // daemon's own user (see `migrate`).
         let counters = schema::open(&db, &path, nix::unistd::getuid().as_raw())?;
-        let db = Arc::new(db);
+        let db = Arc::new(DbCell {
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+            path: path.clone(),
+            cache_bytes,
+        });
         let (ops, rx) = inbox::channel();
         let (events, _) = broadcast::channel(LIVE_EVENTS);
         let commits = Arc::new(AtomicU64::new(0));
         let (finished_tx, finished) = watch::channel(counters.finished());
         #[cfg(test)]
         let failing = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        #[cfg(test)]
+        let unchecked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         #[cfg(test)]
         if PANIC_AT_FIRST_COMMIT
             .lock()
@@ -341,6 +400,9 @@ impl Store {
             commits: commits.clone(),
             dir: state_dir.to_path_buf(),
             out_of_space: false,
+            fatal: None,
+            #[cfg(test)]
+            unchecked: unchecked.clone(),
             #[cfg(test)]
             failing: failing.clone(),
         };
@@ -353,11 +415,15 @@ impl Store {
                 // Without its writer the store takes no write: say so,
                 // rather than let every caller think quernd is stopping.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run(rx)));
-                if let Err(panic) = run {
-                    let why = format!(
+                let why = match run {
+                    Ok(Ok(())) => None,
+                    Ok(Err(cause)) => Some(cause),
+                    Err(panic) => Some(format!(
                         "its writer thread panicked: {}",
                         crate::platform::panic_message(&*panic)
-                    );
+                    )),
+                };
+                if let Some(why) = why {
                     tracing::error!(cause = %why, "the store failed; quernd stops");
                     let _ = cause.set(why);
                     fired.cancel();
@@ -377,6 +443,8 @@ impl Store {
             failing,
             #[cfg(test)]
             failing_reads: Arc::default(),
+            #[cfg(test)]
+            unchecked,
         })
     }
 
@@ -446,7 +514,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = self.db.clone();
+        let db = self.db.get()?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(db_err("join reader"))?
@@ -539,7 +607,7 @@ impl Store {
     /// Job `id`'s checkpoint, if one was saved. One lookup, read on the
     /// caller's thread.
     pub async fn checkpoint(&self, id: JobId) -> Result<Option<Vec<u8>>> {
-        read::checkpoint(&self.db, id)
+        read::checkpoint(&*self.db.get()?, id)
     }
 
     /// Moves every scheduled job due by `now` to queued. Returns when the
@@ -592,6 +660,13 @@ impl Store {
         self.failing_reads.store(n, Ordering::Relaxed);
     }
 
+    /// For tests: the writer commits without checking for room first, so
+    /// that a full disk fails redb's own write.
+    #[cfg(test)]
+    pub(crate) fn skip_room_check(&self) {
+        self.unchecked.store(true, Ordering::Relaxed);
+    }
+
     /// For tests: how many of the reads set to fail are still to come.
     #[cfg(test)]
     pub(crate) fn ready_reads_to_fail(&self) -> u32 {
@@ -606,12 +681,12 @@ impl Store {
     /// One job. A bounded read (one lookup), so it runs on the caller's
     /// thread; see [`Store::read`].
     pub async fn get(&self, id: JobId) -> Result<Job> {
-        read::get_job(&self.db, id)?.ok_or(StoreError::NotFound(id))
+        read::get_job(&*self.db.get()?, id)?.ok_or(StoreError::NotFound(id))
     }
 
     /// The committed counters. One row, read on the caller's thread.
     pub async fn counters(&self) -> Result<Counters> {
-        read::counters(&self.db)
+        read::counters(&*self.db.get()?)
     }
 
     /// A page of jobs; the second value is the cursor for the next page.
@@ -623,7 +698,7 @@ impl Store {
     /// are read on a blocking-pool thread (see [`read::list_is_bounded`]).
     pub async fn list(&self, q: ListQuery) -> Result<(Vec<Job>, Option<JobId>)> {
         if read::list_is_bounded(&q) {
-            read::list_jobs(&self.db, &q)
+            read::list_jobs(&*self.db.get()?, &q)
         } else {
             self.read(move |db| read::list_jobs(db, &q)).await
         }
@@ -661,13 +736,13 @@ impl Store {
                 detail: "failed on purpose by a test".into(),
             });
         }
-        read::ready_jobs(&self.db, limit, skip)
+        read::ready_jobs(&*self.db.get()?, limit, skip)
     }
 
     /// When the earliest scheduled job is due. One index entry, read on the
     /// caller's thread.
     pub async fn next_due(&self) -> Result<Option<Micros>> {
-        read::next_due(&self.db)
+        read::next_due(&*self.db.get()?)
     }
 
     /// Every job recorded as running: after a crash, these were interrupted.

@@ -592,3 +592,61 @@ async fn a_writer_that_panics_fails_every_write_by_its_cause() {
     assert_eq!(store.counters().await.unwrap().count(StateTag::Queued), 1);
     store.close().await;
 }
+
+/// A write that fails for want of space latches redb's file; once space
+/// is freed, the next write opens it again and succeeds, with no restart,
+/// and reads work throughout. Needs root, for the tmpfs.
+#[tokio::test]
+async fn a_store_that_ran_out_of_space_writes_again_once_space_is_freed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=4m"),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let filler = dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 2 << 20]).unwrap();
+    let store = Store::open(dir.path(), 100, 1 << 20, Duration::ZERO).unwrap();
+    store.skip_room_check();
+    let mut big = spec(0);
+    for k in 0..60 {
+        big.labels.insert(format!("k{k}"), "x".repeat(1000));
+    }
+    let mut stored = 0;
+    let err = loop {
+        assert!(stored < 1000, "4 MiB never filled up");
+        match store.submit(vec![big.clone()], 0, 1).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, StoreError::NoSpace { .. }), "{err}");
+    // Latched: a small write fails too, naming the cause; reads go on.
+    let again = store.submit(vec![spec(0)], 0, 2).await.unwrap_err();
+    assert!(matches!(again, StoreError::NoSpace { .. }), "{again}");
+    assert_eq!(
+        store.counters().await.unwrap().count(StateTag::Queued),
+        stored
+    );
+    std::fs::remove_file(&filler).unwrap();
+    store.submit(vec![spec(0)], 0, 3).await.unwrap();
+    assert_eq!(
+        store.counters().await.unwrap().count(StateTag::Queued),
+        stored + 1
+    );
+    store.close().await;
+}

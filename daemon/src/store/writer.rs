@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redb::Database;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::inbox;
@@ -23,6 +22,9 @@ pub(super) const MAX_BATCH_OPS: usize = 4096;
 
 /// Free space below which no commit is made (see [`Writer::check_room`]).
 pub(super) const MIN_FREE_BYTES: u64 = 2 << 20;
+
+/// How long a reopen waits for readers to let go of the database.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a commit may write to the file, as a multiple of its records'
 /// bytes: pages are written whole, and the B-tree pages above them and
@@ -149,7 +151,7 @@ impl Op {
 
 /// The single writer: owns the counters and applies batches of operations.
 pub(super) struct Writer {
-    pub(super) db: Arc<Database>,
+    pub(super) db: Arc<super::DbCell>,
     pub(super) counters: Counters,
     pub(super) retention: u64,
     pub(super) events: broadcast::Sender<Event>,
@@ -163,9 +165,14 @@ pub(super) struct Writer {
     /// The state dir, named when its disk is full.
     pub(super) dir: std::path::PathBuf,
     /// A write failed for want of space. redb then refuses every later
-    /// write until the database is opened again, which for now takes a
-    /// restart of quernd; later failures still name the cause.
+    /// write until the database is opened again, which the next batch
+    /// does first.
     pub(super) out_of_space: bool,
+    /// Set when the writer cannot go on; `run` returns it.
+    pub(super) fatal: Option<String>,
+    /// For tests: skip the room check, to meet a real full disk.
+    #[cfg(test)]
+    pub(super) unchecked: Arc<std::sync::atomic::AtomicBool>,
     /// See [`Store::fail_next_commits`].
     #[cfg(test)]
     pub(super) failing: Arc<std::sync::atomic::AtomicU32>,
@@ -229,7 +236,9 @@ pub(super) fn pending<T: Send + 'static>(
 }
 
 impl Writer {
-    pub(super) fn run(mut self, rx: inbox::Receiver<Op>) {
+    /// Applies batches until closed. Returns why, if the writer cannot go
+    /// on (its database could not be opened again).
+    pub(super) fn run(mut self, rx: inbox::Receiver<Op>) -> Result<(), String> {
         let mut batch = Vec::new();
         while rx.recv(&mut batch, MAX_BATCH_OPS) {
             self.linger(&rx, &mut batch);
@@ -246,6 +255,9 @@ impl Writer {
                 .collect();
             if !ops.is_empty() {
                 self.commit_batch(ops);
+                if let Some(cause) = self.fatal.take() {
+                    return Err(cause);
+                }
             }
             if let Some(reply) = close {
                 // Release our handle on the database before saying so, so
@@ -255,9 +267,10 @@ impl Writer {
                 drop(rx);
                 tracing::debug!("store writer closed");
                 let _ = reply.send(());
-                return;
+                return Ok(());
             }
         }
+        Ok(())
     }
 
     /// While short jobs keep every slot busy, each job's "running" and
@@ -290,6 +303,10 @@ impl Writer {
     /// already accepted can still record their progress; other writes a
     /// quarter of it.
     fn check_room(&mut self, written: usize, submits: bool) -> Result<()> {
+        #[cfg(test)]
+        if self.unchecked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let free = super::free_bytes(&self.dir);
         let reserve = if submits {
             MIN_FREE_BYTES
@@ -303,12 +320,34 @@ impl Writer {
         Err(StoreError::NoSpace {
             dir: self.dir.clone(),
             free,
-            restart: if self.out_of_space {
-                ", then restart quernd"
-            } else {
-                ""
-            },
         })
+    }
+
+    /// After a write failed for want of space, redb refuses every write
+    /// until the file is opened again: once there is room, reopen it. The
+    /// counters need no reload, as nothing of a failed transaction was
+    /// applied to them.
+    fn recover_space(&mut self) -> Result<()> {
+        let free = super::free_bytes(&self.dir);
+        if free < MIN_FREE_BYTES {
+            return Err(StoreError::NoSpace {
+                dir: self.dir.clone(),
+                free,
+            });
+        }
+        match self.db.reopen(REOPEN_WAIT) {
+            Ok(()) => {
+                tracing::info!(dir = %self.dir.display(), "space was freed; the store writes again");
+                self.out_of_space = false;
+                Ok(())
+            }
+            Err(e) => {
+                let cause =
+                    format!("its database could not be opened again after a failed write: {e}");
+                self.fatal = Some(cause.clone());
+                Err(StoreError::Failed { cause })
+            }
+        }
     }
 
     /// What a failed write means to the caller: a full disk is said to
@@ -330,7 +369,6 @@ impl Writer {
         StoreError::NoSpace {
             free: super::free_bytes(&self.dir),
             dir: self.dir.clone(),
-            restart: ", then restart quernd",
         }
     }
 
@@ -343,8 +381,11 @@ impl Writer {
         // shutting down.
         let mut ops = ops.into_iter();
         let result = (|| -> Result<()> {
-            let mut txn = self
-                .db
+            if self.out_of_space {
+                self.recover_space()?;
+            }
+            let db = self.db.get()?;
+            let mut txn = db
                 .begin_write()
                 .map_err(|e| self.write_error("begin write", e))?;
             // Quick repair keeps the allocator state in each commit, so that
