@@ -283,13 +283,7 @@ pub struct Store {
     ops: inbox::Sender<Op>,
     events: broadcast::Sender<Event>,
     finished: watch::Receiver<u64>,
-    /// Set by [`Store::close`], so that a writer gone after it is closed,
-    /// not failed.
-    closing: Arc<std::sync::atomic::AtomicBool>,
-    /// Why the writer stopped, if it stopped without being closed.
-    failure: Arc<std::sync::OnceLock<String>>,
-    /// Fires once `failure` is set.
-    failed: tokio_util::sync::CancellationToken,
+    fate: Arc<Fate>,
     commits: Arc<AtomicU64>,
     /// For tests: how many of the next transactions fail.
     #[cfg(test)]
@@ -300,6 +294,46 @@ pub struct Store {
     /// For tests: the writer skips its room check.
     #[cfg(test)]
     unchecked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Whether the writer is gone, and why: closed by [`Store::close`], or
+/// failed. What a caller whose request the writer dropped needs, and no
+/// more, so that a pending write holds this rather than the whole store.
+#[derive(Default)]
+struct Fate {
+    /// Set by [`Store::close`], so that a writer gone after it is closed,
+    /// not failed.
+    closing: std::sync::atomic::AtomicBool,
+    /// Why the writer stopped, if it stopped without being closed.
+    failure: std::sync::OnceLock<String>,
+    /// Fires once `failure` is set.
+    failed: tokio_util::sync::CancellationToken,
+}
+
+impl Fate {
+    /// Why the writer dropped a request: closed, or failed. A failed
+    /// writer drops its requests while it unwinds, a moment before it
+    /// records why, hence the short wait for the cause.
+    async fn gone(&self) -> StoreError {
+        if self.closing.load(Ordering::Acquire) {
+            return StoreError::Closed;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.failed.cancelled()).await;
+        self.lost()
+    }
+
+    /// [`Fate::gone`] for a caller that cannot wait.
+    fn lost(&self) -> StoreError {
+        match self.failure.get() {
+            Some(cause) => StoreError::Failed {
+                cause: cause.clone(),
+            },
+            None if self.closing.load(Ordering::Acquire) => StoreError::Closed,
+            None => StoreError::Failed {
+                cause: "its writer thread stopped".into(),
+            },
+        }
+    }
 }
 
 /// For tests: the state dirs whose store's writer panics at its first
@@ -406,9 +440,8 @@ impl Store {
             #[cfg(test)]
             failing: failing.clone(),
         };
-        let failure = Arc::new(std::sync::OnceLock::new());
-        let failed = tokio_util::sync::CancellationToken::new();
-        let (cause, fired) = (failure.clone(), failed.clone());
+        let fate = Arc::new(Fate::default());
+        let writer_fate = fate.clone();
         std::thread::Builder::new()
             .name("quern-store".into())
             .spawn(move || {
@@ -425,8 +458,8 @@ impl Store {
                 };
                 if let Some(why) = why {
                     tracing::error!(cause = %why, "the store failed; quernd stops");
-                    let _ = cause.set(why);
-                    fired.cancel();
+                    let _ = writer_fate.failure.set(why);
+                    writer_fate.failed.cancel();
                 }
             })
             .map_err(db_err("start writer thread"))?;
@@ -435,9 +468,7 @@ impl Store {
             ops,
             events,
             finished,
-            closing: Arc::default(),
-            failure,
-            failed,
+            fate,
             commits,
             #[cfg(test)]
             failing,
@@ -453,43 +484,19 @@ impl Store {
         self.send(make(tx))?;
         match rx.await {
             Ok(answer) => answer,
-            Err(_) => Err(self.gone().await),
-        }
-    }
-
-    /// Why the writer dropped a request: closed, or failed. A failed
-    /// writer drops its requests while it unwinds, a moment before it
-    /// records why, hence the short wait for the cause.
-    async fn gone(&self) -> StoreError {
-        if self.closing.load(Ordering::Acquire) {
-            return StoreError::Closed;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.failed.cancelled()).await;
-        self.lost()
-    }
-
-    /// [`Store::gone`] for a caller that cannot wait.
-    fn lost(&self) -> StoreError {
-        match self.failure.get() {
-            Some(cause) => StoreError::Failed {
-                cause: cause.clone(),
-            },
-            None if self.closing.load(Ordering::Acquire) => StoreError::Closed,
-            None => StoreError::Failed {
-                cause: "its writer thread stopped".into(),
-            },
+            Err(_) => Err(self.fate.gone().await),
         }
     }
 
     /// Fires if the writer stops without being closed; then every write
     /// fails with [`StoreError::Failed`].
     pub fn failed(&self) -> tokio_util::sync::CancellationToken {
-        self.failed.clone()
+        self.fate.failed.clone()
     }
 
     /// Why the writer stopped, once [`Store::failed`] has fired.
     pub fn failure(&self) -> Option<StoreError> {
-        self.failure.get().map(|cause| StoreError::Failed {
+        self.fate.failure.get().map(|cause| StoreError::Failed {
             cause: cause.clone(),
         })
     }
@@ -498,7 +505,7 @@ impl Store {
     /// writer that lingers (see [`Writer::linger`]).
     fn send(&self, op: Op) -> Result<()> {
         let urgent = !op.may_wait();
-        self.ops.send(op, urgent).map_err(|_| self.lost())
+        self.ops.send(op, urgent).map_err(|_| self.fate.lost())
     }
 
     /// Runs a read that may be long (a scan) on a blocking-pool thread.
@@ -557,12 +564,12 @@ impl Store {
             at,
             reply,
         });
-        let store = self.clone();
+        let fate = self.fate.clone();
         async move {
             sent?;
             match rx.await {
                 Ok(answer) => answer,
-                Err(_) => Err(store.gone().await),
+                Err(_) => Err(fate.gone().await),
             }
         }
     }
@@ -633,7 +640,7 @@ impl Store {
     /// Commits what is pending and stops the writer; later writes fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
-        self.closing.store(true, Ordering::Release);
+        self.fate.closing.store(true, Ordering::Release);
         let (reply, rx) = oneshot::channel();
         if self.send(Op::Close { reply }).is_ok() {
             let _ = rx.await;
