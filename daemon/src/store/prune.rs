@@ -11,7 +11,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use super::record::decode_event;
 use super::tx::Tx;
 use super::{Result, db_err};
-use crate::job::{JobId, Micros, StateTag};
+use crate::job::{Job, JobId, Micros, StateTag};
 
 /// Most jobs one chunk removes. Removing a job deletes its record and its
 /// state index entry: with the lookups, ~8 µs a job on the project's test
@@ -151,7 +151,7 @@ impl Tx<'_> {
             };
             if remove {
                 if !step.dry_run {
-                    self.remove_job(id, tag, job.spec.idempotency_key.as_deref())?;
+                    self.remove_job(&job, tag)?;
                 }
                 chunk.jobs.push(id);
             }
@@ -161,21 +161,15 @@ impl Tx<'_> {
     }
 
     /// Deletes a finished job and everything kept for it in the store.
-    fn remove_job(&mut self, id: JobId, tag: StateTag, key: Option<&str>) -> Result<()> {
+    fn remove_job(&mut self, job: &Job, tag: StateTag) -> Result<()> {
         let write = db_err("prune a job");
-        self.jobs.remove(id).map_err(&write)?;
-        self.by_state.remove((tag as u8, id)).map_err(&write)?;
+        self.jobs.remove(job.id).map_err(&write)?;
+        self.by_state.remove((tag as u8, job.id)).map_err(&write)?;
         self.counters.counts[tag as usize] -= 1;
-        // Both are normally dropped when the job finishes; a job that
-        // somehow kept either must not leave it behind.
-        self.checkpoints.remove(id).map_err(&write)?;
-        if let Some(key) = key {
-            let holder = self.idem.get(key).map_err(&write)?.map(|v| v.value());
-            if holder == Some(id) {
-                self.idem.remove(key).map_err(&write)?;
-            }
-        }
-        Ok(())
+        // Its checkpoint and key are normally dropped when the job
+        // finishes; a job that somehow kept either must not leave it
+        // behind.
+        self.release(job)
     }
 
     /// Removes the oldest events recorded before the cutoff. Returns

@@ -240,7 +240,7 @@ impl<'t> Tx<'t> {
     /// Drops what only an unfinished job needs: its checkpoint, and its
     /// idempotency key, so that a later submit with the same key creates a
     /// new job.
-    fn release(&mut self, job: &Job) -> Result<()> {
+    pub(super) fn release(&mut self, job: &Job) -> Result<()> {
         self.checkpoints
             .remove(job.id)
             .map_err(db_err("write checkpoint"))?;

@@ -317,10 +317,15 @@ impl Writer {
         if free >= needed {
             return Ok(());
         }
-        Err(StoreError::NoSpace {
+        Err(self.no_space(free))
+    }
+
+    /// The refusal of a write for want of space, with the free space.
+    fn no_space(&self, free: u64) -> StoreError {
+        StoreError::NoSpace {
             dir: self.dir.clone(),
             free,
-        })
+        }
     }
 
     /// After a write failed for want of space, redb refuses every write
@@ -330,10 +335,7 @@ impl Writer {
     fn recover_space(&mut self) -> Result<()> {
         let free = super::free_bytes(&self.dir);
         if free < MIN_FREE_BYTES {
-            return Err(StoreError::NoSpace {
-                dir: self.dir.clone(),
-                free,
-            });
+            return Err(self.no_space(free));
         }
         match self.db.reopen(REOPEN_WAIT) {
             Ok(()) => {
@@ -366,10 +368,7 @@ impl Writer {
             return db_err(op)(e);
         }
         self.out_of_space = true;
-        StoreError::NoSpace {
-            free: super::free_bytes(&self.dir),
-            dir: self.dir.clone(),
-        }
+        self.no_space(super::free_bytes(&self.dir))
     }
 
     fn commit_batch(&mut self, ops: Vec<Op>) {
@@ -429,11 +428,8 @@ impl Writer {
             Ok(()) => {
                 self.counters = counters;
                 let finished = counters.finished();
-                self.finished.send_if_modified(|n| {
-                    let changed = *n != finished;
-                    *n = finished;
-                    changed
-                });
+                self.finished
+                    .send_if_modified(|n| std::mem::replace(n, finished) != finished);
                 for r in replies {
                     r(None);
                 }
