@@ -281,6 +281,18 @@ fn shell_quote(word: &str) -> String {
 pub fn command(job: &Job) -> String {
     match job.spec.as_ref().and_then(|spec| spec.kind.as_ref()) {
         Some(job_spec::Kind::Exec(exec)) => shell_join(&exec.argv),
+        Some(job_spec::Kind::Fetch(fetch)) => {
+            let method = if fetch.method.is_empty() {
+                "GET"
+            } else {
+                &fetch.method
+            };
+            if fetch.dest.is_empty() {
+                format!("{method} {}", fetch.url)
+            } else {
+                format!("{method} {} -> {}", fetch.url, fetch.dest)
+            }
+        }
         None => String::new(),
     }
 }
@@ -400,6 +412,8 @@ mod tests {
             error: "exited with code 3".into(),
             owner_uid: 1000,
             progress: None,
+            result: None,
+            wait_reason: String::new(),
             pid: 0,
             priority: 10,
         }

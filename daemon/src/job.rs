@@ -6,6 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub mod fetch;
+
+pub use fetch::{FetchResult, FetchSpec, HttpMethod, Overwrite};
+
 /// A job id: unique, monotonically increasing, never reused.
 pub type JobId = u64;
 
@@ -77,6 +81,7 @@ impl JobSpec {
         }
         match &self.kind {
             JobKind::Exec(e) => e.check(),
+            JobKind::Fetch(f) => f.check(),
         }
     }
 }
@@ -86,6 +91,8 @@ impl JobSpec {
 pub enum JobKind {
     /// Run a command directly, with no shell.
     Exec(ExecSpec),
+    /// Download a URL to a file, or send a request.
+    Fetch(FetchSpec),
 }
 
 /// A kind's name and number: the name is used in filters and output, the
@@ -95,16 +102,19 @@ pub enum JobKind {
 pub enum KindTag {
     /// See [`JobKind::Exec`].
     Exec = 1,
+    /// See [`JobKind::Fetch`].
+    Fetch = 2,
 }
 
 impl KindTag {
     /// Every kind.
-    pub const ALL: [KindTag; 1] = [KindTag::Exec];
+    pub const ALL: [KindTag; 2] = [KindTag::Exec, KindTag::Fetch];
 
     /// The kind's name as used in filters and output.
     pub fn name(self) -> &'static str {
         match self {
             KindTag::Exec => "exec",
+            KindTag::Fetch => "fetch",
         }
     }
 
@@ -124,6 +134,7 @@ impl JobKind {
     pub fn tag(&self) -> KindTag {
         match self {
             JobKind::Exec(_) => KindTag::Exec,
+            JobKind::Fetch(_) => KindTag::Fetch,
         }
     }
 
@@ -341,6 +352,19 @@ pub struct Job {
     pub error: String,
     /// The uid of the user who submitted it.
     pub owner_uid: u32,
+    /// What the job produced, for kinds that report a result; set when it
+    /// succeeded.
+    pub result: Option<JobResult>,
+    /// Why a scheduled job waits, when it is not for its `run_at` or a
+    /// retry's backoff: a server's `Retry-After`, say. Empty otherwise.
+    pub wait_reason: String,
+}
+
+/// What a job produced, one variant per kind that reports a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobResult {
+    /// See [`FetchResult`].
+    Fetch(FetchResult),
 }
 
 /// How an attempt (or a job) ended, as decided by the runner.
@@ -351,6 +375,8 @@ pub enum Outcome {
         /// The exit code (0) of a process; `None` for a kind that runs in
         /// quernd.
         exit_code: Option<i32>,
+        /// What it produced, for kinds that report a result.
+        result: Option<JobResult>,
     },
     /// The attempt failed; `retry_at` is set when attempts remain.
     Failed {
@@ -369,6 +395,15 @@ pub enum Outcome {
     /// Interrupted by a graceful shutdown: back to queued, and the attempt
     /// is not counted.
     Requeue,
+    /// The work cannot go on before `run_at`, for a reason outside the job
+    /// (a server asked to wait with `Retry-After`): scheduled again, and
+    /// the attempt is not counted.
+    Deferred {
+        /// When to try again.
+        run_at: Micros,
+        /// Why, shown while it waits.
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -410,6 +445,8 @@ impl Job {
             exit_code: None,
             error: String::new(),
             owner_uid,
+            result: None,
+            wait_reason: String::new(),
         }
     }
 
@@ -442,6 +479,8 @@ impl Job {
             started_at: Some(at),
             exit_code: None,
             error: String::new(),
+            result: None,
+            wait_reason: String::new(),
             ..self.clone()
         })
     }
@@ -464,11 +503,13 @@ impl Job {
         let mut job = self.clone();
         job.attempts = attempt;
         job.started_at = started_at.or(self.started_at);
+        job.wait_reason.clear();
         match outcome {
-            Outcome::Succeeded { exit_code } => {
+            Outcome::Succeeded { exit_code, result } => {
                 job.state = JobState::Succeeded { finished_at: at };
                 job.exit_code = exit_code;
                 job.error.clear();
+                job.result = result;
             }
             Outcome::Failed {
                 exit_code,
@@ -490,6 +531,13 @@ impl Job {
             Outcome::Requeue => {
                 job.state = JobState::Queued;
                 job.attempts = attempt.saturating_sub(1);
+            }
+            Outcome::Deferred { run_at, reason } => {
+                job.state = JobState::Scheduled { run_at };
+                job.attempts = attempt.saturating_sub(1);
+                job.exit_code = None;
+                job.error.clear();
+                job.wait_reason = reason;
             }
         }
         Ok(job)
@@ -516,6 +564,7 @@ impl Job {
         self.require(&[StateTag::Scheduled], "only a scheduled job becomes due")?;
         Ok(Job {
             state: JobState::Queued,
+            wait_reason: String::new(),
             ..self.clone()
         })
     }
@@ -552,10 +601,13 @@ impl Event {
             at,
             attempt: job.attempts,
             exit_code: job.exit_code.filter(|_| ended),
-            error: if ended {
-                job.error.clone()
-            } else {
+            // A wait that uses no attempt says why in the error's place.
+            error: if !ended {
                 String::new()
+            } else if job.error.is_empty() {
+                job.wait_reason.clone()
+            } else {
+                job.error.clone()
             },
         }
     }

@@ -273,6 +273,7 @@ pub async fn run(
                 .map_err(|e| DaemonError::Server(format!("cannot start the CPU pool: {e}")))?,
             config: config.clone(),
             default_cwd: config.state_dir.clone(),
+            state_dir: config.state_dir.clone(),
             clock,
         }),
     });

@@ -554,6 +554,7 @@ pub fn sh(script: &str) -> JobSpec {
 pub fn exec_mut(spec: &mut JobSpec) -> &mut ExecSpec {
     match spec.kind.as_mut() {
         Some(job_spec::Kind::Exec(exec)) => exec,
+        Some(other) => panic!("spec is not an exec spec: {other:?}"),
         None => panic!("spec has no kind"),
     }
 }

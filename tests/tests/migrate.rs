@@ -1,7 +1,7 @@
-//! A store written by an earlier quernd opens in this one: the schema-1
-//! fixture (tests/fixtures/store-schema-1, made by the script beside it)
-//! is migrated by the real quernd at start, and every job, event, key and
-//! captured output is still there.
+//! A store written by an earlier quernd opens in this one: the fixtures of
+//! schemas 1 and 2 (tests/fixtures/store-schema-N, each made by the script
+//! beside it, with the same jobs) are migrated by the real quernd at start,
+//! and every job, event, key and captured output is still there.
 
 use std::path::Path;
 
@@ -11,9 +11,11 @@ use quern_tests::{
     EventStream, TestDaemon, exec_spec, get, read_logs, stats, submit, wait_for_terminal,
 };
 
-/// Copies the fixture's database and logs into `state_dir`.
-fn copy_fixture(state_dir: &Path) -> Result<()> {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/store-schema-1");
+/// Copies the database and logs of fixture `name` into `state_dir`.
+fn copy_fixture(name: &str, state_dir: &Path) -> Result<()> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     std::fs::copy(fixture.join("quern.redb"), state_dir.join("quern.redb"))
         .context("copying the fixture's database")?;
     let logs = state_dir.join("logs");
@@ -27,8 +29,17 @@ fn copy_fixture(state_dir: &Path) -> Result<()> {
 
 #[tokio::test]
 async fn a_schema_1_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()> {
+    migrated_with_nothing_lost("store-schema-1").await
+}
+
+#[tokio::test]
+async fn a_schema_2_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()> {
+    migrated_with_nothing_lost("store-schema-2").await
+}
+
+async fn migrated_with_nothing_lost(fixture: &str) -> Result<()> {
     let prepared = TestDaemon::builder().concurrency(1).prepare()?;
-    copy_fixture(prepared.state_dir())?;
+    copy_fixture(fixture, prepared.state_dir())?;
     let daemon = prepared.start().await?;
     let mut client = daemon.client();
     let me = nix::unistd::getuid().as_raw();
@@ -102,6 +113,20 @@ async fn a_schema_1_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()
         .into_inner();
     let ids: Vec<u64> = by_kind.jobs.iter().map(|j| j.id).collect();
     ensure!(ids == [7, 6, 5, 4, 3, 2, 1], "List by kind: {ids:?}");
+    // The old jobs are all exec jobs; the newer kind's index answers too.
+    let fetches = client
+        .list(ListRequest {
+            kind: "fetch".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(fetches.jobs.is_empty(), "{fetches:?}");
+    let five = get(&mut client, 5).await?;
+    ensure!(
+        five.result.is_none() && five.wait_reason.is_empty(),
+        "{five:?}"
+    );
     let counts = stats(&mut client).await?;
     ensure!(counts.scheduled == 1 && counts.cancelled == 1, "{counts:?}");
     Ok(())

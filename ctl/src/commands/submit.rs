@@ -134,7 +134,7 @@ mod tests {
     fn exec(spec: &JobSpec) -> &ExecSpec {
         match &spec.kind {
             Some(job_spec::Kind::Exec(exec)) => exec,
-            None => panic!("no kind"),
+            _ => panic!("not an exec spec"),
         }
     }
 

@@ -9,8 +9,8 @@ use quern_proto::v1 as pb;
 
 use crate::error::Error;
 use crate::job::{
-    Event, ExecSpec, Job, JobId, JobKind, JobSpec, JobState, KindTag, Micros, PRIORITY_NAMES,
-    Progress, RunRecord, StateTag, priority_from_name,
+    Event, ExecSpec, FetchSpec, HttpMethod, Job, JobId, JobKind, JobResult, JobSpec, JobState,
+    KindTag, Micros, Overwrite, PRIORITY_NAMES, Progress, RunRecord, StateTag, priority_from_name,
 };
 use crate::logs::{PAGE_MAX, Stream as LogStreamKind};
 use crate::store::{Counters, ListQuery};
@@ -369,10 +369,11 @@ pub fn spec_from_proto(p: pb::JobSpec, path: SpecPath, now: Micros) -> Result<Jo
     }
     let kind = match p.kind {
         Some(pb::job_spec::Kind::Exec(e)) => JobKind::Exec(exec_from_proto(e, path)?),
+        Some(pb::job_spec::Kind::Fetch(f)) => JobKind::Fetch(fetch_from_proto(f, path)?),
         None => {
             return Err(Error::invalid(
                 path.field(".kind"),
-                "missing; set exactly one job kind, such as exec",
+                "missing; set exactly one job kind, such as exec or fetch",
             ));
         }
     };
@@ -545,6 +546,76 @@ fn exec_from_proto(e: pb::ExecSpec, path: SpecPath) -> Result<ExecSpec, Error> {
     })
 }
 
+/// The domain form of a fetch spec. The rules of the spec itself are
+/// `FetchSpec::check`'s, which `jobs` applies to every spec; this only
+/// converts, and refuses what the domain type cannot hold.
+fn fetch_from_proto(f: pb::FetchSpec, path: SpecPath) -> Result<FetchSpec, Error> {
+    let opt = |field: &str, s: String| -> Result<Option<String>, Error> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let field = path.field(field);
+        no_nul(|| field.clone(), &s)?;
+        Ok(Some(s))
+    };
+    no_nul(|| path.field(".fetch.url"), &f.url)?;
+    if f.url.is_empty() {
+        return Err(Error::invalid(
+            path.field(".fetch.url"),
+            "missing; give the http or https URL to fetch",
+        ));
+    }
+    let method = if f.method.is_empty() {
+        HttpMethod::Get
+    } else {
+        HttpMethod::from_name(&f.method).ok_or_else(|| {
+            Error::invalid(
+                path.field(".fetch.method"),
+                format!(
+                    "{:?} is not supported; use one of {}",
+                    f.method,
+                    HttpMethod::names()
+                ),
+            )
+        })?
+    };
+    let overwrite = match pb::FetchOverwrite::try_from(f.overwrite) {
+        Ok(pb::FetchOverwrite::Unspecified | pb::FetchOverwrite::Replace) => Overwrite::Replace,
+        Ok(pb::FetchOverwrite::Skip) => Overwrite::Skip,
+        Ok(pb::FetchOverwrite::Error) => Overwrite::Error,
+        Err(_) => {
+            return Err(Error::invalid(
+                path.field(".fetch.overwrite"),
+                format!(
+                    "{} is not an overwrite mode; use replace, skip or error",
+                    f.overwrite
+                ),
+            ));
+        }
+    };
+    if f.headers.len() > limits::ENV_ENTRIES {
+        return Err(Error::invalid(
+            path.field(".fetch.headers"),
+            format!(
+                "has {} headers; at most {} are allowed",
+                f.headers.len(),
+                limits::ENV_ENTRIES
+            ),
+        ));
+    }
+    Ok(FetchSpec {
+        url: f.url,
+        dest: opt(".fetch.dest", f.dest)?,
+        sha256: opt(".fetch.sha256", f.sha256)?.map(|s| s.to_ascii_lowercase()),
+        headers: f.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        max_bytes: f.max_bytes,
+        overwrite,
+        method,
+        body_file: opt(".fetch.body_file", f.body_file)?,
+        retry_unsafe: f.retry_unsafe,
+    })
+}
+
 /// The proto form of a spec.
 fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
     let kind = match &s.kind {
@@ -552,6 +623,28 @@ fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             argv: e.argv.clone(),
             cwd: e.cwd.clone().unwrap_or_default(),
             env: e.env.clone().into_iter().collect(),
+        }),
+        JobKind::Fetch(f) => pb::job_spec::Kind::Fetch(pb::FetchSpec {
+            url: f.url.clone(),
+            dest: f.dest.clone().unwrap_or_default(),
+            sha256: f.sha256.clone().unwrap_or_default(),
+            headers: f
+                .headers
+                .iter()
+                .map(|(name, value)| pb::HttpHeader {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            max_bytes: f.max_bytes,
+            overwrite: match f.overwrite {
+                Overwrite::Replace => pb::FetchOverwrite::Replace,
+                Overwrite::Skip => pb::FetchOverwrite::Skip,
+                Overwrite::Error => pb::FetchOverwrite::Error,
+            } as i32,
+            method: f.method.name().to_string(),
+            body_file: f.body_file.clone().unwrap_or_default(),
+            retry_unsafe: f.retry_unsafe,
         }),
     };
     pb::JobSpec {
@@ -617,6 +710,32 @@ pub fn job_to_proto(j: &Job, progress: Option<&Progress>) -> pb::Job {
         priority: j.spec.priority,
         owner_uid: j.owner_uid,
         progress: progress.map(progress_to_proto),
+        result: j.result.as_ref().map(result_to_proto),
+        wait_reason: j.wait_reason.clone(),
+    }
+}
+
+/// The proto form of a job's result.
+fn result_to_proto(r: &JobResult) -> pb::JobResult {
+    let kind = match r {
+        JobResult::Fetch(f) => pb::job_result::Kind::Fetch(pb::FetchResult {
+            final_url: f.final_url.clone(),
+            status: f.status,
+            bytes: f.bytes,
+            sha256: f.sha256.clone(),
+            unchanged: f.unchanged,
+            transfer_time: Some(micros_to_duration(f.transfer_micros)),
+            resumed_bytes: f.resumed_bytes,
+        }),
+    };
+    pb::JobResult { kind: Some(kind) }
+}
+
+/// A duration in microseconds as a proto Duration.
+fn micros_to_duration(m: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(m / 1_000_000).unwrap_or(i64::MAX),
+        nanos: ((m % 1_000_000) * 1000) as i32,
     }
 }
 

@@ -88,7 +88,7 @@ prop_compose! {
         error in text(),
         owner_uid in any::<u32>(),
     ) -> Job {
-        Job { id, spec, state, queued_at, attempts, started_at, exit_code, error, owner_uid }
+        Job { id, spec, state, queued_at, attempts, started_at, exit_code, error, owner_uid, result: None, wait_reason: String::new() }
     }
 }
 
@@ -102,7 +102,9 @@ proptest! {
     fn check_passes_only_what_the_runner_relies_on(s in spec(any_duration().boxed())) {
         match s.check() {
             Ok(()) => {
-                let JobKind::Exec(e) = &s.kind;
+                let JobKind::Exec(e) = &s.kind else {
+                    return Err(TestCaseError::fail("the generator makes exec specs only"));
+                };
                 prop_assert!(e.argv.first().is_some_and(|a| !a.is_empty()));
                 prop_assert!(e.cwd.as_ref().is_none_or(|c| c.starts_with('/')));
                 prop_assert!((1..=MAX_ATTEMPTS).contains(&s.max_attempts));

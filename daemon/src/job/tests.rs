@@ -28,7 +28,10 @@ fn in_every_state() -> Vec<Job> {
         queued.clone(),
         scheduled,
         running.clone(),
-        done(Outcome::Succeeded { exit_code: Some(0) }),
+        done(Outcome::Succeeded {
+            exit_code: Some(0),
+            result: None,
+        }),
         done(Outcome::Failed {
             exit_code: Some(1),
             error: "exited with code 1".into(),
@@ -59,7 +62,9 @@ fn specs_that_break_a_rule_name_the_field() {
     );
     assert_eq!(field(JobSpec::exec_for_tests(&[])), ".exec.argv");
     let mut relative = ok.clone();
-    let JobKind::Exec(e) = &mut relative.kind;
+    let JobKind::Exec(e) = &mut relative.kind else {
+        unreachable!("exec_for_tests makes an exec spec")
+    };
     e.cwd = Some("here".into());
     assert_eq!(field(relative), ".exec.cwd");
 }
@@ -87,7 +92,17 @@ fn transitions_are_allowed_from_exactly_their_states() {
         ),
         (
             "finish",
-            |j| j.finished(1, None, Outcome::Succeeded { exit_code: None }, 1),
+            |j| {
+                j.finished(
+                    1,
+                    None,
+                    Outcome::Succeeded {
+                        exit_code: None,
+                        result: None,
+                    },
+                    1,
+                )
+            },
             &[Queued, Running],
         ),
         ("cancel", |j| j.cancelled(1), &[Queued, Scheduled]),
@@ -120,7 +135,15 @@ fn outcomes_become_states() {
     assert_eq!(running.started_at, Some(20));
 
     let ok = running
-        .finished(2, None, Outcome::Succeeded { exit_code: Some(0) }, 30)
+        .finished(
+            2,
+            None,
+            Outcome::Succeeded {
+                exit_code: Some(0),
+                result: None,
+            },
+            30,
+        )
         .unwrap();
     assert_eq!(ok.state, JobState::Succeeded { finished_at: 30 });
     assert_eq!(

@@ -112,7 +112,10 @@ impl Attempt for ExecAttempt {
                 };
             };
             match Self::pumping(&mut self.pumps, &mut self.drained, child.wait()).await {
-                Ok(status) if status.success() => Ended::Succeeded { exit_code: Some(0) },
+                Ok(status) if status.success() => Ended::Succeeded {
+                    exit_code: Some(0),
+                    result: None,
+                },
                 Ok(status) => {
                     let (exit_code, error) = describe(&status);
                     Ended::Failed {

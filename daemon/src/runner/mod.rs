@@ -22,6 +22,7 @@
 //! the store sit below the runner, so they cannot take the spec from here.
 
 pub mod exec;
+pub mod fetch;
 pub mod in_process;
 
 use std::path::PathBuf;
@@ -32,7 +33,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::job::{Job, JobId, JobSpec, KindTag, Micros, Outcome, RunRecord, retry_delay};
+use crate::job::{
+    Job, JobId, JobResult, JobSpec, KindTag, Micros, Outcome, RunRecord, retry_delay,
+};
 use crate::logs::{LiveLog, LogStore};
 use crate::progress::{ProgressBoard, ProgressSink};
 use crate::store::{Commit, Store, StoreError};
@@ -73,6 +76,9 @@ pub struct KindEnv {
     pub config: Arc<Config>,
     /// The working directory of jobs that name none.
     pub default_cwd: PathBuf,
+    /// The daemon's state directory: a kind keeps its own files under
+    /// `state_dir/<kind>/` (fetch: the validators of past downloads).
+    pub state_dir: PathBuf,
     /// How the daemon reads the time; see [`crate::clock`].
     pub clock: crate::clock::Clock,
 }
@@ -118,6 +124,17 @@ pub enum Ended {
     Succeeded {
         /// A process's exit code (0), if the kind runs one.
         exit_code: Option<i32>,
+        /// What it produced, for kinds that report a result.
+        result: Option<JobResult>,
+    },
+    /// It cannot go on for now, for a reason outside the job (a server
+    /// answered `Retry-After`): the job waits in scheduled for `after`, and
+    /// the attempt is not counted.
+    Deferred {
+        /// How long to wait.
+        after: Duration,
+        /// Why, shown while the job waits.
+        reason: String,
     },
     /// It failed.
     Failed {
@@ -213,6 +230,7 @@ impl Kinds {
         }
         match tag {
             KindTag::Exec => &exec::Exec,
+            KindTag::Fetch => &fetch::Fetch,
         }
     }
 }
@@ -314,7 +332,13 @@ pub async fn run_attempt(
         return Err(e);
     }
     let outcome = match why {
-        Why::Ended(Ended::Succeeded { exit_code }) => Outcome::Succeeded { exit_code },
+        Why::Ended(Ended::Succeeded { exit_code, result }) => {
+            Outcome::Succeeded { exit_code, result }
+        }
+        Why::Ended(Ended::Deferred { after, reason }) => Outcome::Deferred {
+            run_at: deferred_until(&ctx, after),
+            reason,
+        },
         Why::Ended(Ended::Failed {
             exit_code,
             error,
@@ -386,6 +410,17 @@ pub async fn record_panic(
         .finish(id, attempt, None, outcome, at, Commit::Now)
         .await
 }
+
+/// When a job deferred for `after` is due: capped at an hour, whatever the
+/// kind asked, so that a server's date far ahead cannot park a job for good.
+fn deferred_until(ctx: &RunnerCtx, after: Duration) -> Micros {
+    let after = after.min(MAX_DEFER);
+    let micros = u64::try_from(after.as_micros()).unwrap_or(u64::MAX);
+    ctx.env.clock.now_micros().saturating_add(micros)
+}
+
+/// The longest a kind may defer a job by.
+pub const MAX_DEFER: Duration = Duration::from_secs(3600);
 
 async fn sleep_or_forever(clock: &crate::clock::Clock, d: Option<Duration>) {
     match d {
@@ -462,6 +497,7 @@ impl RunnerCtx {
                 cpu: in_process::CpuPool::new(1).unwrap(),
                 config: Arc::new(config),
                 default_cwd: dir.into(),
+                state_dir: dir.into(),
                 clock,
             }),
         })

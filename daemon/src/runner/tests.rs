@@ -101,7 +101,10 @@ async fn a_checkpoint_reaches_the_next_attempt_and_progress_is_live() {
                         retry: true,
                     }
                 } else {
-                    Ended::Succeeded { exit_code: None }
+                    Ended::Succeeded {
+                        exit_code: None,
+                        result: None,
+                    }
                 }
             })
         })
@@ -220,7 +223,10 @@ async fn a_checkpoint_over_the_limit_is_refused() {
                     error: e.to_string(),
                     retry: false,
                 },
-                Ok(()) => Ended::Succeeded { exit_code: None },
+                Ok(()) => Ended::Succeeded {
+                    exit_code: None,
+                    result: None,
+                },
             }
         })
     });
@@ -244,7 +250,10 @@ async fn a_cancel_stops_an_in_process_attempt_through_its_token() {
             Box::pin(async move {
                 ctx.cancel.cancelled().await;
                 noticed.store(true, Ordering::Relaxed);
-                Ended::Succeeded { exit_code: None }
+                Ended::Succeeded {
+                    exit_code: None,
+                    result: None,
+                }
             })
         })
     };
@@ -294,7 +303,10 @@ async fn a_timeout_aborts_work_that_ignores_its_token_after_the_grace() {
             Box::pin(async move {
                 let _flag = flag;
                 std::future::pending::<()>().await;
-                Ended::Succeeded { exit_code: None }
+                Ended::Succeeded {
+                    exit_code: None,
+                    result: None,
+                }
             })
         })
     };
@@ -325,7 +337,10 @@ async fn cpu_work_runs_on_the_bounded_pool_and_leaves_the_job_thread_free() {
             Box::pin(async move {
                 if ctx.attempt > 1 || ctx.job % 2 == 0 {
                     // The second job: no CPU work at all.
-                    return Ended::Succeeded { exit_code: None };
+                    return Ended::Succeeded {
+                        exit_code: None,
+                        result: None,
+                    };
                 }
                 let piece = |release: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
                              busy: Arc<AtomicUsize>,
@@ -347,7 +362,10 @@ async fn cpu_work_runs_on_the_bounded_pool_and_leaves_the_job_thread_free() {
                 let (a, b) = tokio::join!(a, b);
                 a.unwrap();
                 b.unwrap();
-                Ended::Succeeded { exit_code: None }
+                Ended::Succeeded {
+                    exit_code: None,
+                    result: None,
+                }
             })
         })
     };

@@ -370,7 +370,10 @@ fn noting(starts: &Starts, succeed_at: u32) -> Kinds {
                     retry: true,
                 }
             } else {
-                crate::runner::Ended::Succeeded { exit_code: None }
+                crate::runner::Ended::Succeeded {
+                    exit_code: None,
+                    result: None,
+                }
             }
         })
     })
@@ -440,7 +443,10 @@ fn holding() -> Kinds {
     crate::runner::testing::scripted(|ctx| {
         Box::pin(async move {
             ctx.cancel.cancelled().await;
-            crate::runner::Ended::Succeeded { exit_code: None }
+            crate::runner::Ended::Succeeded {
+                exit_code: None,
+                result: None,
+            }
         })
     })
 }
@@ -513,7 +519,10 @@ async fn a_long_analysis_delays_neither_a_start_nor_a_cancel() {
             } else {
                 ctx.cancel.cancelled().await;
             }
-            crate::runner::Ended::Succeeded { exit_code: None }
+            crate::runner::Ended::Succeeded {
+                exit_code: None,
+                result: None,
+            }
         })
     });
     let here = Here::start(2, kinds, |_| {});

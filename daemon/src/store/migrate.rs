@@ -30,6 +30,7 @@ pub(super) fn run(db: &Database, path: &Path, from: u64, owner_uid: u32) -> Resu
         let started = Instant::now();
         let (jobs, events) = match version {
             1 => v1::to_v2(db, owner_uid, CHUNK, None)?,
+            2 => to_v3(db)?,
             other => {
                 return Err(StoreError::Corrupt {
                     path: path.to_path_buf(),
@@ -126,6 +127,21 @@ fn rewrite(
         txn.commit().map_err(db_err("commit migration"))?;
         converted += rows.len() as u64;
     }
+}
+
+/// Schema 3 only added fields and a kind to the records, each of which
+/// reads as "as before" when missing, so no record is rewritten: the step
+/// records the new version, which keeps older quernds (which would drop
+/// the new fields when rewriting a record) from opening the file.
+fn to_v3(db: &Database) -> Result<(u64, u64)> {
+    let txn = begin(db)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
+        meta.insert("schema_version", 3)
+            .map_err(db_err("write meta"))?;
+    }
+    txn.commit().map_err(db_err("commit migration"))?;
+    Ok((0, 0))
 }
 
 /// Schema 1: records were domain structs encoded positionally with
@@ -276,6 +292,8 @@ pub(super) mod v1 {
             exit_code: old.exit_code,
             error: old.error,
             owner_uid,
+            result: None,
+            wait_reason: String::new(),
         }
     }
 

@@ -17,7 +17,10 @@ use std::time::Duration;
 use prost::Message;
 
 use super::{Result, StoreError, db_err};
-use crate::job::{Event, ExecRun, ExecSpec, Job, JobKind, JobSpec, JobState, RunRecord, StateTag};
+use crate::job::{
+    Event, ExecRun, ExecSpec, FetchResult, FetchSpec, HttpMethod, Job, JobKind, JobResult, JobSpec,
+    JobState, Overwrite, RunRecord, StateTag,
+};
 
 /// A job: its spec, where it is, and its latest attempt.
 #[derive(Clone, PartialEq, Message)]
@@ -47,11 +50,17 @@ pub(super) struct JobRec {
     pub error: String,
     #[prost(uint32, tag = "11")]
     pub owner_uid: u32,
+    /// Since schema 3.
+    #[prost(message, optional, tag = "12")]
+    pub result: Option<ResultRec>,
+    /// Since schema 3.
+    #[prost(string, tag = "13")]
+    pub wait_reason: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
 pub(super) struct SpecRec {
-    #[prost(oneof = "KindRec", tags = "1")]
+    #[prost(oneof = "KindRec", tags = "1, 2")]
     pub kind: Option<KindRec>,
     #[prost(int32, tag = "10")]
     pub priority: i32,
@@ -71,6 +80,72 @@ pub(super) struct SpecRec {
 pub(super) enum KindRec {
     #[prost(message, tag = "1")]
     Exec(ExecRec),
+    /// Since schema 3.
+    #[prost(message, tag = "2")]
+    Fetch(FetchRec),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct FetchRec {
+    #[prost(string, tag = "1")]
+    pub url: String,
+    #[prost(string, optional, tag = "2")]
+    pub dest: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    pub sha256: Option<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub headers: Vec<HeaderRec>,
+    #[prost(uint64, optional, tag = "5")]
+    pub max_bytes: Option<u64>,
+    /// 0 replace, 1 skip, 2 error.
+    #[prost(uint32, tag = "6")]
+    pub overwrite: u32,
+    /// The method's name; empty means GET.
+    #[prost(string, tag = "7")]
+    pub method: String,
+    #[prost(string, optional, tag = "8")]
+    pub body_file: Option<String>,
+    #[prost(bool, tag = "9")]
+    pub retry_unsafe: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct HeaderRec {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// What a job produced.
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct ResultRec {
+    #[prost(oneof = "ResultKindRec", tags = "1")]
+    pub kind: Option<ResultKindRec>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub(super) enum ResultKindRec {
+    #[prost(message, tag = "1")]
+    Fetch(FetchResultRec),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct FetchResultRec {
+    #[prost(string, tag = "1")]
+    pub final_url: String,
+    #[prost(uint32, tag = "2")]
+    pub status: u32,
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
+    #[prost(string, tag = "4")]
+    pub sha256: String,
+    #[prost(bool, tag = "5")]
+    pub unchanged: bool,
+    #[prost(uint64, tag = "6")]
+    pub transfer_micros: u64,
+    #[prost(uint64, tag = "7")]
+    pub resumed_bytes: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -168,6 +243,31 @@ pub(super) fn job_rec(job: &Job) -> JobRec {
             cwd: e.cwd.clone(),
             env: e.env.clone(),
         }),
+        JobKind::Fetch(f) => KindRec::Fetch(FetchRec {
+            url: f.url.clone(),
+            dest: f.dest.clone(),
+            sha256: f.sha256.clone(),
+            headers: f
+                .headers
+                .iter()
+                .map(|(name, value)| HeaderRec {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            max_bytes: f.max_bytes,
+            overwrite: match f.overwrite {
+                Overwrite::Replace => 0,
+                Overwrite::Skip => 1,
+                Overwrite::Error => 2,
+            },
+            method: match f.method {
+                HttpMethod::Get => String::new(),
+                m => m.name().to_string(),
+            },
+            body_file: f.body_file.clone(),
+            retry_unsafe: f.retry_unsafe,
+        }),
     };
     let (state_at, run) = match &job.state {
         JobState::Queued => (0, None),
@@ -197,6 +297,20 @@ pub(super) fn job_rec(job: &Job) -> JobRec {
         exit_code: job.exit_code,
         error: job.error.clone(),
         owner_uid: job.owner_uid,
+        result: job.result.as_ref().map(|r| ResultRec {
+            kind: Some(match r {
+                JobResult::Fetch(f) => ResultKindRec::Fetch(FetchResultRec {
+                    final_url: f.final_url.clone(),
+                    status: f.status,
+                    bytes: f.bytes,
+                    sha256: f.sha256.clone(),
+                    unchanged: f.unchanged,
+                    transfer_micros: f.transfer_micros,
+                    resumed_bytes: f.resumed_bytes,
+                }),
+            }),
+        }),
+        wait_reason: job.wait_reason.clone(),
     }
 }
 
@@ -238,6 +352,7 @@ fn job_from_rec(rec: JobRec) -> Result<Job> {
             cwd: e.cwd,
             env: e.env,
         }),
+        Some(KindRec::Fetch(f)) => JobKind::Fetch(fetch_from_rec(id, f)?),
         None => return Err(bad(format!("job {id} has no kind this quernd knows"))),
     };
     let state = match StateTag::from_u8(rec.state.try_into().unwrap_or(0)) {
@@ -285,6 +400,46 @@ fn job_from_rec(rec: JobRec) -> Result<Job> {
         exit_code: rec.exit_code,
         error: rec.error,
         owner_uid: rec.owner_uid,
+        // A result of a kind this quernd does not know is dropped: the job
+        // itself still reads.
+        result: rec.result.and_then(|r| r.kind).map(|k| match k {
+            ResultKindRec::Fetch(f) => JobResult::Fetch(FetchResult {
+                final_url: f.final_url,
+                status: f.status,
+                bytes: f.bytes,
+                sha256: f.sha256,
+                unchanged: f.unchanged,
+                transfer_micros: f.transfer_micros,
+                resumed_bytes: f.resumed_bytes,
+            }),
+        }),
+        wait_reason: rec.wait_reason,
+    })
+}
+
+fn fetch_from_rec(id: u64, f: FetchRec) -> Result<FetchSpec> {
+    let overwrite = match f.overwrite {
+        0 => Overwrite::Replace,
+        1 => Overwrite::Skip,
+        2 => Overwrite::Error,
+        other => return Err(bad(format!("job {id} has unknown overwrite mode {other}"))),
+    };
+    let method = if f.method.is_empty() {
+        HttpMethod::Get
+    } else {
+        HttpMethod::from_name(&f.method)
+            .ok_or_else(|| bad(format!("job {id} has unknown method {:?}", f.method)))?
+    };
+    Ok(FetchSpec {
+        url: f.url,
+        dest: f.dest,
+        sha256: f.sha256,
+        headers: f.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        max_bytes: f.max_bytes,
+        overwrite,
+        method,
+        body_file: f.body_file,
+        retry_unsafe: f.retry_unsafe,
     })
 }
 
@@ -334,6 +489,44 @@ mod tests {
             exit_code: Some(-1),
             error: "exited with code 255".into(),
             owner_uid: 1000,
+            result: None,
+            wait_reason: String::new(),
+        }
+    }
+
+    /// A fetch job in every field, with every method and overwrite mode,
+    /// finished with a result and waiting with a reason.
+    #[test]
+    fn fetch_jobs_and_their_results_round_trip() {
+        let mut buf = Vec::new();
+        for (method, overwrite) in HttpMethod::ALL
+            .into_iter()
+            .zip(Overwrite::ALL.into_iter().cycle())
+        {
+            let mut j = job(JobState::Succeeded { finished_at: 9 });
+            j.spec.kind = JobKind::Fetch(FetchSpec {
+                url: "https://example.org/a?b=c".into(),
+                dest: Some("/tmp/a".into()),
+                sha256: Some("ab".repeat(32)),
+                headers: vec![("X-A".into(), "1".into()), ("X-A".into(), "2".into())],
+                max_bytes: Some(1 << 40),
+                overwrite,
+                method,
+                body_file: Some("/tmp/body".into()),
+                retry_unsafe: true,
+            });
+            j.result = Some(JobResult::Fetch(FetchResult {
+                final_url: "https://cdn.example.org/a".into(),
+                status: 206,
+                bytes: 12345,
+                sha256: "cd".repeat(32),
+                unchanged: method == HttpMethod::Put,
+                transfer_micros: 1_500_000,
+                resumed_bytes: 100,
+            }));
+            j.wait_reason = "Retry-After from example.org".into();
+            encode_job(&mut buf, &j).unwrap();
+            assert_eq!(decode_job(&buf).unwrap(), j);
         }
     }
 

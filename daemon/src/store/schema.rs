@@ -15,7 +15,9 @@ use crate::job::{JobId, KindTag, StateTag};
 /// - 1: records encoded positionally with postcard.
 /// - 2: records are protobuf messages (`record.rs`); jobs have an owner;
 ///   the kind index (`kind_runs`, `by_kind`); the `checkpoints` table.
-pub const SCHEMA_VERSION: u64 = 2;
+/// - 3: fetch jobs; a job's `result` and `wait_reason` (fields added to
+///   the records, so the step only records the version).
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// The database file's name inside the state dir.
 pub const DB_FILE: &str = "quern.redb";

@@ -253,7 +253,10 @@ async fn grouped_writes_share_a_commit_and_other_writes_are_not_held() {
             jobs[0],
             1,
             Some(2),
-            Outcome::Succeeded { exit_code: Some(0) },
+            Outcome::Succeeded {
+                exit_code: Some(0),
+                result: None,
+            },
             4,
             Commit::Now,
         ),
@@ -276,7 +279,10 @@ async fn grouped_writes_share_a_commit_and_other_writes_are_not_held() {
             let store = store.clone();
             let id = jobs[1];
             async move {
-                let outcome = Outcome::Succeeded { exit_code: Some(0) };
+                let outcome = Outcome::Succeeded {
+                    exit_code: Some(0),
+                    result: None,
+                };
                 store
                     .finish(id, 1, Some(2), outcome, 5, Commit::Grouped)
                     .await
@@ -327,6 +333,7 @@ async fn the_schema_1_store_migrates_with_nothing_lost() {
     assert!(jobs.iter().all(|j| j.owner_uid == me), "{jobs:#?}");
     let argv = |j: &Job| match &j.spec.kind {
         JobKind::Exec(e) => e.argv.clone(),
+        other => panic!("schema 1 had exec jobs only: {other:?}"),
     };
     assert_eq!(argv(&jobs[0]), ["sh", "-c", "echo out-1; echo err-1 >&2"]);
     assert_eq!(
@@ -349,6 +356,7 @@ async fn the_schema_1_store_migrates_with_nothing_lost() {
             assert_eq!(e.cwd.as_deref(), Some("/"));
             assert_eq!(e.env.get("FIXTURE").map(String::as_str), Some("4"));
         }
+        other => panic!("schema 1 had exec jobs only: {other:?}"),
     }
     match &jobs[4].state {
         JobState::Running {
@@ -463,7 +471,10 @@ async fn checkpoints_are_dropped_when_their_job_finishes() {
         assert_eq!(store.checkpoint(id).await.unwrap(), Some(vec![id as u8]));
     }
     store.cancel_pending(ids[0], 2).await.unwrap();
-    let done = Outcome::Succeeded { exit_code: None };
+    let done = Outcome::Succeeded {
+        exit_code: None,
+        result: None,
+    };
     store
         .finish(ids[1], 1, Some(2), done, 3, Commit::Now)
         .await

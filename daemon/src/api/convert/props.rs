@@ -130,7 +130,10 @@ fn edit() -> impl Strategy<Value = Edit> {
 fn apply(mut p: pb::JobSpec, edits: Vec<Edit>) -> pb::JobSpec {
     let numbered = |n: usize| (0..n).map(|i| (format!("k{i}"), "v".to_owned()));
     for e in edits {
-        let exec = p.kind.as_mut().map(|pb::job_spec::Kind::Exec(x)| x);
+        let exec = match p.kind.as_mut() {
+            Some(pb::job_spec::Kind::Exec(x)) => Some(x),
+            _ => None,
+        };
         match (e, exec) {
             (Edit::NoKind, _) => p.kind = None,
             (Edit::NoArgv, Some(x)) => x.argv.clear(),

@@ -12,7 +12,9 @@ use crate::store::record::decode_job;
 /// `j` as schema 1 wrote it. Schema 1 had exec runs only, so an
 /// in-process run is written as an exec run of pid 0.
 fn v1(j: &Job) -> JobV1 {
-    let JobKind::Exec(e) = &j.spec.kind;
+    let JobKind::Exec(e) = &j.spec.kind else {
+        unreachable!("schema 1 had exec jobs only, and the generator makes only those")
+    };
     let state = match &j.state {
         JobState::Queued => StateV1::Queued,
         JobState::Scheduled { run_at } => StateV1::Scheduled { run_at: *run_at },

@@ -482,6 +482,7 @@ fn kind_of(job: &Job) -> Option<&'static str> {
     // without saying here what List calls it.
     match job.spec.as_ref()?.kind.as_ref()? {
         job_spec::Kind::Exec(_) => Some("exec"),
+        job_spec::Kind::Fetch(_) => Some("fetch"),
     }
 }
 
