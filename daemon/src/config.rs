@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod fetch;
+
+pub use fetch::FetchConfig;
+
 /// Everything the daemon needs to know to run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -40,6 +44,8 @@ pub struct Config {
     pub commit_linger: Duration,
     /// How long finished jobs and events are kept.
     pub retention: Retention,
+    /// The fetch kind's limits and timeouts (`[fetch]`).
+    pub fetch: FetchConfig,
 }
 
 /// How long finished jobs, and the event log, are kept (`[retention]`).
@@ -120,6 +126,16 @@ pub enum ConfigError {
         /// What it must be.
         reason: &'static str,
     },
+    /// A value is out of range, at a key made of parts (a host's table).
+    #[error("config {key} = {value} is invalid: {reason}")]
+    InvalidAt {
+        /// The key, such as `fetch.hosts."example.org".rate`.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        reason: String,
+    },
     /// No default state dir could be found.
     #[error(
         "cannot find a state directory: neither XDG_STATE_HOME nor HOME is set; pass --state-dir"
@@ -155,6 +171,9 @@ pub struct FileConfig {
     /// See [`Config::retention`].
     #[serde(default)]
     pub retention: RetentionFile,
+    /// See [`Config::fetch`].
+    #[serde(default)]
+    pub fetch: fetch::FetchFile,
 }
 
 /// Values given on the command line or in the environment; they win over the
@@ -237,6 +256,7 @@ impl Config {
             default_grace: duration("default_grace", file.default_grace, "10s")?,
             commit_linger,
             retention: retention(file.retention)?,
+            fetch: fetch::load(file.fetch)?,
         })
     }
 
@@ -254,6 +274,7 @@ impl Config {
             default_grace: Duration::from_secs(10),
             commit_linger: Duration::from_millis(10),
             retention: Retention::default(),
+            fetch: FetchConfig::default(),
         }
     }
 }

@@ -111,6 +111,10 @@ fn check_refusal(e: &ConfigError, path: &Path, utf8: bool) -> Result<(), TestCas
             prop_assert!(KEYS.contains(key), "{key}");
             prop_assert!(!reason.is_empty());
         }
+        ConfigError::InvalidAt { key, reason, .. } => {
+            prop_assert!(key.starts_with("fetch."), "{key}");
+            prop_assert!(!reason.is_empty());
+        }
         // Only bytes that are not UTF-8 fail to read.
         ConfigError::Read { path: p, .. } => {
             prop_assert_eq!(p, path);
