@@ -275,6 +275,8 @@ pub async fn run(
             default_cwd: config.state_dir.clone(),
             state_dir: config.state_dir.clone(),
             clock,
+            // Replaced by admission's per-host policy when it lands.
+            hosts: Arc::new(crate::runner::NoHostLimits),
         }),
     });
     // A job thread per core, or per job slot if fewer.

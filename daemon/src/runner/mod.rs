@@ -81,6 +81,48 @@ pub struct KindEnv {
     pub state_dir: PathBuf,
     /// How the daemon reads the time; see [`crate::clock`].
     pub clock: crate::clock::Clock,
+    /// Where fetch attempts report how each host answered, and wait for
+    /// a host's rate (see [`HostFeedback`]).
+    pub hosts: Arc<dyn HostFeedback>,
+}
+
+/// What a fetch attempt tells the per-host policy (in `admission`) about
+/// its requests, and asks of it. Admission takes a host's turn (its rate,
+/// a slot) before the attempt starts, for the attempt's first request;
+/// this is for the rest.
+pub trait HostFeedback: Send + Sync {
+    /// How a request to `host` (`host:port`, as `config::fetch::host_key`
+    /// makes it) went: for the host's circuit breaker, and its pauses.
+    fn report(&self, host: &str, outcome: HostOutcome);
+
+    /// Waits until `host`'s rate allows one more request: for requests
+    /// after an attempt's first (a redirect to another URL), whose turn
+    /// admission did not take.
+    fn pace<'a>(&'a self, host: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// How a host answered one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostOutcome {
+    /// It answered, with anything but a 5xx (a 404 is the host working).
+    Answered,
+    /// A connect error, a reset, a timeout or a 5xx: counts towards
+    /// opening its breaker.
+    Failed,
+    /// It asked for a pause (429 or 503 with `Retry-After`): no request
+    /// goes to it for this long.
+    RetryAfter(Duration),
+}
+
+/// A [`HostFeedback`] that limits nothing: for tests of other parts.
+pub struct NoHostLimits;
+
+impl HostFeedback for NoHostLimits {
+    fn report(&self, _host: &str, _outcome: HostOutcome) {}
+
+    fn pace<'a>(&'a self, _host: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A kind of job: how to start an attempt of it, and what to do at boot
@@ -499,6 +541,7 @@ impl RunnerCtx {
                 default_cwd: dir.into(),
                 state_dir: dir.into(),
                 clock,
+                hosts: Arc::new(NoHostLimits),
             }),
         })
     }
