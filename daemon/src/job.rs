@@ -226,6 +226,8 @@ pub struct Progress {
     pub total: u64,
     /// What is counted: `bytes`, `commits`, `files`.
     pub unit: String,
+    /// Units per second lately, or 0 when unknown.
+    pub rate: u64,
 }
 
 /// Where a job is in its lifecycle. Each state carries only the data that

@@ -187,6 +187,7 @@ mod tests {
             done,
             total: 1000,
             unit: "bytes".into(),
+            rate: 0,
         }
     }
 

@@ -116,6 +116,7 @@ mod tests {
                 done: 512,
                 total: 1024,
                 unit: "bytes".into(),
+                rate: 0,
             }),
             ..event(JobState::Running, 0, None, "")
         };

@@ -338,6 +338,7 @@ pub fn progress_to_proto(p: &Progress) -> pb::Progress {
         done: p.done,
         total: p.total,
         unit: p.unit.clone(),
+        rate: p.rate,
     }
 }
 

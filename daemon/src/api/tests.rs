@@ -94,6 +94,7 @@ async fn progress_reaches_the_streams_that_ask_and_get() {
         done: 512,
         total: 1024,
         unit: "bytes".into(),
+        rate: 0,
     };
     rig.ctx.progress.sink(job.id).report(report);
     // A second job's submit, after the progress: what the stream without

@@ -68,6 +68,7 @@ fn progress(done: u64) -> Progress {
         done,
         total: 10,
         unit: "commits".into(),
+        rate: 0,
     }
 }
 
