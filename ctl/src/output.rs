@@ -462,6 +462,7 @@ mod tests {
             exit_code: None,
             error: String::new(),
             progress: None,
+            host: None,
         };
         let value = event_json(&event);
         assert_eq!(value["seq"], 7);

@@ -58,6 +58,15 @@ pub struct JobSpec {
 pub const MAX_ATTEMPTS: u32 = 100;
 
 impl JobSpec {
+    /// The host a job is limited by, `host:port`, for kinds that have one
+    /// (fetch): admission's key for its rate, slots and breaker.
+    pub fn host_key(&self) -> Option<String> {
+        match &self.kind {
+            JobKind::Fetch(f) => Some(f.host_key()),
+            JobKind::Exec(_) => None,
+        }
+    }
+
     /// The rules every spec must meet, whoever made it: what the store and
     /// the runner rely on. Returns the field (relative to the spec) and
     /// the reason. `api/convert.rs` checks requests against the API's own
@@ -557,6 +566,18 @@ impl Job {
             state: JobState::Cancelled { finished_at: at },
             error: CANCELLED_ERROR.into(),
             exit_code: None,
+            ..self.clone()
+        })
+    }
+
+    /// Held back before it started, until `run_at`, for `reason` (its
+    /// host's circuit breaker is open): from queued to scheduled, with no
+    /// attempt used.
+    pub fn deferred(&self, run_at: Micros, reason: String) -> Result<Job, Refused> {
+        self.require(&[StateTag::Queued], "only a queued job can be held back")?;
+        Ok(Job {
+            state: JobState::Scheduled { run_at },
+            wait_reason: reason,
             ..self.clone()
         })
     }

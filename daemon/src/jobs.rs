@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use crate::admission::HostStatus;
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::job::{Event, Job, JobId, JobSpec, Progress};
@@ -124,5 +125,16 @@ impl Jobs {
     /// Live progress reports.
     pub fn subscribe_progress(&self) -> broadcast::Receiver<(JobId, Progress)> {
         self.progress.subscribe()
+    }
+
+    /// Hosts of fetch jobs with something to show (see
+    /// [`crate::admission::Hosts::snapshot`]), and the fetch pool's size.
+    pub fn hosts(&self) -> (Vec<HostStatus>, usize) {
+        self.scheduler.hosts()
+    }
+
+    /// Changes of hosts' breakers and pauses, as they happen.
+    pub fn subscribe_hosts(&self) -> broadcast::Receiver<HostStatus> {
+        self.scheduler.subscribe_hosts()
     }
 }

@@ -260,6 +260,7 @@ pub async fn run(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let clock = Clock::System;
     let progress = ProgressBoard::new();
+    let admission = Admission::with_fetch(config.concurrency, config.fetch.clone(), clock);
     let ctx = Arc::new(RunnerCtx {
         store: store.clone(),
         logs: logs.clone(),
@@ -275,17 +276,14 @@ pub async fn run(
             default_cwd: config.state_dir.clone(),
             state_dir: config.state_dir.clone(),
             clock,
-            // Replaced by admission's per-host policy when it lands.
-            hosts: Arc::new(crate::runner::NoHostLimits),
+            // Fetch attempts tell admission how each host answered.
+            hosts: admission.hosts().clone(),
         }),
     });
     // A job thread per core, or per job slot if fewer.
-    let (scheduler, sched_handle) = Scheduler::new(
-        ctx.clone(),
-        Admission::new(config.concurrency),
-        cores.min(config.concurrency),
-    )
-    .map_err(|e| DaemonError::Server(format!("cannot start a jobs runtime: {e}")))?;
+    let (scheduler, sched_handle) =
+        Scheduler::new(ctx.clone(), admission, cores.min(config.concurrency))
+            .map_err(|e| DaemonError::Server(format!("cannot start a jobs runtime: {e}")))?;
 
     let jobs = Jobs::new(store.clone(), sched_handle, progress, clock);
     let retention = Arc::new(Retention::new(

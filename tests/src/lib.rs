@@ -697,6 +697,7 @@ impl EventStream {
                 after_seq,
                 job_id,
                 progress: false,
+                hosts: false,
             }),
         )
         .await

@@ -164,6 +164,7 @@ async fn resume_from_before_the_retention_window_is_out_of_range() -> Result<()>
                 after_seq: Some(1),
                 job_id: 0,
                 progress: false,
+                hosts: false,
             })
             .await,
         Code::OutOfRange,

@@ -19,6 +19,7 @@ pub async fn run(
             after_seq: after,
             job_id: job.unwrap_or(0),
             progress,
+            hosts: false,
         })
         .await
         .map_err(rpc_error)?
@@ -91,6 +92,7 @@ mod tests {
             exit_code,
             error: error.into(),
             progress: None,
+            host: None,
         };
         let cases = [
             (

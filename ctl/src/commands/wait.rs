@@ -105,6 +105,7 @@ async fn until_finished(client: &mut Client, pending: &mut BTreeSet<u64>) -> Res
             after_seq: Some(after_seq),
             job_id,
             progress: false,
+            hosts: false,
         };
         let mut events = match client.events(request).await {
             Ok(response) => response.into_inner(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prost::Message;
 use quern_proto::v1 as pb;
 
+use crate::admission::{BreakerState, HostStatus};
 use crate::error::Error;
 use crate::job::{
     Event, ExecSpec, FetchSpec, HttpMethod, Job, JobId, JobKind, JobResult, JobSpec, JobState,
@@ -237,6 +238,8 @@ pub struct EventsQuery {
     pub job: Option<JobId>,
     /// Progress updates too.
     pub progress: bool,
+    /// Hosts' breaker changes too.
+    pub hosts: bool,
 }
 
 /// The query of an Events stream.
@@ -245,6 +248,31 @@ pub fn events_from_proto(r: pb::EventsRequest) -> EventsQuery {
         after_seq: r.after_seq,
         job: (r.job_id != 0).then_some(r.job_id),
         progress: r.progress,
+        hosts: r.hosts,
+    }
+}
+
+/// The proto form of a host's state.
+pub fn host_to_proto(h: &HostStatus) -> pb::HostStats {
+    pb::HostStats {
+        host: h.host.clone(),
+        breaker: match h.breaker {
+            BreakerState::Closed => pb::HostBreaker::Closed,
+            BreakerState::Open => pb::HostBreaker::Open,
+            BreakerState::HalfOpen => pb::HostBreaker::HalfOpen,
+        } as i32,
+        failures: h.failures,
+        open_until: h.open_until.map(micros_to_ts),
+        running: h.running,
+    }
+}
+
+/// A host's change for an Events stream.
+pub fn host_event_to_proto(h: &HostStatus, now: Micros) -> pb::EventsResponse {
+    pb::EventsResponse {
+        time: Some(micros_to_ts(now)),
+        host: Some(host_to_proto(h)),
+        ..Default::default()
     }
 }
 
@@ -328,6 +356,8 @@ pub fn stats_to_proto(c: &Counters, concurrency: usize) -> pb::StatsResponse {
         queue_depth: c.count(T::Queued) + c.count(T::Scheduled),
         concurrency: concurrency as u32,
         last_event_seq: c.last_seq(),
+        fetch_concurrency: 0,
+        hosts: Vec::new(),
     }
 }
 
@@ -353,6 +383,7 @@ pub fn progress_event_to_proto(job: JobId, p: &Progress, now: Micros) -> pb::Eve
         exit_code: None,
         error: String::new(),
         progress: Some(progress_to_proto(p)),
+        host: None,
     }
 }
 
@@ -751,6 +782,7 @@ pub fn event_to_proto(e: &Event) -> pb::EventsResponse {
         exit_code: e.exit_code,
         error: e.error.clone(),
         progress: None,
+        host: None,
     }
 }
 

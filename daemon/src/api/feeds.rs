@@ -10,6 +10,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tonic::Status;
 
 use super::convert;
+use crate::admission::HostStatus;
 use crate::job::{Event, JobId, Progress};
 use crate::jobs::Jobs;
 use crate::logs::{LogStore, Piece, Stream as LogStreamKind};
@@ -50,6 +51,7 @@ impl EventFeed {
         first_page: Vec<Event>,
         mut live: broadcast::Receiver<Event>,
         mut progress: Option<broadcast::Receiver<(JobId, Progress)>>,
+        mut hosts: Option<broadcast::Receiver<HostStatus>>,
     ) {
         let mut page = first_page;
         loop {
@@ -70,7 +72,20 @@ impl EventFeed {
             }
             let next = tokio::select! {
                 ev = live.recv() => ev,
-                update = next_progress(&mut progress) => {
+                change = next_newest(&mut hosts) => {
+                    if let Some(h) = change
+                        && self.filter.is_none()
+                        && self
+                            .tx
+                            .send(Ok(convert::host_event_to_proto(&h, self.jobs.now())))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                update = next_newest(&mut progress) => {
                     if let Some((job, p)) = update
                         && self.filter.is_none_or(|j| j == job)
                         && !self.send_progress(job, &p).await
@@ -140,12 +155,10 @@ impl EventFeed {
     }
 }
 
-/// The next progress update, if progress is asked for; a subscriber that
-/// fell behind skips to the newer updates, since only the newest matter.
-/// Never resolves without a subscription.
-async fn next_progress(
-    progress: &mut Option<broadcast::Receiver<(JobId, Progress)>>,
-) -> Option<(JobId, Progress)> {
+/// The next live update (progress, hosts' changes), if they are asked
+/// for; a subscriber that fell behind skips to the newer updates, since
+/// only the newest matter. Never resolves without a subscription.
+async fn next_newest<T: Clone>(progress: &mut Option<broadcast::Receiver<T>>) -> Option<T> {
     let Some(rx) = progress else {
         return std::future::pending().await;
     };

@@ -153,6 +153,7 @@ impl JobsApi for JobsService {
         // seq in the feed.
         let live = self.jobs.subscribe();
         let progress = r.progress.then(|| self.jobs.subscribe_progress());
+        let hosts = r.hosts.then(|| self.jobs.subscribe_hosts());
         let (last, first_page) = match r.after_seq {
             Some(after) => match self.jobs.events_after(after, REPLAY_PAGE, r.job).await? {
                 EventsPage::Events(evs) => (after, evs),
@@ -170,7 +171,7 @@ impl JobsApi for JobsService {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = feed.run(first_page, live, progress) => {}
+                _ = feed.run(first_page, live, progress, hosts) => {}
                 _ = shutdown.cancelled() => {}
             }
         });
@@ -218,10 +219,11 @@ impl JobsApi for JobsService {
         _req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let c = self.jobs.counters().await?;
-        Ok(Response::new(convert::stats_to_proto(
-            &c,
-            self.config.concurrency,
-        )))
+        let mut stats = convert::stats_to_proto(&c, self.config.concurrency);
+        let (hosts, fetch_concurrency) = self.jobs.hosts();
+        stats.fetch_concurrency = u32::try_from(fetch_concurrency).unwrap_or(u32::MAX);
+        stats.hosts = hosts.iter().map(convert::host_to_proto).collect();
+        Ok(Response::new(stats))
     }
 
     async fn prune(

@@ -56,6 +56,7 @@ async fn events(rig: &Rig, progress: bool) -> BoxStream<pb::EventsResponse> {
         after_seq: None,
         job_id: 0,
         progress,
+        hosts: false,
     };
     rig.service
         .events(Request::new(req))

@@ -148,15 +148,7 @@ impl fmt::Display for Rate {
     }
 }
 
-/// The key a URL's host is limited by: its host and port, the port made
-/// explicit (`example.org:443`).
-pub fn host_key(url: &url::Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port_or_known_default() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    }
-}
+pub use crate::job::fetch::host_key;
 
 /// The `[fetch]` table of the file.
 #[derive(Debug, Default, Deserialize)]

@@ -228,6 +228,28 @@ impl FetchSpec {
     }
 }
 
+impl FetchSpec {
+    /// The host its requests are limited by: `host:port`, the port made
+    /// explicit. A URL that does not parse (which `check` refuses, so
+    /// only a damaged record) is its own key, so it still has one.
+    pub fn host_key(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(u) => host_key(&u),
+            Err(_) => self.url.clone(),
+        }
+    }
+}
+
+/// The key a URL's host is limited by: its host and port, the port made
+/// explicit (`example.org:443`).
+pub fn host_key(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
 /// Checks that `url` is an absolute http or https URL with a host; the
 /// reason otherwise.
 pub fn check_url(url: &str) -> Result<url::Url, String> {
@@ -285,9 +307,12 @@ mod tests {
         assert_eq!(s.check(), Ok(()));
     }
 
+    /// How to spoil a spec, what the error must name, and the fix it gives.
+    type Case = (fn(&mut FetchSpec), &'static str, &'static str);
+
     #[test]
     fn each_bad_field_is_named_with_its_fix() {
-        let cases: Vec<(fn(&mut FetchSpec), &str, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 |s| s.url = "ftp://example.org/x".into(),
                 ".fetch.url",

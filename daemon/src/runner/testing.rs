@@ -31,6 +31,30 @@ where
     Kinds::every_job_as(Arc::new(Scripted(script)))
 }
 
+/// A kind whose every attempt runs `script` with the job's spec.
+struct ScriptedSpec<F>(F);
+
+impl<F> Kind for ScriptedSpec<F>
+where
+    F: Fn(&JobSpec, AttemptCtx) -> BoxFuture<'static, Ended> + Send + Sync,
+{
+    fn start(&self, spec: &JobSpec, ctx: AttemptCtx) -> Result<Box<dyn Attempt>, String> {
+        Ok(InProcess::start(ctx, |ctx| (self.0)(spec, ctx)))
+    }
+
+    fn recover(&self, _run: &RunRecord) -> Option<String> {
+        None
+    }
+}
+
+/// A registry in which every job runs `script`, which sees its spec.
+pub(crate) fn scripted_with_spec<F>(script: F) -> Kinds
+where
+    F: Fn(&JobSpec, AttemptCtx) -> BoxFuture<'static, Ended> + Send + Sync + 'static,
+{
+    Kinds::every_job_as(Arc::new(ScriptedSpec(script)))
+}
+
 /// Where [`panicking`] panics: a bug in quernd's own code around a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PanicAt {

@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use super::handle::{Msg, SchedulerHandle};
 use super::lock;
-use crate::admission::Admission;
-use crate::job::{Job, JobId, StateTag};
+use crate::admission::{Admission, Admit};
+use crate::job::{Job, JobId, Micros, StateTag};
 use crate::platform::panic_message;
 use crate::runner::{RunnerCtx, Stop, record_panic, run_attempt};
 use crate::store::StoreError;
@@ -27,6 +27,10 @@ pub(super) const STORE_FAILURE_PAUSE: Duration = Duration::from_secs(1);
 /// The first wait before the ready index is read again after a read
 /// failed; each failure in a row doubles it, up to [`READ_RETRY_MAX`].
 pub(super) const READ_RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// Queued jobs of a host moved to scheduled per store write when its
+/// breaker opens: one bounded write transaction each.
+const DEFER_CHUNK: usize = 1024;
 
 /// The longest wait between reads of a failing ready index.
 pub(super) const READ_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -39,6 +43,8 @@ pub(super) struct Running {
     released: bool,
     /// The job thread it runs on.
     thread: usize,
+    /// The host whose slot it holds, for a fetch job.
+    host: Option<String>,
 }
 
 /// Which jobs run where, shared by the scheduler and the job threads.
@@ -62,6 +68,17 @@ pub(super) struct Slots {
     /// The wait before the next read of the ready index, after reads
     /// failed in a row; zero after a read succeeds.
     pub(super) read_retry: Duration,
+    /// Fetch jobs holding a slot of the fetch pool.
+    pub(super) fetch_active: usize,
+    /// Some host may be able to start a queued fetch job: set by submits,
+    /// promotions, a fetch job's end, a host's change and `fetch_wake`.
+    pub(super) fetch_maybe_ready: bool,
+    /// When the earliest host that had to wait (its rate, a server's
+    /// pause) may take a job again.
+    pub(super) fetch_wake: Option<Instant>,
+    /// Hosts whose queued jobs are being moved to scheduled (their
+    /// breaker opened): passed over until that is done.
+    pub(super) deferring: HashSet<String>,
 }
 
 impl Slots {
@@ -70,18 +87,31 @@ impl Slots {
         self.load.iter().sum()
     }
 
-    /// Gives a job's slot back, once. Returns its thread if this freed it.
-    fn release(&mut self, id: JobId) -> Option<usize> {
+    /// Slots taken by exec jobs.
+    fn exec_active(&self) -> usize {
+        self.active() - self.fetch_active
+    }
+
+    /// Gives a job's slot back, once. Returns its thread if this freed it,
+    /// and the host whose slot it also held, for a fetch job (which the
+    /// caller gives back to admission).
+    fn release(&mut self, id: JobId) -> Option<(usize, Option<String>)> {
         let r = self.running.get_mut(&id)?;
         if std::mem::replace(&mut r.released, true) {
             return None;
         }
         let thread = r.thread;
         self.load[thread] -= 1;
+        let host = r.host.clone();
         // A slot is free, and there may be more ready jobs.
-        self.maybe_ready = true;
+        if host.is_some() {
+            self.fetch_active -= 1;
+            self.fetch_maybe_ready = true;
+        } else {
+            self.maybe_ready = true;
+        }
         tracing::trace!(job = id, thread, "slot released");
-        Some(thread)
+        Some((thread, host))
     }
 
     pub(super) fn stop_cancelling(&mut self, id: JobId) {
@@ -146,10 +176,11 @@ impl Core {
             }
             s.paused_until = None;
         }
+        self.dispatch_fetch(s, &mut here);
         while s.maybe_ready {
             // Asked before anything is read: with no room, a dispatch
             // costs nothing, however long the queue.
-            let free = self.admission.room(s.active());
+            let free = self.admission.room(s.exec_active());
             if free == 0 {
                 break;
             }
@@ -187,12 +218,126 @@ impl Core {
             }
             for job in jobs {
                 let thread = here.take().unwrap_or_else(|| least_loaded(&s.load));
-                self.start(s, job, thread);
+                self.start(s, job, thread, None);
             }
         }
     }
 
-    fn start(self: &Arc<Self>, s: &mut Slots, job: Job, thread: usize) {
+    /// Starts queued fetch jobs while the fetch pool has room: in each
+    /// pass, the head of every host's queue is read (one seek per host)
+    /// and, best priority first, each is started if admission lets its
+    /// host take one now. A host that may not (its slots, its rate, a
+    /// pause, a probe in flight) is passed over, so it holds up no other
+    /// host, and a job waiting for its host holds no slot. A host whose
+    /// breaker is open has its queued jobs moved to scheduled.
+    fn dispatch_fetch(self: &Arc<Self>, s: &mut Slots, here: &mut Option<usize>) {
+        if s.fetch_wake.is_some_and(|w| Instant::now() >= w) {
+            s.fetch_wake = None;
+            s.fetch_maybe_ready = true;
+        }
+        while s.fetch_maybe_ready {
+            if self.admission.fetch_room(s.fetch_active) == 0 {
+                // Stays maybe-ready: a fetch job's end sets it anyway.
+                return;
+            }
+            let heads = match self.host_heads(s) {
+                Ok(h) => h,
+                Err(e) => {
+                    s.read_retry = (s.read_retry * 2).clamp(READ_RETRY_FIRST, READ_RETRY_MAX);
+                    tracing::error!(error = %e, retry_in = ?s.read_retry, "reading ready fetch jobs failed");
+                    s.paused_until = Some(Instant::now() + s.read_retry);
+                    let _ = self.handle.tx.send(Msg::Wake);
+                    return;
+                }
+            };
+            let mut started = false;
+            let mut wait: Option<Instant> = None;
+            for (host, job) in heads {
+                if self.admission.fetch_room(s.fetch_active) == 0 {
+                    break;
+                }
+                match self.admission.hosts().admit(&host) {
+                    Admit::Yes => {
+                        let thread = here.take().unwrap_or_else(|| least_loaded(&s.load));
+                        s.fetch_active += 1;
+                        self.start(s, job, thread, Some(host));
+                        started = true;
+                    }
+                    Admit::WaitUntil(t) => wait = Some(wait.map_or(t, |w| w.min(t))),
+                    Admit::Busy => {}
+                    Admit::Open { until, reason } => self.defer_host(s, host, until, reason),
+                }
+            }
+            if let Some(t) = wait
+                && s.fetch_wake.is_none_or(|w| t < w)
+            {
+                s.fetch_wake = Some(t);
+                // This may run on a job's thread, while the scheduler
+                // sleeps on a timer set before; it sends nothing when the
+                // wake-up did not move earlier, so this cannot loop.
+                let _ = self.handle.tx.send(Msg::Wake);
+            }
+            if !started {
+                s.fetch_maybe_ready = false;
+            }
+        }
+    }
+
+    /// The first queued job of every host with queued fetch jobs, best
+    /// first: one index seek per host, and one job read each.
+    fn host_heads(&self, s: &Slots) -> Result<Vec<(String, Job)>, StoreError> {
+        let skip: HashSet<JobId> = s
+            .running
+            .keys()
+            .chain(s.cancelling.iter())
+            .copied()
+            .collect();
+        let mut heads = Vec::new();
+        for host in self.ctx.store.ready_hosts()? {
+            if s.deferring.contains(&host) {
+                continue;
+            }
+            if let Some(job) = self.ctx.store.host_head(&host, &skip)? {
+                heads.push((host, job));
+            }
+        }
+        heads.sort_by_key(|(_, j)| (std::cmp::Reverse(j.spec.priority), j.id));
+        Ok(heads)
+    }
+
+    /// Moves `host`'s queued jobs to scheduled until `until` (its breaker
+    /// is open), in chunks, off the lock: the host is passed over
+    /// meanwhile, and looked at again after each chunk.
+    fn defer_host(self: &Arc<Self>, s: &mut Slots, host: String, until: Micros, reason: String) {
+        if !s.deferring.insert(host.clone()) {
+            return;
+        }
+        let core = self.clone();
+        self.threads[0].spawn(self.tracker.track_future(async move {
+            let at = core.ctx.env.clock.now_micros();
+            let moved = core
+                .ctx
+                .store
+                .defer_host(host.clone(), until, reason, at, DEFER_CHUNK)
+                .await;
+            let mut s = lock(&core.slots);
+            s.deferring.remove(&host);
+            s.fetch_maybe_ready = true;
+            match moved {
+                Ok(n) => tracing::info!(host, jobs = n, "held a host's queued fetch jobs back while its breaker is open"),
+                Err(e) => {
+                    tracing::error!(host, error = %e, "holding a host's fetch jobs back failed; trying again in 1s");
+                    let again = Instant::now() + Duration::from_secs(1);
+                    s.fetch_wake = Some(s.fetch_wake.map_or(again, |w| w.min(again)));
+                }
+            }
+            drop(s);
+            // They are due when the breaker lets a probe through.
+            core.handle.due_at(until);
+        }));
+    }
+
+    fn start(self: &Arc<Self>, s: &mut Slots, job: Job, thread: usize, host: Option<String>) {
         let (stop_tx, stop_rx) = oneshot::channel();
         let id = job.id;
         s.running.insert(
@@ -202,6 +347,7 @@ impl Core {
                 waiters: Vec::new(),
                 released: false,
                 thread,
+                host,
             },
         );
         s.load[thread] += 1;
@@ -236,7 +382,10 @@ impl Core {
     /// the same thread.
     fn released(self: &Arc<Self>, id: JobId) {
         let mut s = lock(&self.slots);
-        if let Some(thread) = s.release(id) {
+        if let Some((thread, host)) = s.release(id) {
+            if let Some(host) = host {
+                self.admission.hosts().release(&host);
+            }
             self.dispatch(&mut s, Some(thread));
         }
     }
@@ -259,6 +408,10 @@ impl Core {
             let mut s = lock(&self.slots);
             if paused {
                 s.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
+                // This runs on a job's thread, while the scheduler sleeps
+                // on a timer set before the pause: it must look again, or
+                // the jobs left queued wait for some unrelated event.
+                let _ = self.handle.tx.send(Msg::Wake);
             }
             // A job that never started gives its slot back only now.
             let freed = s.release(id);
@@ -279,7 +432,10 @@ impl Core {
             if recheck {
                 s.cancelling.push(id);
             }
-            if let Some(thread) = freed {
+            if let Some((thread, host)) = freed {
+                if let Some(host) = host {
+                    self.admission.hosts().release(&host);
+                }
                 self.dispatch(&mut s, Some(thread));
             }
             (r.waiters, recheck)

@@ -4,9 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::lock;
+use crate::admission::{HostStatus, Hosts};
 use crate::job::{Job, JobId, JobState, Micros};
 use crate::store::StoreError;
 
@@ -28,6 +29,8 @@ pub(super) enum Msg {
 pub struct SchedulerHandle {
     pub(super) tx: mpsc::UnboundedSender<Msg>,
     pub(super) submitted: Arc<Mutex<Submitted>>,
+    /// The per-host policy of fetch jobs, for Stats and Events.
+    hosts: Arc<Hosts>,
 }
 
 /// What submissions the scheduler has not looked at yet, merged, so that
@@ -43,6 +46,9 @@ pub(super) struct Submitted {
     pub(super) due: Option<Micros>,
     /// A `Wake` is on its way.
     pub(super) told: bool,
+    /// Some host changed (a breaker, a pause, held-back jobs): fetch jobs
+    /// may start.
+    pub(super) hosts: bool,
     /// When the scheduler will next read the store's due jobs at the
     /// latest: a job scheduled for that time or later needs no wake-up
     /// (P1a submits jobs for an hour ahead). `None` while the scheduler is
@@ -53,21 +59,37 @@ pub(super) struct Submitted {
 /// What the scheduler does on a [`Msg::Wake`]: takes what was submitted
 /// (whether any are ready, and the earliest due), so that the next Submit
 /// sends a wake-up again. The published timer stays.
-pub(super) fn take_submitted(m: &Mutex<Submitted>) -> (bool, Option<Micros>) {
+pub(super) fn take_submitted(m: &Mutex<Submitted>) -> (bool, bool, Option<Micros>) {
     let mut s = lock(m);
     s.told = false;
-    (std::mem::take(&mut s.ready), s.due.take())
+    (
+        std::mem::take(&mut s.ready),
+        std::mem::take(&mut s.hosts),
+        s.due.take(),
+    )
 }
 
 impl SchedulerHandle {
     /// A handle, and the scheduler's end of its channel.
-    pub(super) fn new() -> (SchedulerHandle, mpsc::UnboundedReceiver<Msg>) {
+    pub(super) fn new(hosts: Arc<Hosts>) -> (SchedulerHandle, mpsc::UnboundedReceiver<Msg>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = SchedulerHandle {
             tx,
             submitted: Arc::new(Mutex::new(Submitted::default())),
+            hosts,
         };
         (handle, rx)
+    }
+
+    /// Hosts of fetch jobs with something to show, and the fetch pool's
+    /// size.
+    pub fn hosts(&self) -> (Vec<HostStatus>, usize) {
+        (self.hosts.snapshot(), self.hosts.config().concurrency)
+    }
+
+    /// Changes of hosts' breakers and pauses, as they happen.
+    pub fn subscribe_hosts(&self) -> broadcast::Receiver<HostStatus> {
+        self.hosts.subscribe()
     }
 
     /// Tells the scheduler about newly stored jobs.
@@ -92,6 +114,28 @@ impl SchedulerHandle {
         if let Some(d) = due {
             s.due = Some(s.due.map_or(d, |n| n.min(d)));
         }
+        if !std::mem::replace(&mut s.told, true) {
+            drop(s);
+            let _ = self.tx.send(Msg::Wake);
+        }
+    }
+
+    /// Tells the scheduler that jobs were moved to scheduled until `at`.
+    pub(super) fn due_at(&self, at: Micros) {
+        let mut s = lock(&self.submitted);
+        s.due = Some(s.due.map_or(at, |d| d.min(at)));
+        s.hosts = true;
+        if !std::mem::replace(&mut s.told, true) {
+            drop(s);
+            let _ = self.tx.send(Msg::Wake);
+        }
+    }
+
+    /// Tells the scheduler that a host's breaker or pause changed, so
+    /// that its jobs may start, or must be held back.
+    pub(super) fn hosts_changed(&self) {
+        let mut s = lock(&self.submitted);
+        s.hosts = true;
         if !std::mem::replace(&mut s.told, true) {
             drop(s);
             let _ = self.tx.send(Msg::Wake);

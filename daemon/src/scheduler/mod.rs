@@ -82,7 +82,7 @@ impl Scheduler {
         threads: Vec<Handle>,
         runtimes: Option<JobThreads>,
     ) -> (Scheduler, SchedulerHandle) {
-        let (handle, rx) = SchedulerHandle::new();
+        let (handle, rx) = SchedulerHandle::new(admission.hosts().clone());
         let slots = Slots {
             running: HashMap::new(),
             load: vec![0; threads.len()],
@@ -91,6 +91,10 @@ impl Scheduler {
             cancelling: Vec::new(),
             stopping: false,
             read_retry: std::time::Duration::ZERO,
+            fetch_active: 0,
+            fetch_maybe_ready: true,
+            fetch_wake: None,
+            deferring: std::collections::HashSet::new(),
         };
         let core = Arc::new(Core {
             ctx,
@@ -104,6 +108,14 @@ impl Scheduler {
             #[cfg(test)]
             ready_reads: std::sync::atomic::AtomicUsize::new(0),
         });
+        // A host whose breaker or pause changed may take jobs again, or
+        // must have them held back. Weak: the policy lives in the core.
+        let weak = Arc::downgrade(&core);
+        core.admission.hosts().on_change(Arc::new(move || {
+            if let Some(core) = weak.upgrade() {
+                core.handle.hosts_changed();
+            }
+        }));
         let s = Scheduler {
             core,
             rx,
@@ -140,7 +152,10 @@ impl Scheduler {
             let paused_until = {
                 let mut s = lock(&self.core.slots);
                 self.core.dispatch(&mut s, None);
-                s.paused_until
+                match (s.paused_until, s.fetch_wake) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             };
             lock(&self.core.handle.submitted).timer = self.next_due;
             let due = self.next_due.map(|due| clock.instant_at(due));
@@ -169,9 +184,12 @@ impl Scheduler {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Wake => {
-                let (ready, due) = take_submitted(&self.core.handle.submitted);
-                if ready {
-                    lock(&self.core.slots).maybe_ready = true;
+                let (ready, hosts, due) = take_submitted(&self.core.handle.submitted);
+                if ready || hosts {
+                    let mut s = lock(&self.core.slots);
+                    // A submit does not say of which kind: both pools look.
+                    s.maybe_ready |= ready;
+                    s.fetch_maybe_ready = true;
                 }
                 if let Some(d) = due {
                     self.next_due = Some(self.next_due.map_or(d, |n| n.min(d)));
@@ -210,7 +228,9 @@ impl Scheduler {
         match self.core.ctx.store.promote_due(now).await {
             Ok(next) => {
                 self.next_due = next;
-                lock(&self.core.slots).maybe_ready = true;
+                let mut s = lock(&self.core.slots);
+                s.maybe_ready = true;
+                s.fetch_maybe_ready = true;
             }
             Err(e) => {
                 tracing::error!(error = %e, "moving due jobs to the queue failed; retrying in 1s");

@@ -623,6 +623,29 @@ impl Store {
         self.call(|reply| Op::Promote { now, reply }).await
     }
 
+    /// Moves up to `limit` queued jobs of `host` (in run order) to
+    /// scheduled until `run_at`, saying why in their `wait_reason`, as of
+    /// `at`: a host whose circuit breaker opened. Returns how many moved;
+    /// fewer than `limit` means none is left.
+    pub async fn defer_host(
+        &self,
+        host: String,
+        run_at: Micros,
+        reason: String,
+        at: Micros,
+        limit: usize,
+    ) -> Result<usize> {
+        self.call(|reply| Op::DeferHost {
+            host,
+            run_at,
+            reason,
+            at,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     /// Applies one chunk of a prune pass: removes (or, in a dry run,
     /// counts) finished jobs and old events, within a bounded amount of
     /// work. The chunk says how to go on. Logs are not touched: the
@@ -744,6 +767,19 @@ impl Store {
             });
         }
         read::ready_jobs(&*self.db.get()?, limit, skip)
+    }
+
+    /// The hosts with queued fetch jobs, in order: one index seek per host,
+    /// however many jobs each has. Read on the caller's thread, like
+    /// [`Store::ready`].
+    pub fn ready_hosts(&self) -> Result<Vec<String>> {
+        read::ready_hosts(&*self.db.get()?)
+    }
+
+    /// The next queued fetch job of `host` in run order, skipping ids in
+    /// `skip`, with its priority.
+    pub fn host_head(&self, host: &str, skip: &HashSet<JobId>) -> Result<Option<Job>> {
+        read::host_head(&*self.db.get()?, host, skip)
     }
 
     /// When the earliest scheduled job is due. One index entry, read on the

@@ -7,7 +7,7 @@ use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 
 use super::record::{decode_event, decode_job};
 use super::schema::{
-    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, JOBS, KIND_RUNS, META, READY,
+    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, HOST_READY, JOBS, KIND_RUNS, META, READY,
 };
 use super::{EventsPage, ListQuery, Result, db_err};
 use crate::job::{Job, JobId, KindTag, StateTag};
@@ -319,6 +319,54 @@ pub(super) fn ready_jobs(db: &Database, limit: usize, skip: &HashSet<JobId>) -> 
         }
     }
     Ok(out)
+}
+
+/// The distinct hosts of `host_ready`: each found by one seek past the
+/// previous host's entries.
+pub(super) fn ready_hosts(db: &Database) -> Result<Vec<String>> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let table = txn
+        .open_table(HOST_READY)
+        .map_err(db_err("open host_ready"))?;
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        let next = match out.last() {
+            None => table.first().map_err(db_err("read host_ready"))?,
+            Some(last) => table
+                .range((last.as_str(), u32::MAX, u64::MAX)..)
+                .map_err(db_err("read host_ready"))?
+                .find(|item| item.as_ref().map_or(true, |(k, _)| k.value().0 != last))
+                .transpose()
+                .map_err(db_err("read host_ready"))?,
+        };
+        match next {
+            Some((k, _)) => out.push(k.value().0.to_string()),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The first queued job of `host` not in `skip`.
+pub(super) fn host_head(db: &Database, host: &str, skip: &HashSet<JobId>) -> Result<Option<Job>> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let table = txn
+        .open_table(HOST_READY)
+        .map_err(db_err("open host_ready"))?;
+    let jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
+    for item in table
+        .range((host, 0, 0)..=(host, u32::MAX, u64::MAX))
+        .map_err(db_err("read host_ready"))?
+    {
+        let (k, _) = item.map_err(db_err("read host_ready"))?;
+        let id = k.value().2;
+        if skip.contains(&id) {
+            continue;
+        }
+        if let Some(v) = jobs.get(id).map_err(db_err("read job"))? {
+            return Ok(Some(decode_job(v.value())?));
+        }
+    }
+    Ok(None)
 }
 
 /// Every job recorded as running: after a crash, these were interrupted.

@@ -16,7 +16,8 @@ use crate::job::{JobId, KindTag, StateTag};
 /// - 2: records are protobuf messages (`record.rs`); jobs have an owner;
 ///   the kind index (`kind_runs`, `by_kind`); the `checkpoints` table.
 /// - 3: fetch jobs; a job's `result` and `wait_reason` (fields added to
-///   the records, so the step only records the version).
+///   the records); the `host_ready` table, which starts empty as no store
+///   before had fetch jobs, so the step only records the version.
 pub const SCHEMA_VERSION: u64 = 3;
 
 /// The database file's name inside the state dir.
@@ -37,6 +38,14 @@ pub(super) const KIND_RUNS: TableDefinition<u64, u8> = TableDefinition::new("kin
 pub(super) const BY_KIND: TableDefinition<(u8, u64), ()> = TableDefinition::new("by_kind");
 /// (inverted priority, id): queued jobs in the order they should run.
 pub(super) const READY: TableDefinition<(u32, u64), ()> = TableDefinition::new("ready");
+/// (host, inverted priority, id): queued fetch jobs, by the host they
+/// fetch from (`host:port`), each host's in the order they should run.
+/// Fetch jobs are here instead of in `ready`: admission limits them per
+/// host, and a host at its limit must not hold up the others' jobs, so
+/// the scheduler reads the head of each host that may start one, never
+/// past a host's jobs that may not (since schema 3).
+pub(super) const HOST_READY: TableDefinition<(&str, u32, u64), ()> =
+    TableDefinition::new("host_ready");
 /// (run_at, id): scheduled jobs in the order they become due.
 pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
 /// Idempotency key -> id of the unfinished job that holds it.
@@ -223,6 +232,7 @@ pub(super) fn open(db: &Database, path: &Path, owner_uid: u32) -> Result<Counter
     txn.open_table(BY_KIND).map_err(&create)?;
     counters.last_kind = last_kind(&txn.open_table(KIND_RUNS).map_err(&create)?)?;
     txn.open_table(READY).map_err(&create)?;
+    txn.open_table(HOST_READY).map_err(&create)?;
     txn.open_table(DUE).map_err(&create)?;
     txn.open_table(IDEM).map_err(&create)?;
     txn.open_table(EVENTS).map_err(&create)?;

@@ -7,8 +7,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::record::{decode_job, encode_event, encode_job};
 use super::schema::{
-    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, IDEM, JOBS, KIND_RUNS, READY,
-    index_kind, ready_key,
+    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, HOST_READY, IDEM, JOBS, KIND_RUNS,
+    READY, index_kind, ready_key,
 };
 use super::writer::{Op, Pending, pending};
 use super::{Result, StoreError, Submitted, db_err};
@@ -21,6 +21,7 @@ pub(super) struct Tx<'t> {
     pub(super) kind_runs: Table<'t, u64, u8>,
     pub(super) by_kind: Table<'t, (u8, u64), ()>,
     ready: Table<'t, (u32, u64), ()>,
+    host_ready: Table<'t, (&'static str, u32, u64), ()>,
     due: Table<'t, (u64, u64), ()>,
     pub(super) idem: Table<'t, &'static str, u64>,
     pub(super) checkpoints: Table<'t, u64, &'static [u8]>,
@@ -52,6 +53,7 @@ impl<'t> Tx<'t> {
             kind_runs: txn.open_table(KIND_RUNS).map_err(&open)?,
             by_kind: txn.open_table(BY_KIND).map_err(&open)?,
             ready: txn.open_table(READY).map_err(&open)?,
+            host_ready: txn.open_table(HOST_READY).map_err(&open)?,
             due: txn.open_table(DUE).map_err(&open)?,
             idem: txn.open_table(IDEM).map_err(&open)?,
             checkpoints: txn.open_table(CHECKPOINTS).map_err(&open)?,
@@ -176,6 +178,38 @@ impl<'t> Tx<'t> {
                     .map(|(k, _)| k.value().0);
                 pending(reply, Ok(next))
             }
+            Op::DeferHost {
+                host,
+                run_at,
+                reason,
+                at,
+                limit,
+                reply,
+            } => {
+                let mut ids = Vec::new();
+                for item in self
+                    .host_ready
+                    .range((host.as_str(), 0, 0)..=(host.as_str(), u32::MAX, u64::MAX))
+                    .map_err(db_err("read host_ready"))?
+                {
+                    let (k, _) = item.map_err(db_err("read host_ready"))?;
+                    ids.push(k.value().2);
+                    if ids.len() >= limit {
+                        break;
+                    }
+                }
+                let mut deferred = 0;
+                for id in ids {
+                    if let Ok((old, job)) =
+                        self.change(id, |old| old.deferred(run_at, reason.clone()))?
+                    {
+                        self.save(Some(&old), &job)?;
+                        self.emit(&job, at, true)?;
+                        deferred += 1;
+                    }
+                }
+                pending(reply, Ok(deferred))
+            }
             Op::Prune { step, reply } => pending(reply, self.prune(step)),
             Op::Close { .. } => unreachable!("close is handled by the writer loop"),
         })
@@ -274,11 +308,19 @@ impl<'t> Tx<'t> {
             self.by_state.remove((tag as u8, old.id)).map_err(&idx)?;
             self.counters.counts[tag as usize] -= 1;
             match old.state {
-                JobState::Queued => {
-                    self.ready
-                        .remove(ready_key(old.spec.priority, old.id))
-                        .map_err(&idx)?;
-                }
+                JobState::Queued => match old.spec.host_key() {
+                    Some(host) => {
+                        let (p, id) = ready_key(old.spec.priority, old.id);
+                        self.host_ready
+                            .remove((host.as_str(), p, id))
+                            .map_err(&idx)?;
+                    }
+                    None => {
+                        self.ready
+                            .remove(ready_key(old.spec.priority, old.id))
+                            .map_err(&idx)?;
+                    }
+                },
                 JobState::Scheduled { run_at } => {
                     self.due.remove((run_at, old.id)).map_err(&idx)?;
                 }
@@ -291,11 +333,19 @@ impl<'t> Tx<'t> {
             .map_err(&idx)?;
         self.counters.counts[tag as usize] += 1;
         match new.state {
-            JobState::Queued => {
-                self.ready
-                    .insert(ready_key(new.spec.priority, new.id), ())
-                    .map_err(&idx)?;
-            }
+            JobState::Queued => match new.spec.host_key() {
+                Some(host) => {
+                    let (p, id) = ready_key(new.spec.priority, new.id);
+                    self.host_ready
+                        .insert((host.as_str(), p, id), ())
+                        .map_err(&idx)?;
+                }
+                None => {
+                    self.ready
+                        .insert(ready_key(new.spec.priority, new.id), ())
+                        .map_err(&idx)?;
+                }
+            },
             JobState::Scheduled { run_at } => {
                 self.due.insert((run_at, new.id), ()).map_err(&idx)?;
             }

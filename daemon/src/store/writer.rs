@@ -117,6 +117,14 @@ pub(super) enum Op {
         step: PruneStep,
         reply: oneshot::Sender<Result<PruneChunk>>,
     },
+    DeferHost {
+        host: String,
+        run_at: Micros,
+        reason: String,
+        at: Micros,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -133,6 +141,7 @@ impl Op {
             Op::SaveCheckpoint { reply, .. } => drop(reply.send(Err(e))),
             Op::Promote { reply, .. } => drop(reply.send(Err(e))),
             Op::Prune { reply, .. } => drop(reply.send(Err(e))),
+            Op::DeferHost { reply, .. } => drop(reply.send(Err(e))),
             // Handled by the writer's loop; never in a batch.
             Op::Close { reply } => drop(reply.send(())),
         }

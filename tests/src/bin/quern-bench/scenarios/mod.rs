@@ -303,6 +303,7 @@ impl EventWatch {
             after_seq: Some(after_seq),
             job_id: 0,
             progress: false,
+            hosts: false,
         });
         let mut stream = tokio::time::timeout(RPC_TIMEOUT, opening)
             .await
