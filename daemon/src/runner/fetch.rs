@@ -220,10 +220,9 @@ impl Transfer {
                 if resume.is_none() && exists {
                     let state = self.ctx.env.state_dir.clone();
                     let url = self.spec.url.clone();
-                    conditional =
-                        blocking(move || Validators::load_current(&state, &url, &dest))
-                            .await
-                            .flatten();
+                    conditional = blocking(move || Validators::load_current(&state, &url, &dest))
+                        .await
+                        .flatten();
                 }
             }
         }
@@ -238,7 +237,10 @@ impl Transfer {
             match self.exchange(resume.take(), conditional.take()).await {
                 Step::Done(ended) => return ended,
                 Step::Restart(why) => {
-                    tracing::info!(job = self.ctx.job, "{why}; restarting the download from zero");
+                    tracing::info!(
+                        job = self.ctx.job,
+                        "{why}; restarting the download from zero"
+                    );
                 }
             }
         }
@@ -275,17 +277,17 @@ impl Transfer {
             Ok(Some(bytes)) => Saved::decode(&bytes)?,
             Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(job = self.ctx.job, "cannot read the checkpoint ({e}); downloading from zero");
+                tracing::warn!(
+                    job = self.ctx.job,
+                    "cannot read the checkpoint ({e}); downloading from zero"
+                );
                 return None;
             }
         };
         if saved.url != self.spec.url {
             return None;
         }
-        let len = tokio::fs::metadata(file::part_path(dest))
-            .await
-            .ok()?
-            .len();
+        let len = tokio::fs::metadata(file::part_path(dest)).await.ok()?.len();
         let validator = saved.validator?;
         (len > 0).then_some(Resume { len, validator })
     }
@@ -321,7 +323,16 @@ impl Transfer {
             // 200) and the file is exactly as long as the .part: an earlier
             // attempt got every byte and stopped before the rename.
             if complete == Some(r.len) {
-                return Step::Done(self.finish(&url, status, Writer::start(self.part(), r.len), r.len, Some(r.len)).await);
+                return Step::Done(
+                    self.finish(
+                        &url,
+                        status,
+                        Writer::start(self.part(), r.len),
+                        r.len,
+                        Some(r.len),
+                    )
+                    .await,
+                );
             }
             self.clear_part().await;
             return Step::Restart(format!(
@@ -366,7 +377,9 @@ impl Transfer {
         let partial = status == StatusCode::PARTIAL_CONTENT;
         let keep = match (&resume, partial) {
             (Some(r), true) => {
-                match header_str(resp.headers(), header::CONTENT_RANGE).and_then(wire::content_range) {
+                match header_str(resp.headers(), header::CONTENT_RANGE)
+                    .and_then(wire::content_range)
+                {
                     Some(ContentRange::Bytes { first, .. }) if first == r.len => r.len,
                     other => {
                         self.clear_part().await;
@@ -379,7 +392,9 @@ impl Transfer {
             }
             (None, true) => {
                 return Step::Done(failed(
-                    format!("{url} answered 206 Partial Content to a request for the whole body; the server is broken"),
+                    format!(
+                        "{url} answered 206 Partial Content to a request for the whole body; the server is broken"
+                    ),
                     true,
                 ));
             }
@@ -399,13 +414,13 @@ impl Transfer {
         {
             self.clear_part().await;
             return Step::Done(failed(
-                format!("{url} is {total} bytes, over max_bytes {max}; raise max_bytes if it is expected"),
+                format!(
+                    "{url} is {total} bytes, over max_bytes {max}; raise max_bytes if it is expected"
+                ),
                 false,
             ));
         }
-        if self.is_get()
-            && self.dest.is_some()
-        {
+        if self.is_get() && self.dest.is_some() {
             let saved = Saved {
                 v: Saved::VERSION,
                 url: self.spec.url.clone(),
@@ -422,7 +437,11 @@ impl Transfer {
         }
         self.last_etag = header_str(resp.headers(), header::ETAG).map(str::to_string);
         self.last_modified = header_str(resp.headers(), header::LAST_MODIFIED).map(str::to_string);
-        let part = if self.dest.is_some() { self.part() } else { None };
+        let part = if self.dest.is_some() {
+            self.part()
+        } else {
+            None
+        };
         let writer = Writer::start(part, keep);
         Step::Done(self.stream(&mut resp, &url, writer, keep, expected).await)
     }
@@ -500,7 +519,10 @@ impl Transfer {
                     self.ctx.env.hosts.report(&host, HostOutcome::Failed);
                     let _ = writer.finish().await;
                     return failed(
-                        format!("reading the body of {url} after {done} bytes: {}", describe(&e)),
+                        format!(
+                            "reading the body of {url} after {done} bytes: {}",
+                            describe(&e)
+                        ),
                         self.may_resend_after_answer(),
                     );
                 }
@@ -523,7 +545,9 @@ impl Transfer {
                 let _ = writer.finish().await;
                 self.clear_part().await;
                 return failed(
-                    format!("the body of {url} grew past max_bytes {max}; raise max_bytes if it is expected"),
+                    format!(
+                        "the body of {url} grew past max_bytes {max}; raise max_bytes if it is expected"
+                    ),
                     false,
                 );
             }
@@ -632,9 +656,9 @@ impl Transfer {
         unchanged: bool,
         resumed_bytes: u64,
     ) -> Ended {
-        let transfer_micros = self
-            .began
-            .map_or(0, |b| u64::try_from(b.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let transfer_micros = self.began.map_or(0, |b| {
+            u64::try_from(b.elapsed().as_micros()).unwrap_or(u64::MAX)
+        });
         Ended::Succeeded {
             exit_code: None,
             result: Some(JobResult::Fetch(FetchResult {
@@ -685,10 +709,18 @@ impl Transfer {
                     HeaderName::from_bytes(name.as_bytes()),
                     HeaderValue::from_str(value),
                 ) else {
-                    return Err(failed(format!("header {name:?} is not valid; fix the spec"), false));
+                    return Err(failed(
+                        format!("header {name:?} is not valid; fix the spec"),
+                        false,
+                    ));
                 };
                 if !same_host
-                    && [header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION].contains(&name)
+                    && [
+                        header::AUTHORIZATION,
+                        header::COOKIE,
+                        header::PROXY_AUTHORIZATION,
+                    ]
+                    .contains(&name)
                 {
                     continue;
                 }
@@ -714,7 +746,9 @@ impl Transfer {
             if method != HttpMethod::Get
                 && let Some(body) = &self.spec.body_file
             {
-                let (body, len) = self.upload(Path::new(body), activity.clone(), began).await?;
+                let (body, len) = self
+                    .upload(Path::new(body), activity.clone(), began)
+                    .await?;
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                 req = req.body(body);
             }
@@ -770,10 +804,16 @@ impl Transfer {
             };
             self.ctx.env.hosts.report(&host, HostOutcome::Answered);
             let next = match url.join(location) {
-                Ok(next) if matches!(next.scheme(), "http" | "https") && next.host_str().is_some() => next,
+                Ok(next)
+                    if matches!(next.scheme(), "http" | "https") && next.host_str().is_some() =>
+                {
+                    next
+                }
                 _ => {
                     return Err(failed(
-                        format!("{url} redirected to {location:?}, which is not an http or https URL"),
+                        format!(
+                            "{url} redirected to {location:?}, which is not an http or https URL"
+                        ),
                         false,
                     ));
                 }
@@ -788,7 +828,10 @@ impl Transfer {
             };
             if chain.contains(&next) {
                 return Err(failed(
-                    format!("redirect loop: {}; fix the URL or the server", path(&chain, &next)),
+                    format!(
+                        "redirect loop: {}; fix the URL or the server",
+                        path(&chain, &next)
+                    ),
                     false,
                 ));
             }
@@ -822,30 +865,39 @@ impl Transfer {
         began: Instant,
     ) -> Result<(reqwest::Body, u64), Ended> {
         let file = tokio::fs::File::open(path).await.map_err(|e| {
-            failed(format!("cannot open body_file {}: {e}", path.display()), false)
+            failed(
+                format!("cannot open body_file {}: {e}", path.display()),
+                false,
+            )
         })?;
         let len = file
             .metadata()
             .await
-            .map_err(|e| failed(format!("cannot read body_file {}: {e}", path.display()), false))?
+            .map_err(|e| {
+                failed(
+                    format!("cannot read body_file {}: {e}", path.display()),
+                    false,
+                )
+            })?
             .len();
         let sink = self.ctx.progress.clone();
         let mut sent = 0u64;
         let stream = tokio_util::io::ReaderStream::new(file);
-        let stream = futures_util::StreamExt::inspect(stream, move |chunk: &std::io::Result<Bytes>| {
-            if let Ok(chunk) = chunk {
-                sent += chunk.len() as u64;
-                let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-                activity.store(micros, Ordering::Relaxed);
-                sink.report(Progress {
-                    phase: "upload".into(),
-                    done: sent,
-                    total: len,
-                    unit: "bytes".into(),
-                    rate: 0,
-                });
-            }
-        });
+        let stream =
+            futures_util::StreamExt::inspect(stream, move |chunk: &std::io::Result<Bytes>| {
+                if let Ok(chunk) = chunk {
+                    sent += chunk.len() as u64;
+                    let micros = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    activity.store(micros, Ordering::Relaxed);
+                    sink.report(Progress {
+                        phase: "upload".into(),
+                        done: sent,
+                        total: len,
+                        unit: "bytes".into(),
+                        rate: 0,
+                    });
+                }
+            });
         Ok((reqwest::Body::wrap_stream(stream), len))
     }
 }

@@ -312,9 +312,15 @@ mod tests {
             Validators::load_current(dir.path(), "http://a/x", &dest),
             Some(v)
         );
-        assert_eq!(Validators::load_current(dir.path(), "http://a/y", &dest), None);
+        assert_eq!(
+            Validators::load_current(dir.path(), "http://a/y", &dest),
+            None
+        );
         fs::write(&dest, b"changed").unwrap();
-        assert_eq!(Validators::load_current(dir.path(), "http://a/x", &dest), None);
+        assert_eq!(
+            Validators::load_current(dir.path(), "http://a/x", &dest),
+            None
+        );
     }
 
     #[test]
