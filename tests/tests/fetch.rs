@@ -532,7 +532,8 @@ async fn bad_fetch_specs_are_invalid_argument_naming_the_field() -> Result<()> {
     let d = daemon().await?;
     let dir = d.dir().to_path_buf();
     let ok = dir.join("ok.bin");
-    let cases: Vec<(&str, Box<dyn Fn(&mut FetchSpec)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut FetchSpec)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
         (
             "scheme",
             Box::new(|f| f.url = "ftp://127.0.0.1/x".into()),

@@ -287,7 +287,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named_with_its_fix() {
-        let cases: Vec<(fn(&mut FetchSpec), &str, &str)> = vec![
+        type Case = (fn(&mut FetchSpec), &'static str, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 |s| s.url = "ftp://example.org/x".into(),
                 ".fetch.url",
