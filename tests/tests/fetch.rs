@@ -237,6 +237,18 @@ async fn a_changed_etag_restarts_the_file() -> Result<()> {
 
 #[tokio::test]
 async fn kill_9_during_a_throttled_download_resumes_after_restart() -> Result<()> {
+    interrupted_download(true).await
+}
+
+#[tokio::test]
+async fn a_clean_restart_keeps_the_part_file_and_resumes_it() -> Result<()> {
+    interrupted_download(false).await
+}
+
+/// Stops quernd (with SIGKILL, or SIGTERM when not `kill`) halfway through
+/// a throttled download, restarts it, and checks the download resumes: the
+/// file is right, and the server sent it not much more than once.
+async fn interrupted_download(kill: bool) -> Result<()> {
     let data = body(400 * 1024);
     let res = Resource::new(data.clone(), "v1");
     let server = TestServer::start(move |req| res.answer(req, true).throttle(100 * 1024)).await?;
@@ -269,7 +281,11 @@ async fn kill_9_during_a_throttled_download_resumes_after_restart() -> Result<()
     .await
     .context("no progress past 100 KiB")??;
     drop(progress);
-    d.kill9().await?;
+    if kill {
+        d.kill9().await?;
+    } else {
+        d.stop().await?;
+    }
     d.restart().await?;
     let mut client = d.client();
     let job = wait_for_terminal(&mut client, job.id).await?;

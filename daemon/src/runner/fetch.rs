@@ -77,9 +77,12 @@ impl Kind for Fetch {
         let JobKind::Fetch(spec) = &spec.kind else {
             return Err("the fetch kind was given another kind's spec".into());
         };
+        // Checked at submit; checked again for a spec stored by an older
+        // quernd, whose rules may have been looser.
+        let url = crate::job::fetch::check_url(&spec.url)?;
         let spec = spec.clone();
         Ok(InProcess::start(ctx, move |ctx| async move {
-            Transfer::new(spec, ctx).run().await
+            Transfer::new(spec, url, ctx).run().await
         }))
     }
 
@@ -155,6 +158,13 @@ struct Transfer {
     last_modified: Option<String>,
 }
 
+/// What a stopped attempt returns. The runner records the stop, not this;
+/// `retry` is true so that the `.part` file is kept for the resume that
+/// follows a restart of quernd (see the module doc).
+fn cancelled() -> Ended {
+    failed("stopped".into(), true)
+}
+
 /// A failure; another attempt may help if `retry`.
 fn failed(error: String, retry: bool) -> Ended {
     Ended::Failed {
@@ -165,10 +175,8 @@ fn failed(error: String, retry: bool) -> Ended {
 }
 
 impl Transfer {
-    fn new(spec: FetchSpec, ctx: AttemptCtx) -> Transfer {
+    fn new(spec: FetchSpec, url: Url, ctx: AttemptCtx) -> Transfer {
         let dest = spec.dest.as_ref().map(PathBuf::from);
-        // Checked at submit; a spec from an older store is checked again.
-        let url = Url::parse(&spec.url).unwrap_or_else(|_| Url::parse("http://invalid/").unwrap());
         Transfer {
             spec,
             ctx,
@@ -190,10 +198,19 @@ impl Transfer {
     }
 
     async fn run(mut self) -> Ended {
-        match crate::job::fetch::check_url(&self.spec.url) {
-            Ok(url) => self.url = url,
-            Err(why) => return failed(why, false),
+        let ended = self.attempt().await;
+        // A GET that failed for good has no use for its .part file. One
+        // that may be retried keeps it, even when this was the last
+        // attempt: the kind cannot know, and a resubmit resumes it.
+        if let Ended::Failed { retry: false, .. } = &ended
+            && self.is_get()
+        {
+            self.clear_part().await;
         }
+        ended
+    }
+
+    async fn attempt(&mut self) -> Ended {
         let mut resume = None;
         let mut conditional = None;
         if let Some(dest) = self.dest.clone() {
@@ -226,8 +243,10 @@ impl Transfer {
                 }
             }
         }
-        if let Some(body) = &self.spec.body_file
-            && let Some(why) = check_body_file(Path::new(body))
+        if let Some(body) = self.spec.body_file.clone()
+            && let Some(why) = blocking(move || check_body_file(Path::new(&body)))
+                .await
+                .flatten()
         {
             return failed(why, false);
         }
@@ -490,7 +509,7 @@ impl Transfer {
                 _ = self.ctx.cancel.cancelled() => {
                     // The .part file stays for a resume (see the module doc).
                     let _ = writer.finish().await;
-                    return failed("cancelled".into(), false);
+                    return cancelled();
                 }
                 _ = tokio::time::sleep_until(window.0 + config.speed_time), if config.speed_limit > 0 => {
                     let secs = config.speed_time.as_secs_f64();
@@ -611,7 +630,12 @@ impl Transfer {
             );
         }
         if let (Some(dest), Some(part)) = (self.dest.clone(), self.part()) {
-            let headers = (self.last_etag.take(), self.last_modified.take());
+            // Only a GET's answer describes what a later GET would get.
+            let headers = if self.is_get() {
+                (self.last_etag.take(), self.last_modified.take())
+            } else {
+                (None, None)
+            };
             let state = self.ctx.env.state_dir.clone();
             let url_s = self.spec.url.clone();
             let renamed = blocking(move || -> std::io::Result<()> {
@@ -693,7 +717,7 @@ impl Transfer {
             if self.requests > 0 {
                 // The first request's turn was taken by admission.
                 tokio::select! {
-                    _ = self.ctx.cancel.cancelled() => return Err(failed("cancelled".into(), false)),
+                    _ = self.ctx.cancel.cancelled() => return Err(cancelled()),
                     () = self.ctx.env.hosts.pace(&host) => {}
                 }
             }
@@ -766,7 +790,7 @@ impl Transfer {
                 let last = began + Duration::from_micros(activity.load(Ordering::Relaxed));
                 tokio::select! {
                     biased;
-                    _ = self.ctx.cancel.cancelled() => return Err(failed("cancelled".into(), false)),
+                    _ = self.ctx.cancel.cancelled() => return Err(cancelled()),
                     r = &mut sending => break r,
                     _ = tokio::time::sleep_until(last + idle + self.config().connect_timeout) => {
                         let moved = began + Duration::from_micros(activity.load(Ordering::Relaxed));
