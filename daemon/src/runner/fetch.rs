@@ -22,9 +22,20 @@
 //!   ([`super::HostFeedback`]), and every request after an attempt's first
 //!   waits for the host's pace.
 //!
-//! On cancel (a Cancel call, a timeout or quernd stopping: the attempt
-//! cannot tell which) the `.part` file is kept, for a daemon restart must
-//! resume it; a job cancelled for good leaves it behind, next to dest.
+//! **The `.part` file's length is where a resume starts.** It is exact
+//! after quernd is killed (the kernel keeps what was written), so the
+//! checkpoint is saved once per answer, not per chunk, and the `.part`
+//! file is not synced along the way: a periodic sync would not make its
+//! length trustworthy after a power cut either (a file system may keep a
+//! length whose tail never reached the disk; the sha256, when given,
+//! catches that), while the sync before the rename is what makes dest
+//! safe.
+//!
+//! On a stop (a Cancel call, a timeout or quernd stopping: the attempt
+//! cannot tell which) the `.part` file is kept, for a restart of quernd
+//! must resume it; a job cancelled for good leaves it behind, next to
+//! dest. A GET that fails for good (a 4xx, a checksum, `max_bytes`)
+//! removes it.
 
 mod file;
 mod wire;
@@ -214,10 +225,10 @@ impl Transfer {
         let mut resume = None;
         let mut conditional = None;
         if let Some(dest) = self.dest.clone() {
-            if let Some(why) = blocking(move || check_dest(&dest)).await.flatten() {
+            let checked = dest.clone();
+            if let Some(why) = blocking(move || check_dest(&checked)).await.flatten() {
                 return failed(why, false);
             }
-            let dest = self.dest.clone().unwrap_or_default();
             let exists = tokio::fs::try_exists(&dest).await.unwrap_or(false);
             match self.spec.overwrite {
                 Overwrite::Skip if exists && self.is_get() => return self.skipped(&dest).await,
@@ -399,7 +410,11 @@ impl Transfer {
                 match header_str(resp.headers(), header::CONTENT_RANGE)
                     .and_then(wire::content_range)
                 {
-                    Some(ContentRange::Bytes { first, .. }) if first == r.len => r.len,
+                    Some(ContentRange::Bytes { first, .. })
+                        if first == r.len && self.same_validator(resp.headers(), r) =>
+                    {
+                        r.len
+                    }
                     other => {
                         self.clear_part().await;
                         return Step::Restart(format!(
@@ -440,6 +455,12 @@ impl Transfer {
             ));
         }
         if self.is_get() && self.dest.is_some() {
+            if keep == 0 {
+                // Emptied before the new validator is saved: were quernd
+                // killed in between, a .part of the old body must not be
+                // resumed as if it were the new one.
+                self.clear_part().await;
+            }
             let saved = Saved {
                 v: Saved::VERSION,
                 url: self.spec.url.clone(),
@@ -463,6 +484,17 @@ impl Transfer {
         };
         let writer = Writer::start(part, keep);
         Step::Done(self.stream(&mut resp, &url, writer, keep, expected).await)
+    }
+
+    /// Whether a 206 answer is of the body the `.part` file holds: its
+    /// validator, if it sends one, is the one If-Range named (a server
+    /// that honours If-Range always sends the same).
+    fn same_validator(&self, headers: &HeaderMap, r: &Resume) -> bool {
+        let now = wire::range_validator(
+            header_str(headers, header::ETAG),
+            header_str(headers, header::LAST_MODIFIED),
+        );
+        now.is_none_or(|v| v == r.validator)
     }
 
     /// The `.part` path, for a download to dest.
