@@ -56,6 +56,8 @@ pub struct Reply {
     drop_after: Option<u64>,
     /// Close the connection without answering at all.
     hang_up: bool,
+    /// After `drop_after` bytes, keep the connection open and silent.
+    stall: bool,
 }
 
 impl Reply {
@@ -68,6 +70,7 @@ impl Reply {
             throttle: None,
             drop_after: None,
             hang_up: false,
+            stall: false,
         }
     }
 
@@ -109,6 +112,14 @@ impl Reply {
     /// announced).
     pub fn drop_after(mut self, n: u64) -> Reply {
         self.drop_after = Some(n);
+        self
+    }
+
+    /// Sends `n` body bytes, then nothing more, keeping the connection
+    /// open until the client goes away.
+    pub fn stall_after(mut self, n: u64) -> Reply {
+        self.drop_after = Some(n);
+        self.stall = true;
         self
     }
 
@@ -353,6 +364,10 @@ async fn send_body(
         if reply.throttle.is_some() && at < end {
             tokio::time::sleep(TICK).await;
         }
+    }
+    if reply.stall {
+        tx.closed().await;
+        return;
     }
     if reply.drop_after.is_some() {
         // An error frame makes hyper abort the connection mid-body.

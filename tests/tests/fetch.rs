@@ -33,6 +33,20 @@ async fn daemon() -> Result<TestDaemon> {
         .await
 }
 
+/// A daemon as [`daemon`] makes, with `[fetch]` settings.
+async fn daemon_with_fetch(lines: &[&str]) -> Result<TestDaemon> {
+    let mut b = TestDaemon::builder()
+        .env("NO_PROXY", "127.0.0.1")
+        .env("no_proxy", "127.0.0.1")
+        .config(r#"retry_base_delay = "100ms""#)
+        .config(r#"retry_max_delay = "200ms""#)
+        .config("[fetch]");
+    for line in lines {
+        b = b.config(*line);
+    }
+    b.start().await
+}
+
 /// `n` bytes that are not all alike, so that a misplaced range shows.
 fn body(n: usize) -> Vec<u8> {
     (0..n)
@@ -646,5 +660,76 @@ async fn bad_fetch_specs_are_invalid_argument_naming_the_field() -> Result<()> {
     // The same spec without the faults is accepted: the refusals were for
     // the fields named.
     submit(&mut client, fetch("http://127.0.0.1:1/x", &ok)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_and_the_retry_resumes() -> Result<()> {
+    let data = body(100 * 1024);
+    let res = Resource::new(data.clone(), "v1");
+    let server = TestServer::start(move |req| {
+        let r = res.answer(req, true);
+        if req.n == 0 { r.stall_after(30_000) } else { r }
+    })
+    .await?;
+    let d = daemon_with_fetch(&[r#"idle_timeout = "1s""#]).await?;
+    let dest = d.dir().join("idle.bin");
+    let job = run(&d, fetch(&server.url("/idle.bin"), &dest)).await?;
+    let r = succeeded(&job)?;
+    assert_eq!(job.attempts, 2);
+    assert_eq!(r.resumed_bytes, 30_000);
+    assert_eq!(std::fs::read(&dest)?, data);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transfer_below_the_speed_limit_fails_and_is_retried() -> Result<()> {
+    let data = body(100 * 1024);
+    let res = Resource::new(data.clone(), "v1");
+    let server = TestServer::start(move |req| {
+        let r = res.answer(req, true);
+        // 2 KB/s: never silent long enough for the idle timeout.
+        if req.n == 0 { r.throttle(2000) } else { r }
+    })
+    .await?;
+    let d = daemon_with_fetch(&["speed_limit = 50000", r#"speed_time = "1s""#]).await?;
+    let dest = d.dir().join("slow.bin");
+    let mut client = d.client();
+    let job = submit(&mut client, fetch(&server.url("/slow.bin"), &dest)).await?;
+    let job = wait_for_terminal(&mut client, job.id).await?;
+    let r = succeeded(&job)?;
+    assert_eq!(job.attempts, 2);
+    assert!(r.resumed_bytes > 0, "the slow bytes were kept");
+    assert_eq!(std::fs::read(&dest)?, data);
+    // The job's history says why the first attempt failed.
+    let mut events = EventStream::after(&mut client, Some(0), job.id).await?;
+    let e = events
+        .wait_for(|e| e.state == JobState::Scheduled as i32)
+        .await?;
+    assert!(e.error.contains("speed_limit"), "{}", e.error);
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_and_client_errors_are_not() -> Result<()> {
+    let data = body(1000);
+    let res = Resource::new(data.clone(), "v1");
+    let server = TestServer::start(move |req: &Seen| match (req.path.as_str(), req.n) {
+        ("/flaky", 0) => Reply::status(503),
+        ("/flaky", _) => res.answer(req, true),
+        _ => Reply::status(404),
+    })
+    .await?;
+    let d = daemon().await?;
+    let dest = d.dir().join("flaky.bin");
+    let job = run(&d, fetch(&server.url("/flaky"), &dest)).await?;
+    succeeded(&job)?;
+    assert_eq!(job.attempts, 2, "a 503 without Retry-After uses an attempt");
+
+    let dest = d.dir().join("missing.bin");
+    let job = run(&d, fetch(&server.url("/missing"), &dest)).await?;
+    assert!(failed(&job)?.contains("404"), "{}", job.error);
+    assert_eq!(job.attempts, 1, "a 404 is final");
+    assert!(!dest.exists() && !part(&dest).exists());
     Ok(())
 }
