@@ -2,6 +2,8 @@
 //! private temp dir, and small helpers submit jobs and wait on their events
 //! without sleeping or polling.
 
+pub mod http;
+
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Write as _;
