@@ -6,7 +6,10 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use comfy_table::{ContentArrangement, Table, presets};
-use quern_proto::v1::{EventsResponse, Job, JobSpec, JobState, Progress, StatsResponse, job_spec};
+use quern_proto::v1::{
+    EventsResponse, FetchOverwrite, FetchResult, Job, JobResult, JobSpec, JobState, Progress,
+    StatsResponse, job_result, job_spec,
+};
 use serde_json::{Value, json};
 
 use crate::parse::STATE_NAMES;
@@ -57,6 +60,8 @@ pub fn job_json(job: &Job) -> Value {
         "pid": job.pid,
         "owner_uid": job.owner_uid,
         "progress": job.progress.as_ref().map(progress_json),
+        "result": job.result.as_ref().map_or(Value::Null, result_json),
+        "wait_reason": job.wait_reason,
         "queued_at": timestamp_json(job.queued_at),
         "started_at": timestamp_json(job.started_at),
         "finished_at": timestamp_json(job.finished_at),
@@ -77,14 +82,121 @@ fn spec_json(spec: &JobSpec) -> Value {
     });
     // The kind is a oneof: exactly one key named after it, as in the proto's
     // own JSON mapping.
-    if let Some(job_spec::Kind::Exec(exec)) = &spec.kind {
-        value["exec"] = json!({
-            "argv": exec.argv,
-            "cwd": exec.cwd,
-            "env": exec.env,
-        });
+    match &spec.kind {
+        Some(job_spec::Kind::Exec(exec)) => {
+            value["exec"] = json!({
+                "argv": exec.argv,
+                "cwd": exec.cwd,
+                "env": exec.env,
+            });
+        }
+        Some(job_spec::Kind::Fetch(fetch)) => {
+            let headers: Vec<Value> = fetch
+                .headers
+                .iter()
+                .map(|h| json!({ "name": h.name, "value": h.value }))
+                .collect();
+            value["fetch"] = json!({
+                "url": fetch.url,
+                "dest": fetch.dest,
+                "sha256": fetch.sha256,
+                "headers": headers,
+                "max_bytes": fetch.max_bytes,
+                "overwrite": overwrite_name(fetch.overwrite),
+                "method": fetch.method,
+                "body_file": fetch.body_file,
+                "retry_unsafe": fetch.retry_unsafe,
+            });
+        }
+        None => {}
     }
     value
+}
+
+/// The lowercase name of a proto `FetchOverwrite` value, as `--overwrite`
+/// takes it. Unspecified is the daemon's default, replace, and is shown as
+/// what it does; a value this build does not know shows as "unknown".
+pub fn overwrite_name(mode: i32) -> &'static str {
+    match FetchOverwrite::try_from(mode) {
+        Ok(FetchOverwrite::Unspecified | FetchOverwrite::Replace) => "replace",
+        Ok(FetchOverwrite::Skip) => "skip",
+        Ok(FetchOverwrite::Error) => "error",
+        Err(_) => "unknown",
+    }
+}
+
+/// A job's result as a JSON object: like the spec's kind, one key named
+/// after the kind, as in the proto's own JSON mapping, holding the proto's
+/// field names. A result of a kind this build does not know is `{}`.
+pub fn result_json(result: &JobResult) -> Value {
+    match &result.kind {
+        Some(job_result::Kind::Fetch(fetch)) => json!({ "fetch": fetch_result_json(fetch) }),
+        None => json!({}),
+    }
+}
+
+fn fetch_result_json(r: &FetchResult) -> Value {
+    json!({
+        "final_url": r.final_url,
+        "status": r.status,
+        "bytes": r.bytes,
+        "sha256": r.sha256,
+        "unchanged": r.unchanged,
+        "transfer_time": r.transfer_time.map_or(Value::Null, |d| Value::String(proto_duration(d))),
+        "resumed_bytes": r.resumed_bytes,
+    })
+}
+
+/// A job's result as rows for a two-column view, named for people. Empty
+/// for a result of a kind this build does not know.
+pub fn result_rows(result: &JobResult) -> Vec<(&'static str, String)> {
+    let Some(job_result::Kind::Fetch(r)) = &result.kind else {
+        return Vec::new();
+    };
+    let mut rows = vec![("final url", r.final_url.clone())];
+    // Status 0 means no request was made (overwrite skip found the file).
+    rows.push((
+        "status",
+        if r.status == 0 {
+            "none (no request was made)".to_owned()
+        } else {
+            r.status.to_string()
+        },
+    ));
+    rows.push(("bytes", bytes_exact(r.bytes)));
+    if !r.sha256.is_empty() {
+        rows.push(("sha256", r.sha256.clone()));
+    }
+    rows.push((
+        "unchanged",
+        if r.unchanged { "yes" } else { "no" }.to_owned(),
+    ));
+    if let Some(d) = r.transfer_time {
+        rows.push(("transfer time", human_duration(d)));
+    }
+    if r.resumed_bytes > 0 {
+        rows.push(("resumed", bytes_exact(r.resumed_bytes)));
+    }
+    rows
+}
+
+/// A byte count readable and exact: "17.9 MB (17900000 bytes)", or "512 B"
+/// where the readable form is already exact.
+pub fn bytes_exact(n: u64) -> String {
+    if n < 1000 {
+        human_bytes(n)
+    } else {
+        format!("{} ({n} bytes)", human_bytes(n))
+    }
+}
+
+/// Rows as two aligned columns.
+pub fn rows_table(rows: Vec<(&str, String)>) -> String {
+    let mut table = table();
+    for (name, value) in rows {
+        table.add_row([name.to_owned(), value]);
+    }
+    render(table)
 }
 
 /// An event as a JSON object, with the proto's field names.
@@ -108,6 +220,7 @@ pub fn progress_json(p: &Progress) -> Value {
         "done": p.done,
         "total": p.total,
         "unit": p.unit,
+        "rate": p.rate,
     })
 }
 
@@ -124,7 +237,14 @@ pub fn progress(p: &Progress) -> String {
     } else {
         format!(" {}", p.unit)
     };
-    format!("{} {count}{unit}", p.phase)
+    // The speed, when the kind knows it: "at 1.2 MB/s" for bytes.
+    let rate = match (p.rate, p.unit.as_str()) {
+        (0, _) => String::new(),
+        (rate, "bytes") => format!(" at {}/s", human_bytes(rate)),
+        (rate, "") => format!(" at {rate}/s"),
+        (rate, unit) => format!(" at {rate} {unit}/s"),
+    };
+    format!("{} {count}{unit}{rate}", p.phase)
         .trim_start()
         .to_string()
 }

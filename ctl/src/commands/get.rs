@@ -33,13 +33,39 @@ fn details(job: &Job, now: SystemTime) -> String {
         ("owner", owner(job.owner_uid)),
     ];
     let spec = job.spec.clone().unwrap_or_default();
-    if let Some(job_spec::Kind::Exec(exec)) = &spec.kind {
-        if !exec.cwd.is_empty() {
-            rows.push(("cwd", exec.cwd.clone()));
+    match &spec.kind {
+        Some(job_spec::Kind::Exec(exec)) => {
+            if !exec.cwd.is_empty() {
+                rows.push(("cwd", exec.cwd.clone()));
+            }
+            if !exec.env.is_empty() {
+                rows.push(("env", output::pairs(&exec.env)));
+            }
         }
-        if !exec.env.is_empty() {
-            rows.push(("env", output::pairs(&exec.env)));
+        Some(job_spec::Kind::Fetch(fetch)) => {
+            // The command line shows method, URL and dest; the rest of the
+            // spec, where it is not the default, gets rows of its own.
+            for h in &fetch.headers {
+                rows.push(("header", format!("{}: {}", h.name, h.value)));
+            }
+            if !fetch.body_file.is_empty() {
+                rows.push(("body file", fetch.body_file.clone()));
+            }
+            if !fetch.sha256.is_empty() {
+                rows.push(("expect sha256", fetch.sha256.clone()));
+            }
+            if let Some(max) = fetch.max_bytes {
+                rows.push(("max bytes", output::bytes_exact(max)));
+            }
+            rows.push((
+                "overwrite",
+                output::overwrite_name(fetch.overwrite).to_owned(),
+            ));
+            if fetch.retry_unsafe {
+                rows.push(("retry unsafe", "yes".to_owned()));
+            }
         }
+        None => {}
     }
     if !spec.labels.is_empty() {
         rows.push(("labels", output::pairs(&spec.labels)));
@@ -68,6 +94,9 @@ fn details(job: &Job, now: SystemTime) -> String {
     if job.state == JobState::Running as i32 && job.pid != 0 {
         rows.push(("pid", job.pid.to_string()));
     }
+    if !job.wait_reason.is_empty() {
+        rows.push(("waiting", job.wait_reason.clone()));
+    }
     if let Some(p) = &job.progress {
         rows.push(("progress", output::progress(p)));
     }
@@ -77,12 +106,10 @@ fn details(job: &Job, now: SystemTime) -> String {
     if !job.error.is_empty() {
         rows.push(("error", job.error.clone()));
     }
-
-    let mut table = output::table();
-    for (name, value) in rows {
-        table.add_row([name.to_owned(), value]);
+    if let Some(result) = &job.result {
+        rows.extend(output::result_rows(result));
     }
-    output::render(table)
+    output::rows_table(rows)
 }
 
 /// A uid, with its user name where this machine knows it: "1000 (alice)".
