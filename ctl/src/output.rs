@@ -571,6 +571,182 @@ mod tests {
         check_keys(&value);
     }
 
+    fn fetch_result() -> JobResult {
+        JobResult {
+            kind: Some(job_result::Kind::Fetch(FetchResult {
+                final_url: "https://mirror.example.org/f.iso".into(),
+                status: 200,
+                bytes: 17_900_000,
+                sha256: "ab".repeat(32),
+                unchanged: false,
+                transfer_time: Some(prost_types::Duration {
+                    seconds: 3,
+                    nanos: 250_000_000,
+                }),
+                resumed_bytes: 900_000,
+            })),
+        }
+    }
+
+    #[test]
+    fn result_json_is_keyed_by_kind_with_the_protos_field_names() {
+        let value = result_json(&fetch_result());
+        assert_eq!(
+            value,
+            json!({
+                "fetch": {
+                    "final_url": "https://mirror.example.org/f.iso",
+                    "status": 200,
+                    "bytes": 17_900_000,
+                    "sha256": "ab".repeat(32),
+                    "unchanged": false,
+                    "transfer_time": "3.250s",
+                    "resumed_bytes": 900_000,
+                }
+            })
+        );
+        assert_eq!(result_json(&JobResult { kind: None }), json!({}));
+    }
+
+    #[test]
+    fn result_rows_read_for_people() {
+        let text = rows_table(result_rows(&fetch_result()));
+        let want = format!(
+            "\
+final url      https://mirror.example.org/f.iso
+status         200
+bytes          17.9 MB (17900000 bytes)
+sha256         {}
+unchanged      no
+transfer time  3s 250ms
+resumed        900.0 kB (900000 bytes)",
+            "ab".repeat(32)
+        );
+        assert_eq!(text, want);
+
+        // A skip that found the file: no request, nothing resumed, no digest.
+        let skipped = JobResult {
+            kind: Some(job_result::Kind::Fetch(FetchResult {
+                final_url: "https://example.org/f".into(),
+                bytes: 12,
+                unchanged: true,
+                ..FetchResult::default()
+            })),
+        };
+        let text = rows_table(result_rows(&skipped));
+        assert_eq!(
+            text,
+            "\
+final url  https://example.org/f
+status     none (no request was made)
+bytes      12 B
+unchanged  yes"
+        );
+    }
+
+    #[test]
+    fn job_json_carries_the_fetch_spec_result_and_wait_reason() {
+        let job = Job {
+            id: 5,
+            state: JobState::Succeeded as i32,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Fetch(quern_proto::v1::FetchSpec {
+                    url: "https://example.org/f.iso".into(),
+                    dest: "/srv/f.iso".into(),
+                    headers: vec![quern_proto::v1::HttpHeader {
+                        name: "Accept".into(),
+                        value: "*/*".into(),
+                    }],
+                    max_bytes: Some(1000),
+                    overwrite: FetchOverwrite::Skip as i32,
+                    ..quern_proto::v1::FetchSpec::default()
+                })),
+                ..JobSpec::default()
+            }),
+            result: Some(fetch_result()),
+            wait_reason: String::new(),
+            progress: Some(Progress {
+                phase: "download".into(),
+                done: 1,
+                total: 2,
+                unit: "bytes".into(),
+                rate: 3,
+            }),
+            ..Job::default()
+        };
+        let value = job_json(&job);
+        let fetch = &value["spec"]["fetch"];
+        assert_eq!(fetch["url"], "https://example.org/f.iso");
+        assert_eq!(fetch["dest"], "/srv/f.iso");
+        assert_eq!(
+            fetch["headers"],
+            json!([{ "name": "Accept", "value": "*/*" }])
+        );
+        assert_eq!(fetch["max_bytes"], 1000);
+        assert_eq!(fetch["overwrite"], "skip");
+        assert_eq!(fetch["method"], "");
+        assert_eq!(fetch["body_file"], "");
+        assert_eq!(fetch["retry_unsafe"], false);
+        assert_eq!(value["spec"]["exec"], Value::Null);
+        assert_eq!(value["result"], result_json(&fetch_result()));
+        assert_eq!(value["wait_reason"], "");
+        assert_eq!(value["progress"]["rate"], 3);
+
+        // Unset max_bytes is null, not 0 (which would be a limit).
+        let mut job = job;
+        if let Some(job_spec::Kind::Fetch(f)) = job.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+            f.max_bytes = None;
+            f.overwrite = FetchOverwrite::Unspecified as i32;
+        }
+        job.result = None;
+        let value = job_json(&job);
+        assert_eq!(value["spec"]["fetch"]["max_bytes"], Value::Null);
+        assert_eq!(value["spec"]["fetch"]["overwrite"], "replace");
+        assert_eq!(value["result"], Value::Null);
+    }
+
+    #[test]
+    fn progress_shows_the_rate_when_known() {
+        let p = |unit: &str, rate| Progress {
+            phase: "download".into(),
+            done: 512,
+            total: 1024,
+            unit: unit.into(),
+            rate,
+        };
+        assert_eq!(progress(&p("bytes", 0)), "download 512/1024 bytes");
+        assert_eq!(
+            progress(&p("bytes", 2_500_000)),
+            "download 512/1024 bytes at 2.5 MB/s"
+        );
+        assert_eq!(
+            progress(&p("files", 7)),
+            "download 512/1024 files at 7 files/s"
+        );
+        assert_eq!(progress(&p("", 7)), "download 512/1024 at 7/s");
+    }
+
+    #[test]
+    fn fetch_commands_show_method_url_and_dest() {
+        let job = |method: &str, dest: &str| Job {
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Fetch(quern_proto::v1::FetchSpec {
+                    url: "https://example.org/x".into(),
+                    dest: dest.into(),
+                    method: method.into(),
+                    ..quern_proto::v1::FetchSpec::default()
+                })),
+                ..JobSpec::default()
+            }),
+            ..Job::default()
+        };
+        assert_eq!(
+            command(&job("", "/t/x")),
+            "GET https://example.org/x -> /t/x"
+        );
+        assert_eq!(command(&job("POST", "")), "POST https://example.org/x");
+    }
+
     #[test]
     fn event_json_has_lowercase_state() {
         let event = EventsResponse {

@@ -169,4 +169,71 @@ exit code  1
 error      exited with code 1";
         assert_eq!(text, want);
     }
+
+    #[test]
+    fn details_of_a_fetch_show_its_spec_wait_reason_and_result() {
+        use quern_proto::v1::{
+            FetchOverwrite, FetchResult, FetchSpec, HttpHeader, JobResult, job_result,
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        let mut job = Job {
+            id: 12,
+            state: JobState::Scheduled as i32,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Fetch(FetchSpec {
+                    url: "https://example.org/f".into(),
+                    dest: "/srv/f".into(),
+                    headers: vec![HttpHeader {
+                        name: "Accept".into(),
+                        value: "*/*".into(),
+                    }],
+                    max_bytes: Some(10_000_000),
+                    overwrite: FetchOverwrite::Error as i32,
+                    ..FetchSpec::default()
+                })),
+                ..JobSpec::default()
+            }),
+            queued_at: Some((now - Duration::from_secs(10)).into()),
+            run_at: Some((now + Duration::from_secs(30)).into()),
+            attempts: 1,
+            wait_reason: "retry-after from example.org".into(),
+            owner_uid: 4_000_000_001,
+            ..Job::default()
+        };
+        let want = "\
+id         12
+state      scheduled
+command    GET https://example.org/f -> /srv/f
+owner      4000000001
+header     Accept: */*
+max bytes  10.0 MB (10000000 bytes)
+overwrite  error
+priority   0
+attempts   1 of 1
+queued     10s ago (2023-11-14T22:13:20Z)
+run at     in 30s (2023-11-14T22:14:00Z)
+waiting    retry-after from example.org";
+        assert_eq!(details(&job, now), want);
+
+        job.state = JobState::Succeeded as i32;
+        job.run_at = None;
+        job.wait_reason.clear();
+        job.result = Some(JobResult {
+            kind: Some(job_result::Kind::Fetch(FetchResult {
+                final_url: "https://example.org/f".into(),
+                status: 200,
+                bytes: 5,
+                unchanged: false,
+                ..FetchResult::default()
+            })),
+        });
+        let text = details(&job, now);
+        assert!(
+            text.ends_with(
+                "final url  https://example.org/f\nstatus     200\nbytes      5 B\nunchanged  no"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("waiting"), "{text}");
+    }
 }
