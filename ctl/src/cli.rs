@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
-use quern_proto::v1::JobState;
+use quern_proto::v1::{FetchOverwrite, JobState};
 
 use crate::parse::{self, Priority};
 
@@ -33,6 +33,9 @@ pub struct Cli {
 }
 
 /// The verbs.
+// One Command is built per run, so the size of its largest variant (submit
+// with all its flags) costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit a job; prints its id
@@ -43,6 +46,18 @@ pub enum Command {
     },
     /// Show one job
     Get {
+        /// The job id
+        id: u64,
+    },
+    /// Print what a finished job produced, such as a download's final URL,
+    /// size and SHA-256; fails for a job that has no result (yet)
+    Result {
+        /// The job id
+        id: u64,
+    },
+    /// Follow one job until it finishes: a progress bar for a download,
+    /// state changes and output for a command; exits 0 only if it succeeded
+    Follow {
         /// The job id
         id: u64,
     },
@@ -111,11 +126,14 @@ pub enum Command {
 pub enum SubmitKind {
     /// Run a command directly, with no shell: `submit exec [OPTIONS] -- ARGV...`
     Exec(ExecArgs),
+    /// Download a URL to a file, or send an HTTP request:
+    /// `submit fetch [OPTIONS] URL`
+    Fetch(FetchArgs),
 }
 
-/// `submit exec` flags and the command to run.
+/// The flags every kind of job takes, shared by the `submit` verbs.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
+pub struct CommonArgs {
     /// A number (higher runs first) or one of critical, high, normal, low,
     /// background
     #[arg(long, value_name = "N|NAME", allow_negative_numbers = true, value_parser = parse::priority)]
@@ -125,7 +143,7 @@ pub struct ExecArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse::key_value)]
     pub labels: Vec<(String, String)>,
 
-    /// Kill an attempt that runs longer than this, such as 30s or 1h30m
+    /// Stop an attempt that runs longer than this, such as 30s or 1h30m
     #[arg(long, value_name = "DUR", value_parser = parse::duration)]
     pub timeout: Option<Duration>,
 
@@ -141,6 +159,19 @@ pub struct ExecArgs {
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
 
+    /// An idempotency key: while a job with this key is unfinished, submitting
+    /// again returns that job instead of a new one
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+}
+
+/// `submit exec` flags and the command to run.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The flags of every kind.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
     /// Working directory [default: the current directory]
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
@@ -149,16 +180,63 @@ pub struct ExecArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse::key_value)]
     pub env: Vec<(String, String)>,
 
-    /// An idempotency key: while a job with this key is unfinished, submitting
-    /// again returns that job instead of a new one
-    #[arg(long, value_name = "KEY")]
-    pub key: Option<String>,
-
     /// The program and its arguments
     // trailing_var_arg lets `submit exec ls -l` work as well as
     // `submit exec -- ls -l`: everything from the program on is its argv.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_name = "ARGV")]
     pub argv: Vec<String>,
+}
+
+/// `submit fetch` flags and the URL.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The http or https URL to download, or to send the request to
+    #[arg(value_name = "URL", value_parser = parse::http_url)]
+    pub url: String,
+
+    /// Where to save the response body; a relative path is taken from the
+    /// current directory [default: for GET, the URL's last path segment in
+    /// the current directory; for other methods, the body is discarded]
+    #[arg(long, value_name = "PATH")]
+    pub dest: Option<PathBuf>,
+
+    /// The SHA-256 the body must have, as 64 hex digits; a mismatch fails
+    /// the job and leaves no file
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// An extra request header, such as 'Authorization: Bearer x';
+    /// repeatable, and a name may repeat
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse::header)]
+    pub headers: Vec<(String, String)>,
+
+    /// Fail a body larger than this: a byte count, or a size such as 10M,
+    /// 2GB (powers of 1000) or 512KiB, 1GiB (powers of 1024)
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    pub max_bytes: Option<u64>,
+
+    /// What to do when the destination exists: replace it once the new body
+    /// is complete, skip the download (GET only), or fail [default: replace]
+    #[arg(long, value_name = "WHAT", value_parser = parse::overwrite)]
+    pub overwrite: Option<FetchOverwrite>,
+
+    /// The HTTP method: GET, POST, PUT, PATCH or DELETE [default: GET]
+    #[arg(long, short = 'X', value_name = "METHOD")]
+    pub method: Option<String>,
+
+    /// Send this file's content as the request body (not with GET); a
+    /// relative path is taken from the current directory
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+
+    /// Retry a POST or PATCH even after the request was sent, which may
+    /// repeat its effect on the server
+    #[arg(long)]
+    pub retry_unsafe: bool,
+
+    /// The flags of every kind.
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// `list` filters.
@@ -219,7 +297,7 @@ mod tests {
         else {
             panic!("not submit exec");
         };
-        assert_eq!(args.priority, Some(Priority::Number(-10)));
+        assert_eq!(args.common.priority, Some(Priority::Number(-10)));
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use comfy_table::{ContentArrangement, Table, presets};
-use quern_proto::v1::{EventsResponse, Job, JobSpec, JobState, Progress, StatsResponse, job_spec};
+use quern_proto::v1::{
+    EventsResponse, FetchOverwrite, FetchResult, Job, JobResult, JobSpec, JobState, Progress,
+    StatsResponse, job_result, job_spec,
+};
 use serde_json::{Value, json};
 
 use crate::parse::STATE_NAMES;
@@ -57,6 +60,8 @@ pub fn job_json(job: &Job) -> Value {
         "pid": job.pid,
         "owner_uid": job.owner_uid,
         "progress": job.progress.as_ref().map(progress_json),
+        "result": job.result.as_ref().map_or(Value::Null, result_json),
+        "wait_reason": job.wait_reason,
         "queued_at": timestamp_json(job.queued_at),
         "started_at": timestamp_json(job.started_at),
         "finished_at": timestamp_json(job.finished_at),
@@ -77,14 +82,121 @@ fn spec_json(spec: &JobSpec) -> Value {
     });
     // The kind is a oneof: exactly one key named after it, as in the proto's
     // own JSON mapping.
-    if let Some(job_spec::Kind::Exec(exec)) = &spec.kind {
-        value["exec"] = json!({
-            "argv": exec.argv,
-            "cwd": exec.cwd,
-            "env": exec.env,
-        });
+    match &spec.kind {
+        Some(job_spec::Kind::Exec(exec)) => {
+            value["exec"] = json!({
+                "argv": exec.argv,
+                "cwd": exec.cwd,
+                "env": exec.env,
+            });
+        }
+        Some(job_spec::Kind::Fetch(fetch)) => {
+            let headers: Vec<Value> = fetch
+                .headers
+                .iter()
+                .map(|h| json!({ "name": h.name, "value": h.value }))
+                .collect();
+            value["fetch"] = json!({
+                "url": fetch.url,
+                "dest": fetch.dest,
+                "sha256": fetch.sha256,
+                "headers": headers,
+                "max_bytes": fetch.max_bytes,
+                "overwrite": overwrite_name(fetch.overwrite),
+                "method": fetch.method,
+                "body_file": fetch.body_file,
+                "retry_unsafe": fetch.retry_unsafe,
+            });
+        }
+        None => {}
     }
     value
+}
+
+/// The lowercase name of a proto `FetchOverwrite` value, as `--overwrite`
+/// takes it. Unspecified is the daemon's default, replace, and is shown as
+/// what it does; a value this build does not know shows as "unknown".
+pub fn overwrite_name(mode: i32) -> &'static str {
+    match FetchOverwrite::try_from(mode) {
+        Ok(FetchOverwrite::Unspecified | FetchOverwrite::Replace) => "replace",
+        Ok(FetchOverwrite::Skip) => "skip",
+        Ok(FetchOverwrite::Error) => "error",
+        Err(_) => "unknown",
+    }
+}
+
+/// A job's result as a JSON object: like the spec's kind, one key named
+/// after the kind, as in the proto's own JSON mapping, holding the proto's
+/// field names. A result of a kind this build does not know is `{}`.
+pub fn result_json(result: &JobResult) -> Value {
+    match &result.kind {
+        Some(job_result::Kind::Fetch(fetch)) => json!({ "fetch": fetch_result_json(fetch) }),
+        None => json!({}),
+    }
+}
+
+fn fetch_result_json(r: &FetchResult) -> Value {
+    json!({
+        "final_url": r.final_url,
+        "status": r.status,
+        "bytes": r.bytes,
+        "sha256": r.sha256,
+        "unchanged": r.unchanged,
+        "transfer_time": r.transfer_time.map_or(Value::Null, |d| Value::String(proto_duration(d))),
+        "resumed_bytes": r.resumed_bytes,
+    })
+}
+
+/// A job's result as rows for a two-column view, named for people. Empty
+/// for a result of a kind this build does not know.
+pub fn result_rows(result: &JobResult) -> Vec<(&'static str, String)> {
+    let Some(job_result::Kind::Fetch(r)) = &result.kind else {
+        return Vec::new();
+    };
+    let mut rows = vec![("final url", r.final_url.clone())];
+    // Status 0 means no request was made (overwrite skip found the file).
+    rows.push((
+        "status",
+        if r.status == 0 {
+            "none (no request was made)".to_owned()
+        } else {
+            r.status.to_string()
+        },
+    ));
+    rows.push(("bytes", bytes_exact(r.bytes)));
+    if !r.sha256.is_empty() {
+        rows.push(("sha256", r.sha256.clone()));
+    }
+    rows.push((
+        "unchanged",
+        if r.unchanged { "yes" } else { "no" }.to_owned(),
+    ));
+    if let Some(d) = r.transfer_time {
+        rows.push(("transfer time", human_duration(d)));
+    }
+    if r.resumed_bytes > 0 {
+        rows.push(("resumed", bytes_exact(r.resumed_bytes)));
+    }
+    rows
+}
+
+/// A byte count readable and exact: "17.9 MB (17900000 bytes)", or "512 B"
+/// where the readable form is already exact.
+pub fn bytes_exact(n: u64) -> String {
+    if n < 1000 {
+        human_bytes(n)
+    } else {
+        format!("{} ({n} bytes)", human_bytes(n))
+    }
+}
+
+/// Rows as two aligned columns.
+pub fn rows_table(rows: Vec<(&str, String)>) -> String {
+    let mut table = table();
+    for (name, value) in rows {
+        table.add_row([name.to_owned(), value]);
+    }
+    render(table)
 }
 
 /// An event as a JSON object, with the proto's field names.
@@ -108,6 +220,7 @@ pub fn progress_json(p: &Progress) -> Value {
         "done": p.done,
         "total": p.total,
         "unit": p.unit,
+        "rate": p.rate,
     })
 }
 
@@ -124,7 +237,14 @@ pub fn progress(p: &Progress) -> String {
     } else {
         format!(" {}", p.unit)
     };
-    format!("{} {count}{unit}", p.phase)
+    // The speed, when the kind knows it: "at 1.2 MB/s" for bytes.
+    let rate = match (p.rate, p.unit.as_str()) {
+        (0, _) => String::new(),
+        (rate, "bytes") => format!(" at {}/s", human_bytes(rate)),
+        (rate, "") => format!(" at {rate}/s"),
+        (rate, unit) => format!(" at {rate} {unit}/s"),
+    };
+    format!("{} {count}{unit}{rate}", p.phase)
         .trim_start()
         .to_string()
 }
@@ -449,6 +569,182 @@ mod tests {
             }
         }
         check_keys(&value);
+    }
+
+    fn fetch_result() -> JobResult {
+        JobResult {
+            kind: Some(job_result::Kind::Fetch(FetchResult {
+                final_url: "https://mirror.example.org/f.iso".into(),
+                status: 200,
+                bytes: 17_900_000,
+                sha256: "ab".repeat(32),
+                unchanged: false,
+                transfer_time: Some(prost_types::Duration {
+                    seconds: 3,
+                    nanos: 250_000_000,
+                }),
+                resumed_bytes: 900_000,
+            })),
+        }
+    }
+
+    #[test]
+    fn result_json_is_keyed_by_kind_with_the_protos_field_names() {
+        let value = result_json(&fetch_result());
+        assert_eq!(
+            value,
+            json!({
+                "fetch": {
+                    "final_url": "https://mirror.example.org/f.iso",
+                    "status": 200,
+                    "bytes": 17_900_000,
+                    "sha256": "ab".repeat(32),
+                    "unchanged": false,
+                    "transfer_time": "3.250s",
+                    "resumed_bytes": 900_000,
+                }
+            })
+        );
+        assert_eq!(result_json(&JobResult { kind: None }), json!({}));
+    }
+
+    #[test]
+    fn result_rows_read_for_people() {
+        let text = rows_table(result_rows(&fetch_result()));
+        let want = format!(
+            "\
+final url      https://mirror.example.org/f.iso
+status         200
+bytes          17.9 MB (17900000 bytes)
+sha256         {}
+unchanged      no
+transfer time  3s 250ms
+resumed        900.0 kB (900000 bytes)",
+            "ab".repeat(32)
+        );
+        assert_eq!(text, want);
+
+        // A skip that found the file: no request, nothing resumed, no digest.
+        let skipped = JobResult {
+            kind: Some(job_result::Kind::Fetch(FetchResult {
+                final_url: "https://example.org/f".into(),
+                bytes: 12,
+                unchanged: true,
+                ..FetchResult::default()
+            })),
+        };
+        let text = rows_table(result_rows(&skipped));
+        assert_eq!(
+            text,
+            "\
+final url  https://example.org/f
+status     none (no request was made)
+bytes      12 B
+unchanged  yes"
+        );
+    }
+
+    #[test]
+    fn job_json_carries_the_fetch_spec_result_and_wait_reason() {
+        let job = Job {
+            id: 5,
+            state: JobState::Succeeded as i32,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Fetch(quern_proto::v1::FetchSpec {
+                    url: "https://example.org/f.iso".into(),
+                    dest: "/srv/f.iso".into(),
+                    headers: vec![quern_proto::v1::HttpHeader {
+                        name: "Accept".into(),
+                        value: "*/*".into(),
+                    }],
+                    max_bytes: Some(1000),
+                    overwrite: FetchOverwrite::Skip as i32,
+                    ..quern_proto::v1::FetchSpec::default()
+                })),
+                ..JobSpec::default()
+            }),
+            result: Some(fetch_result()),
+            wait_reason: String::new(),
+            progress: Some(Progress {
+                phase: "download".into(),
+                done: 1,
+                total: 2,
+                unit: "bytes".into(),
+                rate: 3,
+            }),
+            ..Job::default()
+        };
+        let value = job_json(&job);
+        let fetch = &value["spec"]["fetch"];
+        assert_eq!(fetch["url"], "https://example.org/f.iso");
+        assert_eq!(fetch["dest"], "/srv/f.iso");
+        assert_eq!(
+            fetch["headers"],
+            json!([{ "name": "Accept", "value": "*/*" }])
+        );
+        assert_eq!(fetch["max_bytes"], 1000);
+        assert_eq!(fetch["overwrite"], "skip");
+        assert_eq!(fetch["method"], "");
+        assert_eq!(fetch["body_file"], "");
+        assert_eq!(fetch["retry_unsafe"], false);
+        assert_eq!(value["spec"]["exec"], Value::Null);
+        assert_eq!(value["result"], result_json(&fetch_result()));
+        assert_eq!(value["wait_reason"], "");
+        assert_eq!(value["progress"]["rate"], 3);
+
+        // Unset max_bytes is null, not 0 (which would be a limit).
+        let mut job = job;
+        if let Some(job_spec::Kind::Fetch(f)) = job.spec.as_mut().and_then(|s| s.kind.as_mut()) {
+            f.max_bytes = None;
+            f.overwrite = FetchOverwrite::Unspecified as i32;
+        }
+        job.result = None;
+        let value = job_json(&job);
+        assert_eq!(value["spec"]["fetch"]["max_bytes"], Value::Null);
+        assert_eq!(value["spec"]["fetch"]["overwrite"], "replace");
+        assert_eq!(value["result"], Value::Null);
+    }
+
+    #[test]
+    fn progress_shows_the_rate_when_known() {
+        let p = |unit: &str, rate| Progress {
+            phase: "download".into(),
+            done: 512,
+            total: 1024,
+            unit: unit.into(),
+            rate,
+        };
+        assert_eq!(progress(&p("bytes", 0)), "download 512/1024 bytes");
+        assert_eq!(
+            progress(&p("bytes", 2_500_000)),
+            "download 512/1024 bytes at 2.5 MB/s"
+        );
+        assert_eq!(
+            progress(&p("files", 7)),
+            "download 512/1024 files at 7 files/s"
+        );
+        assert_eq!(progress(&p("", 7)), "download 512/1024 at 7/s");
+    }
+
+    #[test]
+    fn fetch_commands_show_method_url_and_dest() {
+        let job = |method: &str, dest: &str| Job {
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Fetch(quern_proto::v1::FetchSpec {
+                    url: "https://example.org/x".into(),
+                    dest: dest.into(),
+                    method: method.into(),
+                    ..quern_proto::v1::FetchSpec::default()
+                })),
+                ..JobSpec::default()
+            }),
+            ..Job::default()
+        };
+        assert_eq!(
+            command(&job("", "/t/x")),
+            "GET https://example.org/x -> /t/x"
+        );
+        assert_eq!(command(&job("POST", "")), "POST https://example.org/x");
     }
 
     #[test]

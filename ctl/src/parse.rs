@@ -1,11 +1,11 @@
-//! Parsers for flag values: priorities, `KEY=VALUE` pairs, durations, times
-//! and job states. Each returns a message that clap shows after naming the
+//! Parsers for flag values: priorities, `KEY=VALUE` pairs, durations, times,
+//! job states, and a fetch's URL, headers, sizes and overwrite mode. Each returns a message that clap shows after naming the
 //! flag and the value, so the messages say only what was expected.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use quern_proto::v1::JobState;
+use quern_proto::v1::{FetchOverwrite, JobState};
 
 /// The priority names the daemon knows, with the numbers they stand for.
 ///
@@ -115,6 +115,134 @@ pub fn state(value: &str) -> Result<JobState, String> {
         })
 }
 
+/// Checks a fetch URL: it parses, is http or https, and has a host. The
+/// daemon checks it again and is the authority; this only reports the
+/// obvious mistakes before anything is sent. The URL is kept as typed.
+pub fn http_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|err| {
+        format!("{err}; expected an http or https URL such as https://example.org/file")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme {:?} is not supported; use an http or https URL",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(
+            "the URL has no host; expected an http or https URL such as https://example.org/file"
+                .to_owned(),
+        );
+    }
+    Ok(value.to_owned())
+}
+
+/// Parses a `--header` value, `Name: value`, as curl takes it: the name is
+/// an HTTP token, and blanks around the value are dropped.
+pub fn header(value: &str) -> Result<(String, String), String> {
+    const EXPECTED: &str = "expected NAME: VALUE, such as 'Accept: text/plain'";
+    let Some((name, val)) = value.split_once(':') else {
+        return Err(format!("there is no ':'; {EXPECTED}"));
+    };
+    if name.is_empty() {
+        return Err(format!("the name before ':' is empty; {EXPECTED}"));
+    }
+    // The token characters of RFC 9110, section 5.6.2.
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if let Some(bad) = name.chars().find(|&c| !token(c)) {
+        return Err(format!(
+            "the name {name:?} has {bad:?}, which a header name cannot have; {EXPECTED}"
+        ));
+    }
+    let val = val.trim_matches([' ', '\t']);
+    // CR and LF would end the header early; other controls are refused by
+    // HTTP libraries, so they are refused here with a clearer message.
+    if let Some(bad) = val.chars().find(|&c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "the value of {name} has the control character {bad:?}, which a header value cannot have"
+        ));
+    }
+    Ok((name.to_owned(), val.to_owned()))
+}
+
+/// The size units `--max-bytes` knows, lowercase, with their factors:
+/// SI units are powers of 1000, IEC units powers of 1024.
+const SIZE_UNITS: [(&str, u64); 14] = [
+    ("", 1),
+    ("b", 1),
+    ("k", 1000),
+    ("kb", 1000),
+    ("m", 1000_u64.pow(2)),
+    ("mb", 1000_u64.pow(2)),
+    ("g", 1000_u64.pow(3)),
+    ("gb", 1000_u64.pow(3)),
+    ("t", 1000_u64.pow(4)),
+    ("tb", 1000_u64.pow(4)),
+    ("kib", 1 << 10),
+    ("mib", 1 << 20),
+    ("gib", 1 << 30),
+    ("tib", 1 << 40),
+];
+
+/// Parses a positive byte count: a whole number, optionally followed by a
+/// unit (`10M`, `2GB`, `512KiB`, `1gib`; case does not matter). The SI
+/// units k, M, G, T are powers of 1000, as `quernctl` prints sizes; the IEC
+/// units KiB, MiB, GiB, TiB are powers of 1024. 0 is refused: it would
+/// refuse every body.
+pub fn size(value: &str) -> Result<u64, String> {
+    const EXPECTED: &str = "expected a byte count or a size such as 10M, 2GB or 512KiB";
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let unit = unit.trim_start().to_ascii_lowercase();
+    if digits.is_empty() {
+        return Err(EXPECTED.to_owned());
+    }
+    let factor = SIZE_UNITS
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|(_, factor)| *factor)
+        .ok_or_else(|| format!("unknown unit {unit:?}; {EXPECTED}"))?;
+    let too_big = || {
+        format!(
+            "{value} is more than {} bytes; give a smaller size",
+            u64::MAX
+        )
+    };
+    let number: u64 = digits.parse().map_err(|_| too_big())?;
+    let bytes = number.checked_mul(factor).ok_or_else(too_big)?;
+    if bytes == 0 {
+        return Err(
+            "a limit of 0 bytes would refuse every body; give a positive size, or leave the flag out for no limit"
+                .to_owned(),
+        );
+    }
+    Ok(bytes)
+}
+
+/// The `--overwrite` names, with the proto values they stand for.
+pub const OVERWRITE_NAMES: [(&str, FetchOverwrite); 3] = [
+    ("replace", FetchOverwrite::Replace),
+    ("skip", FetchOverwrite::Skip),
+    ("error", FetchOverwrite::Error),
+];
+
+/// Parses an `--overwrite` name from [`OVERWRITE_NAMES`].
+pub fn overwrite(value: &str) -> Result<FetchOverwrite, String> {
+    OVERWRITE_NAMES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(value))
+        .map(|(_, mode)| *mode)
+        .ok_or_else(|| {
+            format!(
+                "expected one of {}",
+                names(OVERWRITE_NAMES.iter().map(|(name, _)| *name))
+            )
+        })
+}
+
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }
@@ -217,6 +345,114 @@ mod tests {
         assert_eq!(time("2030-01-01 00:00:00"), Ok(want));
         let err = time("tomorrow").expect_err("not a time");
         assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn urls_must_be_http_or_https_with_a_host() {
+        for good in [
+            "http://example.org/a",
+            "https://127.0.0.1:8080/x?y=1",
+            "HTTPS://Example.org",
+        ] {
+            assert_eq!(http_url(good).as_deref(), Ok(good), "{good}");
+        }
+        let cases = [
+            ("ftp://example.org/a", "scheme \"ftp\" is not supported"),
+            ("file:///etc/passwd", "scheme \"file\" is not supported"),
+            ("example.org/a", "relative URL without a base"),
+            ("http://", "empty host"),
+            ("", "expected an http or https URL"),
+        ];
+        for (input, want) in cases {
+            let err = http_url(input).expect_err(input);
+            assert!(err.contains(want), "input {input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn headers_split_at_the_first_colon_and_trim_the_value() {
+        let cases = [
+            ("Accept: text/plain", ("Accept", "text/plain")),
+            ("X-Empty:", ("X-Empty", "")),
+            ("Authorization:Bearer a:b", ("Authorization", "Bearer a:b")),
+            ("X-Pad: \t spaced out \t", ("X-Pad", "spaced out")),
+        ];
+        for (input, (name, value)) in cases {
+            assert_eq!(
+                header(input),
+                Ok((name.to_owned(), value.to_owned())),
+                "input {input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_refuse_a_missing_colon_a_bad_name_or_a_control_character() {
+        let cases = [
+            ("Accept text/plain", "there is no ':'"),
+            (": x", "name before ':' is empty"),
+            ("Bad Name: x", "has ' '"),
+            ("Bad\u{e9}: x", "which a header name cannot have"),
+            ("X-A: b\r\nX-Injected: 1", "control character '\\r'"),
+            ("X-A: \0", "control character"),
+        ];
+        for (input, want) in cases {
+            let err = header(input).expect_err(input);
+            assert!(err.contains(want), "input {input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_si_and_iec_units() {
+        let cases = [
+            ("1", 1),
+            ("1024", 1024),
+            ("10B", 10),
+            ("10k", 10_000),
+            ("10M", 10_000_000),
+            ("10 MB", 10_000_000),
+            ("2gb", 2_000_000_000),
+            ("3T", 3_000_000_000_000),
+            ("512KiB", 512 * 1024),
+            ("10MiB", 10 * 1024 * 1024),
+            ("1GiB", 1 << 30),
+            ("1gib", 1 << 30),
+            ("2TiB", 2 << 40),
+            ("18446744073709551615", u64::MAX),
+        ];
+        for (input, want) in cases {
+            assert_eq!(size(input), Ok(want), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_refuse_zero_junk_and_overflow() {
+        let cases = [
+            ("0", "limit of 0 bytes would refuse every body"),
+            ("0M", "limit of 0 bytes"),
+            ("", "expected a byte count"),
+            ("M", "expected a byte count"),
+            ("-1", "expected a byte count"),
+            ("1.5G", "unknown unit \".5g\""),
+            ("10 apples", "unknown unit \"apples\""),
+            ("18446744073709551616", "give a smaller size"),
+            ("20000000TiB", "give a smaller size"),
+        ];
+        for (input, want) in cases {
+            let err = size(input).expect_err(input);
+            assert!(err.contains(want), "input {input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn overwrite_names() {
+        assert_eq!(overwrite("replace"), Ok(FetchOverwrite::Replace));
+        assert_eq!(overwrite("SKIP"), Ok(FetchOverwrite::Skip));
+        assert_eq!(overwrite("error"), Ok(FetchOverwrite::Error));
+        assert_eq!(
+            overwrite("keep"),
+            Err("expected one of replace, skip, error".to_owned())
+        );
     }
 
     #[test]

@@ -93,6 +93,57 @@ fn bad_input_is_refused_naming_the_flag_before_connecting() {
         ),
         (&["get", "seven"], "<ID>"),
         (&["wait"], "<ID>"),
+        (&["result"], "<ID>"),
+        (&["follow", "x"], "<ID>"),
+        (&["submit", "fetch"], "<URL>"),
+        (
+            &["submit", "fetch", "ftp://example.org/f"],
+            "scheme \"ftp\" is not supported; use an http or https URL",
+        ),
+        (
+            &[
+                "submit",
+                "fetch",
+                "--max-bytes",
+                "0",
+                "https://example.org/f",
+            ],
+            "--max-bytes",
+        ),
+        (
+            &[
+                "submit",
+                "fetch",
+                "--max-bytes",
+                "ten",
+                "https://example.org/f",
+            ],
+            "--max-bytes",
+        ),
+        (
+            &[
+                "submit",
+                "fetch",
+                "--header",
+                "X-A",
+                "https://example.org/f",
+            ],
+            "--header",
+        ),
+        (
+            &[
+                "submit",
+                "fetch",
+                "--overwrite",
+                "keep",
+                "https://example.org/f",
+            ],
+            "--overwrite",
+        ),
+        (
+            &["submit", "fetch", "https://example.org/dir/"],
+            "pass --dest PATH",
+        ),
     ];
     for (args, names) in cases {
         let output = quernctl(&socket, args);

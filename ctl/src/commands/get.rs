@@ -33,13 +33,39 @@ fn details(job: &Job, now: SystemTime) -> String {
         ("owner", owner(job.owner_uid)),
     ];
     let spec = job.spec.clone().unwrap_or_default();
-    if let Some(job_spec::Kind::Exec(exec)) = &spec.kind {
-        if !exec.cwd.is_empty() {
-            rows.push(("cwd", exec.cwd.clone()));
+    match &spec.kind {
+        Some(job_spec::Kind::Exec(exec)) => {
+            if !exec.cwd.is_empty() {
+                rows.push(("cwd", exec.cwd.clone()));
+            }
+            if !exec.env.is_empty() {
+                rows.push(("env", output::pairs(&exec.env)));
+            }
         }
-        if !exec.env.is_empty() {
-            rows.push(("env", output::pairs(&exec.env)));
+        Some(job_spec::Kind::Fetch(fetch)) => {
+            // The command line shows method, URL and dest; the rest of the
+            // spec, where it is not the default, gets rows of its own.
+            for h in &fetch.headers {
+                rows.push(("header", format!("{}: {}", h.name, h.value)));
+            }
+            if !fetch.body_file.is_empty() {
+                rows.push(("body file", fetch.body_file.clone()));
+            }
+            if !fetch.sha256.is_empty() {
+                rows.push(("expect sha256", fetch.sha256.clone()));
+            }
+            if let Some(max) = fetch.max_bytes {
+                rows.push(("max bytes", output::bytes_exact(max)));
+            }
+            rows.push((
+                "overwrite",
+                output::overwrite_name(fetch.overwrite).to_owned(),
+            ));
+            if fetch.retry_unsafe {
+                rows.push(("retry unsafe", "yes".to_owned()));
+            }
         }
+        None => {}
     }
     if !spec.labels.is_empty() {
         rows.push(("labels", output::pairs(&spec.labels)));
@@ -68,6 +94,9 @@ fn details(job: &Job, now: SystemTime) -> String {
     if job.state == JobState::Running as i32 && job.pid != 0 {
         rows.push(("pid", job.pid.to_string()));
     }
+    if !job.wait_reason.is_empty() {
+        rows.push(("waiting", job.wait_reason.clone()));
+    }
     if let Some(p) = &job.progress {
         rows.push(("progress", output::progress(p)));
     }
@@ -77,12 +106,10 @@ fn details(job: &Job, now: SystemTime) -> String {
     if !job.error.is_empty() {
         rows.push(("error", job.error.clone()));
     }
-
-    let mut table = output::table();
-    for (name, value) in rows {
-        table.add_row([name.to_owned(), value]);
+    if let Some(result) = &job.result {
+        rows.extend(output::result_rows(result));
     }
-    output::render(table)
+    output::rows_table(rows)
 }
 
 /// A uid, with its user name where this machine knows it: "1000 (alice)".
@@ -141,5 +168,72 @@ finished   8s ago (2023-11-14T22:13:22Z)
 exit code  1
 error      exited with code 1";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn details_of_a_fetch_show_its_spec_wait_reason_and_result() {
+        use quern_proto::v1::{
+            FetchOverwrite, FetchResult, FetchSpec, HttpHeader, JobResult, job_result,
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        let mut job = Job {
+            id: 12,
+            state: JobState::Scheduled as i32,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Fetch(FetchSpec {
+                    url: "https://example.org/f".into(),
+                    dest: "/srv/f".into(),
+                    headers: vec![HttpHeader {
+                        name: "Accept".into(),
+                        value: "*/*".into(),
+                    }],
+                    max_bytes: Some(10_000_000),
+                    overwrite: FetchOverwrite::Error as i32,
+                    ..FetchSpec::default()
+                })),
+                ..JobSpec::default()
+            }),
+            queued_at: Some((now - Duration::from_secs(10)).into()),
+            run_at: Some((now + Duration::from_secs(30)).into()),
+            attempts: 1,
+            wait_reason: "retry-after from example.org".into(),
+            owner_uid: 4_000_000_001,
+            ..Job::default()
+        };
+        let want = "\
+id         12
+state      scheduled
+command    GET https://example.org/f -> /srv/f
+owner      4000000001
+header     Accept: */*
+max bytes  10.0 MB (10000000 bytes)
+overwrite  error
+priority   0
+attempts   1 of 1
+queued     10s ago (2023-11-14T22:13:20Z)
+run at     in 30s (2023-11-14T22:14:00Z)
+waiting    retry-after from example.org";
+        assert_eq!(details(&job, now), want);
+
+        job.state = JobState::Succeeded as i32;
+        job.run_at = None;
+        job.wait_reason.clear();
+        job.result = Some(JobResult {
+            kind: Some(job_result::Kind::Fetch(FetchResult {
+                final_url: "https://example.org/f".into(),
+                status: 200,
+                bytes: 5,
+                unchanged: false,
+                ..FetchResult::default()
+            })),
+        });
+        let text = details(&job, now);
+        assert!(
+            text.ends_with(
+                "final url  https://example.org/f\nstatus     200\nbytes      5 B\nunchanged  no"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("waiting"), "{text}");
     }
 }

@@ -2,19 +2,21 @@
 
 mod cancel;
 mod events;
+mod follow;
 mod get;
 mod list;
 mod logs;
 mod prune;
+mod result;
 mod stats;
 mod submit;
 mod wait;
 
 use anyhow::{Result, anyhow};
-use quern_proto::v1::Job;
+use quern_proto::v1::{GetRequest, Job};
 
 use crate::cli::{Cli, Command, SubmitKind};
-use crate::client;
+use crate::client::{self, Client, rpc_error};
 
 /// Runs the verb on the command line against the daemon.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -32,7 +34,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             let spec = submit::exec_spec(args)?;
             submit::run(&mut connect().await?, spec, json).await
         }
+        Command::Submit {
+            kind: SubmitKind::Fetch(args),
+        } => {
+            let spec = submit::fetch_spec(args)?;
+            submit::run(&mut connect().await?, spec, json).await
+        }
         Command::Get { id } => get::run(&mut connect().await?, id, json).await,
+        Command::Result { id } => result::run(&mut connect().await?, id, json).await,
+        Command::Follow { id } => follow::run(&mut connect().await?, id, json).await,
         Command::List(args) => {
             let request = list::request(&args)?;
             list::run(&mut connect().await?, request, args.limit, json).await
@@ -65,4 +75,14 @@ fn returned_job(job: Option<Job>, rpc: &str) -> Result<Job> {
     job.ok_or_else(|| {
         anyhow!("quernd answered {rpc} without a job; check that quernd and quernctl are the same version")
     })
+}
+
+/// Reads one job.
+async fn get_job(client: &mut Client, id: u64) -> Result<Job> {
+    let response = client
+        .get(GetRequest { id })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    returned_job(response.job, "Get")
 }

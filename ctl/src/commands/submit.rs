@@ -1,12 +1,15 @@
-//! `submit exec`: builds a `JobSpec` from the flags and submits it.
+//! `submit exec` and `submit fetch`: build a `JobSpec` from the flags and
+//! submit it.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{Context, Result, anyhow};
-use quern_proto::v1::{ExecSpec, JobSpec, SubmitRequest, job_spec};
+use anyhow::{Context, Result, anyhow, bail};
+use quern_proto::v1::{
+    ExecSpec, FetchOverwrite, FetchSpec, HttpHeader, JobSpec, SubmitRequest, job_spec,
+};
 
-use crate::cli::ExecArgs;
+use crate::cli::{CommonArgs, ExecArgs, FetchArgs};
 use crate::client::{Client, rpc_error};
 use crate::output;
 use crate::parse::{self, Priority};
@@ -26,8 +29,104 @@ pub fn exec_spec(args: ExecArgs) -> Result<JobSpec> {
             std::env::current_dir().context("cannot read the current directory; pass --cwd DIR")?
         }
     };
-    let cwd = utf8_path(&cwd)?;
+    let cwd = utf8_path(&cwd, "working directory", "--cwd")?;
 
+    Ok(JobSpec {
+        kind: Some(job_spec::Kind::Exec(ExecSpec {
+            argv: args.argv,
+            cwd,
+            env: parse::into_map("--env", args.env).map_err(|msg| anyhow!(msg))?,
+        })),
+        ..common_spec(args.common)?
+    })
+}
+
+/// Builds the spec for `submit fetch`. Relative paths are made absolute
+/// here, because only quernctl knows the cwd they are relative to; a URL
+/// scheme and the header syntax were checked while parsing, for an early
+/// message, and the daemon checks everything again.
+pub fn fetch_spec(args: FetchArgs) -> Result<JobSpec> {
+    let method = args
+        .method
+        .map(|m| m.to_ascii_uppercase())
+        .filter(|m| !m.is_empty());
+    let is_get = method.as_deref().is_none_or(|m| m == "GET");
+    let dest = match args.dest {
+        Some(dest) => absolute(&dest, "--dest")?,
+        None if is_get => {
+            let name = dest_name(&args.url).map_err(|why| {
+                anyhow!(
+                    "cannot name the file to save {} to: {why}; pass --dest PATH",
+                    args.url
+                )
+            })?;
+            absolute(Path::new(&name), "--dest")?
+        }
+        // Without a dest, the daemon discards the body of an upload or a
+        // webhook's answer, which is what such a request usually wants.
+        None => String::new(),
+    };
+    let body_file = args
+        .body_file
+        .map(|file| absolute(&file, "--body-file"))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(JobSpec {
+        kind: Some(job_spec::Kind::Fetch(FetchSpec {
+            url: args.url,
+            dest,
+            sha256: args.sha256.unwrap_or_default(),
+            headers: args
+                .headers
+                .into_iter()
+                .map(|(name, value)| HttpHeader { name, value })
+                .collect(),
+            max_bytes: args.max_bytes,
+            overwrite: args.overwrite.unwrap_or(FetchOverwrite::Unspecified) as i32,
+            method: method.unwrap_or_default(),
+            body_file,
+            retry_unsafe: args.retry_unsafe,
+        })),
+        ..common_spec(args.common)?
+    })
+}
+
+/// The file name a GET saves to without `--dest`: the URL's last path
+/// segment, percent-decoded, as wget and `curl -O` take it. The query and
+/// fragment play no part. A name that is not a plain file name (empty, as
+/// for `https://host/dir/`, `.`, `..`, or with a `/` once decoded) is
+/// refused rather than guessed at; the error says why.
+pub fn dest_name(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|err| format!("the URL does not parse ({err})"))?;
+    let segment = parsed
+        .path_segments()
+        .and_then(|mut segments| segments.next_back())
+        .unwrap_or_default();
+    let name = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| format!("its last path segment {segment:?} is not UTF-8 once decoded"))?;
+    match name.as_ref() {
+        "" => Err("the URL's path ends without a file name".to_owned()),
+        "." | ".." => Err(format!("its last path segment is {name:?}")),
+        n if n.contains('/') => Err(format!(
+            "its last path segment {segment:?} decodes to {n:?}, which has a '/'"
+        )),
+        n if n.contains('\0') => Err(format!(
+            "its last path segment {segment:?} decodes to a name with a NUL"
+        )),
+        n => Ok(n.to_owned()),
+    }
+}
+
+/// `path` made absolute against the current directory, as a UTF-8 string.
+fn absolute(path: &Path, flag: &str) -> Result<String> {
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("cannot make {flag} {} absolute", path.display()))?;
+    utf8_path(&abs, flag, flag)
+}
+
+/// The flags every kind takes, as a spec with no kind yet.
+fn common_spec(args: CommonArgs) -> Result<JobSpec> {
     let run_at = match (args.at, args.delay) {
         (Some(at), _) => Some(at.into()),
         (None, Some(delay)) => {
@@ -61,11 +160,7 @@ pub fn exec_spec(args: ExecArgs) -> Result<JobSpec> {
     };
 
     Ok(JobSpec {
-        kind: Some(job_spec::Kind::Exec(ExecSpec {
-            argv: args.argv,
-            cwd,
-            env: parse::into_map("--env", args.env).map_err(|msg| anyhow!(msg))?,
-        })),
+        kind: None,
         priority,
         priority_name,
         labels: parse::into_map("--label", args.labels).map_err(|msg| anyhow!(msg))?,
@@ -76,13 +171,14 @@ pub fn exec_spec(args: ExecArgs) -> Result<JobSpec> {
     })
 }
 
-fn utf8_path(path: &Path) -> Result<String> {
-    path.to_str().map(str::to_owned).ok_or_else(|| {
-        anyhow!(
-            "working directory {} is not valid UTF-8, which the API cannot carry; pass --cwd with a UTF-8 path",
+fn utf8_path(path: &Path, what: &str, flag: &str) -> Result<String> {
+    match path.to_str() {
+        Some(text) => Ok(text.to_owned()),
+        None => bail!(
+            "{what} {} is not valid UTF-8, which the API cannot carry; pass {flag} with a UTF-8 path",
             PathBuf::from(path).display()
-        )
-    })
+        ),
+    }
 }
 
 /// Submits the spec and prints the new job's id, or the job as JSON.
@@ -228,5 +324,194 @@ mod tests {
             err.to_string(),
             "--label a is given twice; give each key once"
         );
+    }
+
+    fn fetch_spec_of(flags: &[&str]) -> Result<JobSpec> {
+        let line = ["quernctl", "submit", "fetch"].iter().chain(flags);
+        let cli = Cli::try_parse_from(line).map_err(|err| anyhow!("{err}"))?;
+        let Command::Submit {
+            kind: SubmitKind::Fetch(args),
+        } = cli.command
+        else {
+            panic!("not submit fetch");
+        };
+        fetch_spec(args)
+    }
+
+    fn fetch(spec: &JobSpec) -> &FetchSpec {
+        match &spec.kind {
+            Some(job_spec::Kind::Fetch(fetch)) => fetch,
+            _ => panic!("not a fetch spec"),
+        }
+    }
+
+    #[test]
+    fn dest_names_are_the_decoded_last_segment() {
+        let cases = [
+            ("https://example.org/a/b/file.tar.gz", "file.tar.gz"),
+            ("https://example.org/file.iso?token=abc&x=/y", "file.iso"),
+            ("https://example.org/dl/report#page=2", "report"),
+            ("http://127.0.0.1:8080/my%20file.txt", "my file.txt"),
+            ("https://example.org/caf%C3%A9.txt", "caf\u{e9}.txt"),
+            ("https://example.org/a/../b.txt", "b.txt"),
+            ("https://example.org/%2E%2E.txt", "...txt"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(dest_name(url).as_deref(), Ok(want), "{url}");
+        }
+    }
+
+    #[test]
+    fn dest_names_that_are_not_plain_file_names_are_refused() {
+        let cases = [
+            ("https://example.org", "ends without a file name"),
+            ("https://example.org/", "ends without a file name"),
+            ("https://example.org/dir/", "ends without a file name"),
+            (
+                "https://example.org/dir/?name=x.txt",
+                "ends without a file name",
+            ),
+            (
+                "https://example.org/a%2Fb",
+                "decodes to \"a/b\", which has a '/'",
+            ),
+            ("https://example.org/x/%2e", "ends without a file name"),
+            ("https://example.org/x%00", "NUL"),
+            ("https://example.org/%FF", "not UTF-8"),
+        ];
+        for (url, want) in cases {
+            let err = dest_name(url).expect_err(url);
+            assert!(err.contains(want), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_get_without_dest_saves_to_the_url_name_in_the_current_directory() {
+        let spec = fetch_spec_of(&["https://example.org/pub/data%201.csv?v=2"]).expect("spec");
+        let want = std::env::current_dir().expect("cwd").join("data 1.csv");
+        assert_eq!(Path::new(&fetch(&spec).dest), want);
+        assert_eq!(fetch(&spec).method, "");
+        assert_eq!(fetch(&spec).overwrite, FetchOverwrite::Unspecified as i32);
+        assert_eq!(fetch(&spec).max_bytes, None);
+    }
+
+    #[test]
+    fn a_get_without_a_usable_name_asks_for_dest() {
+        let err = fetch_spec_of(&["https://example.org/dir/"]).expect_err("no name");
+        assert_eq!(
+            err.to_string(),
+            "cannot name the file to save https://example.org/dir/ to: the URL's path ends without a file name; pass --dest PATH"
+        );
+        // With --dest, the same URL is fine.
+        let spec = fetch_spec_of(&["--dest", "/tmp/index.html", "https://example.org/dir/"])
+            .expect("spec");
+        assert_eq!(fetch(&spec).dest, "/tmp/index.html");
+    }
+
+    #[test]
+    fn another_method_without_dest_discards_the_body() {
+        let spec = fetch_spec_of(&[
+            "-X",
+            "post",
+            "--body-file",
+            "payload.json",
+            "https://example.org/hook/",
+        ])
+        .expect("spec");
+        assert_eq!(fetch(&spec).method, "POST");
+        assert_eq!(fetch(&spec).dest, "");
+        let want = std::env::current_dir().expect("cwd").join("payload.json");
+        assert_eq!(Path::new(&fetch(&spec).body_file), want);
+    }
+
+    #[test]
+    fn relative_paths_are_made_absolute_against_the_current_directory() {
+        let spec = fetch_spec_of(&["--dest", "out/f.bin", "https://example.org/f"]).expect("spec");
+        let want = std::env::current_dir().expect("cwd").join("out/f.bin");
+        assert_eq!(Path::new(&fetch(&spec).dest), want);
+        assert!(Path::new(&fetch(&spec).dest).is_absolute());
+    }
+
+    #[test]
+    fn fetch_flags_fill_the_spec() {
+        let spec = fetch_spec_of(&[
+            "--dest",
+            "/srv/x.iso",
+            "--sha256",
+            "AB12",
+            "--header",
+            "Accept: application/json",
+            "-H",
+            "X-Token:  secret ",
+            "--header",
+            "Accept: text/plain",
+            "--max-bytes",
+            "10MiB",
+            "--overwrite",
+            "skip",
+            "--retry-unsafe",
+            "--priority",
+            "high",
+            "--label",
+            "batch=7",
+            "--max-attempts",
+            "5",
+            "--timeout",
+            "10m",
+            "--in",
+            "1h",
+            "--key",
+            "iso",
+            "https://example.org/x.iso",
+        ])
+        .expect("spec");
+        let f = fetch(&spec);
+        assert_eq!(f.url, "https://example.org/x.iso");
+        assert_eq!(f.dest, "/srv/x.iso");
+        // The daemon is the authority on the digest's form; it is sent as given.
+        assert_eq!(f.sha256, "AB12");
+        let headers: Vec<_> = f
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("Accept", "application/json"),
+                ("X-Token", "secret"),
+                ("Accept", "text/plain")
+            ]
+        );
+        assert_eq!(f.max_bytes, Some(10 * 1024 * 1024));
+        assert_eq!(f.overwrite, FetchOverwrite::Skip as i32);
+        assert!(f.retry_unsafe);
+        assert_eq!(spec.priority_name, "high");
+        assert_eq!(spec.labels["batch"], "7");
+        assert_eq!(spec.max_attempts, 5);
+        assert_eq!(spec.timeout.map(|t| t.seconds), Some(600));
+        assert!(spec.run_at.is_some());
+        assert_eq!(spec.idempotency_key, "iso");
+    }
+
+    #[test]
+    fn bad_fetch_flags_are_refused_naming_the_flag() {
+        let cases = [
+            (&["--max-bytes", "0", "https://e.org/f"][..], "--max-bytes"),
+            (
+                &["--max-bytes", "0", "https://e.org/f"][..],
+                "limit of 0 bytes",
+            ),
+            (&["--header", "nocolon", "https://e.org/f"][..], "--header"),
+            (
+                &["--overwrite", "keep", "https://e.org/f"][..],
+                "--overwrite",
+            ),
+            (&["ftp://e.org/f"][..], "scheme \"ftp\" is not supported"),
+        ];
+        for (flags, want) in cases {
+            let err = fetch_spec_of(flags).expect_err("refused");
+            assert!(err.to_string().contains(want), "{flags:?}: {err}");
+        }
     }
 }
