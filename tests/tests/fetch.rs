@@ -3,8 +3,8 @@
 //! and atomic downloads, resume after drops and after `kill -9`, Retry-After,
 //! redirects, limits, conditional GET, uploads, and bad input.
 //!
-//! The per-host pacing, head-of-line and breaker tests belong to admission
-//! and live with it; nothing here depends on per-host limits.
+//! The per-host pacing, head-of-line and breaker tests are in
+//! `fetch_hosts.rs`; nothing here depends on per-host limits.
 
 use std::path::{Path, PathBuf};
 
