@@ -101,6 +101,10 @@ pub enum Command {
         /// second per job)
         #[arg(long)]
         progress: bool,
+        /// Also print changes of the hosts fetch jobs use: a breaker that
+        /// opens, goes half-open or closes, a host that asks for a pause
+        #[arg(long, conflicts_with = "job")]
+        hosts: bool,
     },
     /// Show job counts by state
     Stats,

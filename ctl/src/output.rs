@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use comfy_table::{ContentArrangement, Table, presets};
 use quern_proto::v1::{
-    EventsResponse, FetchOverwrite, FetchResult, Job, JobResult, JobSpec, JobState, Progress,
-    StatsResponse, job_result, job_spec,
+    EventsResponse, FetchOverwrite, FetchResult, HostBreaker, HostStats, Job, JobResult, JobSpec,
+    JobState, Progress, StatsResponse, job_result, job_spec,
 };
 use serde_json::{Value, json};
 
@@ -210,6 +210,7 @@ pub fn event_json(event: &EventsResponse) -> Value {
         "exit_code": event.exit_code,
         "error": event.error,
         "progress": event.progress.as_ref().map(progress_json),
+        "host": event.host.as_ref().map(host_json),
     })
 }
 
@@ -275,8 +276,48 @@ pub fn stats_json(stats: &StatsResponse) -> Value {
         "cancelled": stats.cancelled,
         "queue_depth": stats.queue_depth,
         "concurrency": stats.concurrency,
+        "fetch_concurrency": stats.fetch_concurrency,
         "last_event_seq": stats.last_event_seq,
+        "hosts": stats.hosts.iter().map(host_json).collect::<Vec<_>>(),
     })
+}
+
+/// A host's breaker in words: `closed`, `open`, `half-open`.
+pub fn breaker_name(breaker: i32) -> &'static str {
+    match HostBreaker::try_from(breaker) {
+        Ok(HostBreaker::Closed) => "closed",
+        Ok(HostBreaker::Open) => "open",
+        Ok(HostBreaker::HalfOpen) => "half-open",
+        _ => "unknown",
+    }
+}
+
+/// One host of `Stats` or of a host event, as JSON.
+pub fn host_json(host: &HostStats) -> Value {
+    json!({
+        "host": host.host,
+        "breaker": breaker_name(host.breaker),
+        "failures": host.failures,
+        "running": host.running,
+        "open_until": timestamp_json(host.open_until),
+    })
+}
+
+/// One host in words: "127.0.0.1:8080 open after 5 failures, a probe at
+/// 2030-01-01T00:01:00Z, 0 running".
+pub fn host_line(host: &HostStats) -> String {
+    let mut line = format!("{} {}", host.host, breaker_name(host.breaker));
+    if host.failures > 0 {
+        line.push_str(&format!(", {} failures in a row", host.failures));
+    }
+    if let Some(t) = host.open_until.and_then(system_time) {
+        line.push_str(&format!(
+            ", a probe at {}",
+            humantime::format_rfc3339_seconds(t)
+        ));
+    }
+    line.push_str(&format!(", {} running", host.running));
+    line
 }
 
 /// An RFC 3339 string, or `null` when unset. A timestamp that cannot be a

@@ -14,7 +14,7 @@ use quern_proto::v1::{
     EventsRequest, EventsResponse, FetchSpec, HostBreaker, JobSpec, JobState, job_spec,
 };
 use quern_tests::http::{Reply, TestServer};
-use quern_tests::{EventStream, TestDaemon, WAIT, stats, submit};
+use quern_tests::{EventStream, TestDaemon, WAIT, quernctl_bin, stats, submit};
 use tokio::time::timeout;
 use tonic::transport::Channel;
 
@@ -193,7 +193,7 @@ async fn five_503s_open_the_breaker_and_a_probe_closes_it() -> Result<()> {
         "per_host_concurrency = 1".into(),
         r#"default_rate = "100/s""#.into(),
         "breaker_failures = 5".into(),
-        r#"breaker_open = "3s""#.into(),
+        r#"breaker_open = "5s""#.into(),
     ])
     .await?;
     let mut client = d.client();
@@ -223,6 +223,24 @@ async fn five_503s_open_the_breaker_and_a_probe_closes_it() -> Result<()> {
         "Stats shows the open breaker: {:?}",
         s.hosts
     );
+    // And so does `quernctl stats`.
+    let out = tokio::process::Command::new(quernctl_bin())
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["stats", "--json"])
+        .env_remove("QUERN_SOCKET")
+        .kill_on_drop(true)
+        .output();
+    let out = timeout(WAIT, out).await.context("quernctl stats hung")??;
+    ensure!(out.status.success(), "quernctl stats: {out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let shown = json["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["host"] == host.as_str()))
+        .with_context(|| format!("quernctl stats shows no {host}: {json}"))?;
+    assert_eq!(shown["breaker"], "open", "{json}");
+    assert_eq!(shown["failures"], 5, "{json}");
+
     let mut waiting = Vec::new();
     for i in 0..3 {
         let dest = d.dir().join(format!("w{i}"));

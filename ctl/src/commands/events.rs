@@ -12,6 +12,7 @@ pub async fn run(
     job: Option<u64>,
     after: Option<u64>,
     progress: bool,
+    hosts: bool,
     json: bool,
 ) -> Result<()> {
     let mut events = client
@@ -19,7 +20,7 @@ pub async fn run(
             after_seq: after,
             job_id: job.unwrap_or(0),
             progress,
-            hosts: false,
+            hosts,
         })
         .await
         .map_err(rpc_error)?
@@ -37,7 +38,8 @@ pub async fn run(
 
 /// One event as a line: "17 2030-01-01T00:00:03.000Z job 4 failed attempt 1:
 /// exited with code 1", or for progress "- 2030-01-01T00:00:03.000Z job 4
-/// progress download 512/1024 bytes".
+/// progress download 512/1024 bytes", or for a host "- 2030-01-01T00:00:03.000Z
+/// host a.example:443 open, 5 failures in a row, a probe at …, 0 running".
 fn describe(event: &EventsResponse) -> String {
     let time = event
         .time
@@ -48,6 +50,9 @@ fn describe(event: &EventsResponse) -> String {
             || "-".to_owned(),
             |time| humantime::format_rfc3339_millis(time).to_string(),
         );
+    if let Some(h) = &event.host {
+        return format!("- {time} host {}", output::host_line(h));
+    }
     if let Some(p) = &event.progress {
         return format!(
             "- {time} job {} progress {}",
@@ -126,5 +131,27 @@ mod tests {
             describe(&update),
             "- 2030-01-01T00:00:03.000Z job 4 progress download 512/1024 bytes"
         );
+        let host = EventsResponse {
+            seq: 0,
+            job_id: 0,
+            state: 0,
+            host: Some(quern_proto::v1::HostStats {
+                host: "a.example:443".into(),
+                breaker: quern_proto::v1::HostBreaker::Open as i32,
+                failures: 5,
+                open_until: Some(prost_types::Timestamp {
+                    seconds: 1_893_456_060,
+                    nanos: 0,
+                }),
+                running: 0,
+            }),
+            ..event(JobState::Unspecified, 0, None, "")
+        };
+        assert_eq!(
+            describe(&host),
+            "- 2030-01-01T00:00:03.000Z host a.example:443 open, 5 failures in a row, \
+             a probe at 2030-01-01T00:01:00Z, 0 running"
+        );
+        assert_eq!(output::event_json(&host)["host"]["breaker"], "open");
     }
 }

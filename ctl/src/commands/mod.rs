@@ -56,7 +56,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             job,
             after,
             progress,
-        } => events::run(&mut connect().await?, job, after, progress, json).await,
+            hosts,
+        } => events::run(&mut connect().await?, job, after, progress, hosts, json).await,
         Command::Stats => stats::run(&mut connect().await?, json).await,
         Command::Prune {
             older_than,
