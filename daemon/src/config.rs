@@ -363,6 +363,32 @@ mod tests {
         assert_eq!(cfg.commit_linger, Duration::from_millis(10));
     }
 
+    /// The README's configuration example is a file quernd takes, and the
+    /// defaults it shows for `[fetch]` are the real ones.
+    #[test]
+    fn the_readme_example_loads() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\nconcurrency = 4")
+            .expect("the README has its configuration example");
+        let block = &readme[start + "```toml\n".len()..];
+        let block = &block[..block.find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load_text(&dir.path().join("readme.toml"), block).unwrap();
+        let d = FetchConfig::default();
+        assert_eq!(cfg.fetch.concurrency, d.concurrency);
+        assert_eq!(cfg.fetch.per_host_concurrency, d.per_host_concurrency);
+        assert_eq!(cfg.fetch.default_rate, d.default_rate);
+        assert_eq!(cfg.fetch.breaker_failures, d.breaker_failures);
+        assert_eq!(cfg.fetch.breaker_open, d.breaker_open);
+        assert_eq!(cfg.fetch.connect_timeout, d.connect_timeout);
+        assert_eq!(cfg.fetch.idle_timeout, d.idle_timeout);
+        assert_eq!(cfg.fetch.speed_limit, d.speed_limit);
+        assert_eq!(cfg.fetch.speed_time, d.speed_time);
+        assert_eq!(cfg.fetch.max_redirects, d.max_redirects);
+        assert_eq!(cfg.fetch.limits_for("example.org:443").1, 1);
+    }
+
     /// Loads a config file holding `text`, written to `path`.
     fn load_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
         std::fs::write(path, text).unwrap();
