@@ -9,9 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, ensure};
+use quern_proto::v1::jobs_client::JobsClient;
 use quern_proto::v1::{
-    EventsRequest, FetchOverwrite, FetchResult, FetchSpec, HttpHeader, Job, JobSpec, JobState,
-    SubmitRequest, job_result, job_spec,
+    CancelRequest, EventsRequest, FetchOverwrite, FetchResult, FetchSpec, HttpHeader, Job, JobSpec,
+    JobState, SubmitRequest, job_result, job_spec,
 };
 use quern_tests::http::{Reply, Resource, Seen, TestServer};
 use quern_tests::{
@@ -20,6 +21,7 @@ use quern_tests::{
 use sha2::{Digest as _, Sha256};
 use tokio::time::timeout;
 use tonic::Code;
+use tonic::transport::Channel;
 
 /// A daemon whose retries come quickly, and which never sends the test's
 /// loopback requests through a proxy from the environment.
@@ -732,5 +734,85 @@ async fn server_errors_are_retried_and_client_errors_are_not() -> Result<()> {
     assert!(failed(&job)?.contains("404"), "{}", job.error);
     assert_eq!(job.attempts, 1, "a 404 is final");
     assert!(!dest.exists() && !part(&dest).exists());
+    Ok(())
+}
+
+/// A download that would take many minutes: 4 MiB at 8 KiB/s.
+async fn slow_server() -> Result<TestServer> {
+    let res = Resource::new(body(4 << 20), "v1");
+    TestServer::start(move |req| res.answer(req, true).throttle(8 * 1024)).await
+}
+
+/// Waits until job `id` has downloaded some bytes, as its progress says.
+async fn wait_downloading(client: &mut JobsClient<Channel>, id: u64) -> Result<()> {
+    let mut progress = client
+        .events(EventsRequest {
+            after_seq: None,
+            job_id: id,
+            progress: true,
+            hosts: false,
+        })
+        .await?
+        .into_inner();
+    timeout(WAIT, async {
+        loop {
+            let e = progress.message().await?.context("events ended")?;
+            if e.progress
+                .is_some_and(|p| p.phase == "download" && p.done > 0)
+            {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await
+    .context("the download never started")?
+}
+
+#[tokio::test]
+async fn cancel_stops_a_download_at_once() -> Result<()> {
+    let server = slow_server().await?;
+    let d = daemon().await?;
+    let dest = d.dir().join("slow.bin");
+    let mut client = d.client();
+    let job = submit(&mut client, fetch(&server.url("/slow.bin"), &dest)).await?;
+    wait_downloading(&mut client, job.id).await?;
+    // The Cancel is answered once the attempt has ended: had the transfer
+    // gone on, that would be minutes from now, far past WAIT.
+    let answer = timeout(
+        WAIT,
+        client.cancel(CancelRequest {
+            id: job.id,
+            ..CancelRequest::default()
+        }),
+    )
+    .await
+    .context("Cancel was not answered while the download went on")??
+    .into_inner();
+    let job = answer.job.context("Cancel returned no job")?;
+    assert_eq!(job.state, JobState::Cancelled as i32, "{job:?}");
+    assert!(
+        !dest.exists(),
+        "a cancelled download left {}",
+        dest.display()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_jobs_timeout_stops_a_download() -> Result<()> {
+    let server = slow_server().await?;
+    let d = daemon().await?;
+    let dest = d.dir().join("slow.bin");
+    let mut spec = fetch(&server.url("/slow.bin"), &dest);
+    spec.max_attempts = 1;
+    spec.timeout = Some(quern_tests::duration(std::time::Duration::from_secs(1)));
+    let job = run(&d, spec).await?;
+    let error = failed(&job)?;
+    assert!(error.contains("timed out"), "{error}");
+    assert!(
+        !dest.exists(),
+        "a download that timed out left {}",
+        dest.display()
+    );
     Ok(())
 }
