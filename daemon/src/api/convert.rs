@@ -242,14 +242,22 @@ pub struct EventsQuery {
     pub hosts: bool,
 }
 
-/// The query of an Events stream.
-pub fn events_from_proto(r: pb::EventsRequest) -> EventsQuery {
-    EventsQuery {
+/// The query of an Events stream. Host changes belong to no job, so they
+/// cannot be asked for with `job_id`.
+pub fn events_from_proto(r: pb::EventsRequest) -> Result<EventsQuery, Error> {
+    if r.hosts && r.job_id != 0 {
+        return Err(Error::invalid(
+            "hosts",
+            "cannot be set with job_id: host changes belong to no job; \
+             open a second Events stream with hosts and no job_id",
+        ));
+    }
+    Ok(EventsQuery {
         after_seq: r.after_seq,
         job: (r.job_id != 0).then_some(r.job_id),
         progress: r.progress,
         hosts: r.hosts,
-    }
+    })
 }
 
 /// The proto form of a host's state.

@@ -147,7 +147,7 @@ impl JobsApi for JobsService {
         &self,
         req: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let r = convert::events_from_proto(req.into_inner());
+        let r = convert::events_from_proto(req.into_inner())?;
         // Subscribe before reading anything stored, so that no event falls
         // between the replay and the live feed; duplicates are dropped by
         // seq in the feed.

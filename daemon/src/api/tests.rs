@@ -313,3 +313,20 @@ async fn paging_fields_are_checked() {
         assert!(err.message().starts_with(field), "{err:?}");
     }
 }
+
+#[tokio::test]
+async fn host_changes_cannot_be_asked_for_one_job() {
+    let rig = rig();
+    let req = pb::EventsRequest {
+        after_seq: None,
+        job_id: 1,
+        progress: false,
+        hosts: true,
+    };
+    let Err(err) = rig.service.events(Request::new(req)).await else {
+        panic!("accepted hosts with a job_id");
+    };
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("hosts"), "{err:?}");
+    assert!(err.message().contains("no job_id"), "{err:?}");
+}
