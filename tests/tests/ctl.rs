@@ -395,7 +395,9 @@ async fn stats_json_counts_by_state() -> Result<()> {
         "cancelled": 0,
         "queue_depth": 0,
         "concurrency": 3,
+        "fetch_concurrency": 16,
         "last_event_seq": stats(&mut daemon.client()).await?.last_event_seq,
+        "hosts": [],
     });
     ensure!(counts == want, "{counts} != {want}");
     Ok(())
