@@ -120,6 +120,9 @@ scenarios! {
     p5_peak_rss => "p5",
     p6_restart_after_sigterm => "p6",
     p6b_restart_after_kill_9 => "p6b",
+    p7a_fetch_against_curl => "p7a",
+    p7b_fetch_host_rate => "p7b",
+    p7c_fetch_many_hosts => "p7c",
     p10_disk_use_with_retention => "p10",
     p13_output_capture => "p13",
 }

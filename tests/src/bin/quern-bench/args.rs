@@ -11,17 +11,18 @@ use crate::scenarios::Scenario;
 const USAGE: &str = "\
 usage: quern-bench <scenario|all>... [options]
 
-scenarios: p1a p1b p1c p2 p3 p4 p5 p6 p6b p10 p13, or all
+scenarios: p1a p1b p1c p2 p3 p4 p5 p6 p6b p7a p7b p7c p10 p13, or all
 
 options:
-  --jobs N         jobs per scenario, MiB of output for p13 (default: the issue's full size, see docs/benchmarks.md)
+  --jobs N         jobs per scenario, MiB of output for p13, MiB of the download for p7a
+                   (default: the issue's full size, see docs/benchmarks.md)
   --clients LIST   concurrent clients for p1a, comma separated (default: 1,8,64)
   --runs N         runs per scenario; figures are medians over runs (default: 3)
   --json           print JSON instead of tables
   --quernd PATH    the daemon binary (default: quernd next to this executable)
   --quernctl PATH  the client binary for p1c (default: quernctl next to this executable)
-  --dir DIR        where to create the temporary state dirs (default: $TMPDIR or /tmp);
-                   the filesystem of this dir is the one being measured
+  --dir DIR        where to create the temporary state dirs and p7's downloads (default:
+                   $TMPDIR or /tmp); the filesystem of this dir is the one being measured
   -h, --help       print this help
 ";
 
@@ -129,7 +130,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options>
             name => match Scenario::parse(name) {
                 Some(s) => scenarios.push(s),
                 None => bail!(
-                    "unknown scenario {name:?}; expected one of p1a p1b p1c p2 p3 p4 p5 p6 p6b p10 p13 all"
+                    "unknown scenario {name:?}; expected one of p1a p1b p1c p2 p3 p4 p5 p6 p6b p7a p7b p7c p10 p13 all"
                 ),
             },
         }

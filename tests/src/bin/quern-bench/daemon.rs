@@ -31,7 +31,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Settings written to the daemon's config file.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DaemonConfig {
     /// The concurrency limit; `None` keeps the daemon's default (CPUs).
     pub concurrency: Option<u32>,
@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     pub max_finished: Option<u64>,
     /// `event_retention`; `None` keeps the daemon's default.
     pub event_retention: Option<u64>,
+    /// TOML tables written after everything else, verbatim: the fetch
+    /// scenarios' `[fetch]` table and its per-host limits.
+    pub tables: String,
 }
 
 /// How long a start took.
@@ -110,6 +113,7 @@ impl Quernd {
         if let Some(n) = config.max_finished {
             toml.push_str(&format!("[retention]\nmax_finished = {n}\n"));
         }
+        toml.push_str(&config.tables);
         std::fs::write(&config_path, toml)
             .with_context(|| format!("cannot write config {}", config_path.display()))?;
         let notify = UnixDatagram::bind(&notify_path)
@@ -162,6 +166,10 @@ impl Quernd {
             .arg("--config")
             .arg(&self.config)
             .env("NOTIFY_SOCKET", self.notify_path())
+            // The fetch scenarios' servers listen on loopback; a proxy set in
+            // the bench's environment must not sit between them and quernd.
+            .env("NO_PROXY", "127.0.0.1")
+            .env("no_proxy", "127.0.0.1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

@@ -1,4 +1,4 @@
-//! `quern-bench`: measures quernd against the speed targets of issue 3 and
+//! `quern-bench`: measures quernd against the speed targets of issues 3 and 14 and
 //! prints a table, or JSON with `--json`.
 //!
 //! Each scenario run starts its own `quernd` on a fresh socket and state

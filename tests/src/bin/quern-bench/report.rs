@@ -20,6 +20,13 @@ pub enum Unit {
     Millis,
     /// Mebibytes.
     MiB,
+    /// Mebibytes per second.
+    MiBPerSec,
+    /// Requests per second, to three decimals: for rates held to a
+    /// fraction of a request per second.
+    RequestsPerSec,
+    /// A percentage.
+    Percent,
     /// A dimensionless ratio, printed as `0.93x`.
     Ratio,
     /// A plain number of things.
@@ -34,6 +41,9 @@ impl Unit {
             Unit::JobsPerSec => "jobs/s",
             Unit::Millis => "ms",
             Unit::MiB => "MiB",
+            Unit::MiBPerSec => "MiB/s",
+            Unit::RequestsPerSec => "req/s",
+            Unit::Percent => "%",
             Unit::Ratio => "x",
             Unit::Count | Unit::Mean => "",
         }
@@ -44,8 +54,10 @@ impl Unit {
     fn number(self, value: f64) -> String {
         match self {
             Unit::JobsPerSec | Unit::Count => thousands(value),
-            Unit::Millis => significant(value),
+            Unit::Millis | Unit::MiBPerSec => significant(value),
             Unit::MiB => format!("{value:.1}"),
+            Unit::Percent => format!("{value:.2}"),
+            Unit::RequestsPerSec => format!("{value:.3}"),
             Unit::Ratio | Unit::Mean => format!("{value:.2}"),
         }
     }
@@ -55,6 +67,7 @@ impl Unit {
         match self {
             Unit::Count | Unit::Mean => self.number(value),
             Unit::Ratio => format!("{}x", self.number(value)),
+            Unit::Percent => format!("{}%", self.number(value)),
             _ => format!("{} {}", self.number(value), self.name()),
         }
     }

@@ -1,7 +1,8 @@
-//! The scenarios of issue 3, and what they share: starting a daemon, building
+//! The scenarios of issues 3 and 14, and what they share: starting a daemon, building
 //! no-op job specs, bulk filling the store, and following the Events stream.
 
 mod capture;
+mod fetch;
 mod latency;
 mod list;
 mod memory;
@@ -52,6 +53,12 @@ pub enum Scenario {
     P6,
     /// Restart time after kill -9 with many jobs stored.
     P6b,
+    /// One large fetch download against curl.
+    P7a,
+    /// A per-host fetch rate held over many small downloads.
+    P7b,
+    /// Memory and CPU of many small fetch downloads over 10 hosts.
+    P7c,
     /// Disk use under a steady stream of jobs, with retention on.
     P10,
     /// What capturing a job's output costs against /dev/null.
@@ -60,7 +67,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::P1a,
         Scenario::P1b,
         Scenario::P1c,
@@ -70,6 +77,9 @@ impl Scenario {
         Scenario::P5,
         Scenario::P6,
         Scenario::P6b,
+        Scenario::P7a,
+        Scenario::P7b,
+        Scenario::P7c,
         Scenario::P10,
         Scenario::P13,
     ];
@@ -93,6 +103,9 @@ impl Scenario {
             Scenario::P5 => "P5",
             Scenario::P6 => "P6",
             Scenario::P6b => "P6b",
+            Scenario::P7a => "P7a",
+            Scenario::P7b => "P7b",
+            Scenario::P7c => "P7c",
             Scenario::P10 => "P10",
             Scenario::P13 => "P13",
         }
@@ -110,13 +123,17 @@ impl Scenario {
             Scenario::P5 => "daemon peak RSS with N queued jobs vs 1k",
             Scenario::P6 => "restart (SIGTERM, start) with N jobs stored, until SERVING",
             Scenario::P6b => "restart after kill -9 with N jobs stored, until SERVING",
+            Scenario::P7a => "one N MiB fetch from a loopback server: quern vs curl -o FILE",
+            Scenario::P7b => "N small fetches from one host limited to 20/s: rate at the server",
+            Scenario::P7c => "N small fetches from 10 hosts, 2 at a time each: time, CPU, RSS",
             Scenario::P10 => "store and log dir size as N no-op jobs run, keeping N/10 finished",
             Scenario::P13 => "a job printing N MiB: through quern vs to a file vs to /dev/null",
         }
     }
 
     /// The size issue 3 asks for: jobs per client level for P1a, samples for
-    /// P2, stored jobs for P4-P6, MiB of output for P13.
+    /// P2, stored jobs for P4-P6, MiB of output for P13; and issue 14: MiB
+    /// of the download for P7a, downloads for P7b and P7c.
     pub fn default_jobs(self) -> u64 {
         match self {
             Scenario::P1a => 50_000,
@@ -125,6 +142,9 @@ impl Scenario {
             Scenario::P2 => 1_000,
             Scenario::P3 => 20_000,
             Scenario::P4 | Scenario::P5 | Scenario::P6 | Scenario::P6b | Scenario::P10 => 1_000_000,
+            Scenario::P7a => 1_024,
+            Scenario::P7b => 1_000,
+            Scenario::P7c => 10_000,
             Scenario::P13 => 2_000,
         }
     }
@@ -141,6 +161,9 @@ impl Scenario {
             Scenario::P5 => memory::run(ctx, jobs).await,
             Scenario::P6 => restart::run(ctx, jobs, restart::Stop::Term).await,
             Scenario::P6b => restart::run(ctx, jobs, restart::Stop::Kill).await,
+            Scenario::P7a => fetch::download(ctx, jobs).await,
+            Scenario::P7b => fetch::rate(ctx, jobs).await,
+            Scenario::P7c => fetch::many_hosts(ctx, jobs).await,
             Scenario::P10 => retention::run(ctx, jobs).await,
             Scenario::P13 => capture::run(ctx, jobs).await,
         };
