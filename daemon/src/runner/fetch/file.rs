@@ -80,6 +80,45 @@ pub struct Written {
     pub sha256: String,
 }
 
+/// How much a download writes before it has the disk start writing it out.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+
+/// Starts the disk writing `[from, from + len)` of `f` out, and waits until
+/// the window before it is written: the file is durable only after the
+/// final `fsync`, but that then has at most two windows left to write,
+/// instead of the whole body, and the writing overlaps the download. Dirty
+/// pages stay bounded too, however large the file. (The pattern of
+/// `sync_file_range(2)`'s own notes; std and nix have no call for it, hence
+/// libc.) A failure here is only lost speed: the final `fsync` reports
+/// any error.
+#[cfg(target_os = "linux")]
+fn write_behind(f: &File, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
+        return;
+    };
+    let fd = f.as_raw_fd();
+    // SAFETY: `fd` is an open file descriptor owned by `f` for the whole
+    // call; sync_file_range reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(fd, from, len, libc::SYNC_FILE_RANGE_WRITE);
+        if from > 0 {
+            let before = from.saturating_sub(WRITEBACK_WINDOW as i64);
+            libc::sync_file_range(
+                fd,
+                before,
+                from - before,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_behind(_f: &File, _from: u64, _len: u64) {}
+
 /// A blocking thread that appends a body to a file (or only hashes it),
 /// fed chunks through a bounded channel.
 ///
@@ -104,12 +143,19 @@ impl Writer {
                 None => None,
             };
             let mut len = if file.is_some() { keep } else { 0 };
+            let mut flushed = len;
             while let Some(chunk) = rx.blocking_recv() {
                 if let Some(f) = &mut file {
                     f.write_all(&chunk)?;
                 }
                 hasher.update(&chunk);
                 len += chunk.len() as u64;
+                if let Some(f) = &file
+                    && len - flushed >= WRITEBACK_WINDOW
+                {
+                    write_behind(f, flushed, len - flushed);
+                    flushed = len;
+                }
             }
             // Durable before it may be renamed over dest; the rename itself
             // is made durable by `finish_part`.
