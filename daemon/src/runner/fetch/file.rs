@@ -83,36 +83,25 @@ pub struct Written {
 /// How much a download writes before it has the disk start writing it out.
 const WRITEBACK_WINDOW: u64 = 8 << 20;
 
-/// Starts the disk writing `[from, from + len)` of `f` out, and waits until
-/// the window before it is written: the file is durable only after the
-/// final `fsync`, but that then has at most two windows left to write,
-/// instead of the whole body, and the writing overlaps the download. Dirty
-/// pages stay bounded too, however large the file. (The pattern of
-/// `sync_file_range(2)`'s own notes; std and nix have no call for it, hence
-/// libc.) A failure here is only lost speed: the final `fsync` reports
-/// any error.
+/// Starts the disk writing `[from, from + len)` of `f` out, without
+/// waiting: the file is durable only after the final `fsync`, but the disk
+/// then writes while the body still arrives, and the `fsync` finds little
+/// left. Waiting here for the window before (which would bound dirty pages
+/// to two windows, as `sync_file_range(2)`'s notes suggest) stalled the
+/// writer whenever the disk fell behind: P7a went from 0.98-1.02x of
+/// `curl -o` to 0.94x (docs/benchmarks.md); the kernel's own dirty limits
+/// bound memory anyway. std and nix have no call for it, hence libc. A
+/// failure here is only lost speed: the final `fsync` reports any error.
 #[cfg(target_os = "linux")]
 fn write_behind(f: &File, from: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
         return;
     };
-    let fd = f.as_raw_fd();
-    // SAFETY: `fd` is an open file descriptor owned by `f` for the whole
-    // call; sync_file_range reads no memory of ours.
+    // SAFETY: the descriptor is open, owned by `f` for the whole call, and
+    // sync_file_range reads no memory of ours.
     unsafe {
-        libc::sync_file_range(fd, from, len, libc::SYNC_FILE_RANGE_WRITE);
-        if from > 0 {
-            let before = from.saturating_sub(WRITEBACK_WINDOW as i64);
-            libc::sync_file_range(
-                fd,
-                before,
-                from - before,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            );
-        }
+        libc::sync_file_range(f.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
