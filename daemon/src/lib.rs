@@ -19,6 +19,7 @@ pub mod runner;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod watch;
 
 pub use config::Config;
 pub use server::{DaemonError, bind, run};
