@@ -1,9 +1,10 @@
 //! Directory watching (issue 15), built up in steps. So far: which paths a
-//! rule covers ([`filter`]) and the stat snapshot of a rule's tree, with
-//! the comparison that turns two snapshots into changed paths
-//! ([`snapshot`]). The snapshot is what catch-up after a restart, the
+//! rule covers ([`filter`]), the stat snapshot of a rule's tree, with the
+//! comparison that turns two snapshots into changed paths ([`snapshot`]),
+//! and when a rule's changes have settled ([`settle`]). The snapshot is what catch-up after a restart, the
 //! rescan after a kernel queue overflow, and the polling fallback when
 //! inotify runs out of watches all compare against.
 
 pub mod filter;
+pub mod settle;
 pub mod snapshot;
