@@ -1,10 +1,12 @@
 //! Directory watching (issue 15), built up in steps. So far: which paths a
 //! rule covers ([`filter`]), the stat snapshot of a rule's tree, with the
 //! comparison that turns two snapshots into changed paths ([`snapshot`]),
-//! and when a rule's changes have settled ([`settle`]). The snapshot is what catch-up after a restart, the
+//! whether one event's path is ignored by the tree's ignore files
+//! ([`ignores`]), and when a rule's changes have settled ([`settle`]). The snapshot is what catch-up after a restart, the
 //! rescan after a kernel queue overflow, and the polling fallback when
 //! inotify runs out of watches all compare against.
 
 pub mod filter;
+pub mod ignores;
 pub mod settle;
 pub mod snapshot;
