@@ -2,7 +2,9 @@
 //! rule covers ([`filter`]), the stat snapshot of a rule's tree, with the
 //! comparison that turns two snapshots into changed paths ([`snapshot`]),
 //! whether one event's path is ignored by the tree's ignore files
-//! ([`ignores`]), and when a rule's changes have settled ([`settle`]). The snapshot is what catch-up after a restart, the
+//! ([`ignores`]), when a rule's changes have settled ([`settle`]), and the
+//! inotify watch of a rule's tree, a watch per directory, that turns
+//! events into changed paths or a call for a rescan ([`tree`]). The snapshot is what catch-up after a restart, the
 //! rescan after a kernel queue overflow, and the polling fallback when
 //! inotify runs out of watches all compare against.
 
@@ -10,3 +12,4 @@ pub mod filter;
 pub mod ignores;
 pub mod settle;
 pub mod snapshot;
+pub mod tree;

@@ -128,6 +128,15 @@ impl Snapshot {
         self.entries.is_empty()
     }
 
+    /// The directories held, relative to the root, parents first.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.entries
+            .iter()
+            .filter(|(_, s)| s.dir)
+            .map(|(p, _)| PathBuf::from(OsStr::from_bytes(p)))
+            .collect()
+    }
+
     /// What one path was, if held.
     pub fn get(&self, rel: &Path) -> Option<Stat> {
         self.entries.get(rel.as_os_str().as_bytes()).copied()
