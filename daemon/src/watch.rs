@@ -1,5 +1,5 @@
-//! Directory watching (issue 15), built up in steps. So far: which paths a
-//! rule covers ([`filter`]), the stat snapshot of a rule's tree, with the
+//! Directory watching (issue 15), built up in steps. So far: a rule and
+//! its checks ([`rule`]), which paths a rule covers ([`filter`]), the stat snapshot of a rule's tree, with the
 //! comparison that turns two snapshots into changed paths ([`snapshot`]),
 //! whether one event's path is ignored by the tree's ignore files
 //! ([`ignores`]), when a rule's changes have settled ([`settle`]), and the
@@ -10,6 +10,7 @@
 
 pub mod filter;
 pub mod ignores;
+pub mod rule;
 pub mod settle;
 pub mod snapshot;
 pub mod tree;
