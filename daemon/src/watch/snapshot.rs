@@ -128,6 +128,51 @@ impl Snapshot {
         self.entries.is_empty()
     }
 
+    /// Brings the entries of `paths` (relative to `root`) up to date, as
+    /// a walk would find them now: after a settle, so that the snapshot
+    /// kept is the tree the rule last acted on, without walking it all.
+    /// A path gone takes everything below it along.
+    pub fn refresh<'a>(
+        &mut self,
+        root: &Path,
+        filter: &Filter,
+        paths: impl IntoIterator<Item = &'a PathBuf>,
+    ) {
+        for rel in paths {
+            let key: Box<[u8]> = rel.as_os_str().as_bytes().into();
+            match std::fs::symlink_metadata(root.join(rel)) {
+                Ok(meta) if meta.is_dir() || filter.covers(rel) => {
+                    self.entries.insert(
+                        key,
+                        Stat {
+                            size: meta.size(),
+                            mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                            ino: meta.ino(),
+                            dir: meta.is_dir(),
+                        },
+                    );
+                }
+                _ => {
+                    let mut under = key.to_vec();
+                    under.push(b'/');
+                    self.entries.remove(&key);
+                    let gone: Vec<Box<[u8]>> = self
+                        .entries
+                        .range::<[u8], _>((
+                            std::ops::Bound::Included(&under[..]),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .take_while(|(k, _)| k.starts_with(&under))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in gone {
+                        self.entries.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
     /// The directories held, relative to the root, parents first.
     pub fn dirs(&self) -> Vec<PathBuf> {
         self.entries
@@ -329,6 +374,23 @@ mod tests {
         let s = Snapshot::take(root, &f).unwrap();
         assert!(s.get(Path::new("top.txt")).is_some());
         assert!(s.get(Path::new("sub/deep.txt")).is_none());
+    }
+
+    #[test]
+    fn a_refresh_of_the_changed_paths_equals_a_new_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        fs::write(root.join("d/e/f"), "1").unwrap();
+        fs::write(root.join("keep"), "1").unwrap();
+        fs::write(root.join("edit"), "1").unwrap();
+        let mut snap = Snapshot::take(root, &all()).unwrap();
+        fs::remove_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("edit"), "longer").unwrap();
+        fs::write(root.join("new"), "1").unwrap();
+        let changed: Vec<PathBuf> = ["d", "edit", "new"].iter().map(PathBuf::from).collect();
+        snap.refresh(root, &all(), &changed);
+        assert_eq!(snap, Snapshot::take(root, &all()).unwrap());
     }
 
     #[test]
