@@ -240,6 +240,24 @@ impl FetchSpec {
     }
 }
 
+#[cfg(test)]
+impl FetchSpec {
+    /// For tests: a GET of `url` to `dest`, with no options.
+    pub(crate) fn for_tests(url: &str, dest: &str) -> FetchSpec {
+        FetchSpec {
+            url: url.into(),
+            dest: Some(dest.into()),
+            sha256: None,
+            headers: vec![],
+            max_bytes: None,
+            overwrite: Overwrite::Replace,
+            method: HttpMethod::Get,
+            body_file: None,
+            retry_unsafe: false,
+        }
+    }
+}
+
 /// The key a URL's host is limited by: its host and port, the port made
 /// explicit (`example.org:443`).
 pub fn host_key(url: &url::Url) -> String {
@@ -284,17 +302,7 @@ mod tests {
     use super::*;
 
     fn spec() -> FetchSpec {
-        FetchSpec {
-            url: "https://example.org/a.tar".into(),
-            dest: Some("/tmp/a.tar".into()),
-            sha256: None,
-            headers: vec![],
-            max_bytes: None,
-            overwrite: Overwrite::Replace,
-            method: HttpMethod::Get,
-            body_file: None,
-            retry_unsafe: false,
-        }
+        FetchSpec::for_tests("https://example.org/a.tar", "/tmp/a.tar")
     }
 
     #[test]

@@ -197,18 +197,7 @@ impl Core {
                     s.read_retry = Duration::ZERO;
                     j
                 }
-                Err(e) => {
-                    // Queued jobs must not sit idle until something else
-                    // happens: read again after a pause, which the
-                    // scheduler's timer covers, and longer each time.
-                    s.read_retry = (s.read_retry * 2).clamp(READ_RETRY_FIRST, READ_RETRY_MAX);
-                    tracing::error!(error = %e, retry_in = ?s.read_retry, "reading ready jobs failed");
-                    s.paused_until = Some(Instant::now() + s.read_retry);
-                    // This may run on a job's thread, while the scheduler
-                    // sleeps on a timer set before the pause.
-                    let _ = self.handle.tx.send(Msg::Wake);
-                    return;
-                }
+                Err(e) => return self.read_failed(s, "reading ready jobs failed", &e),
             };
             #[cfg(test)]
             self.ready_reads
@@ -221,6 +210,19 @@ impl Core {
                 self.start(s, job, thread, None);
             }
         }
+    }
+
+    /// A read of a ready index failed. Queued jobs must not sit idle until
+    /// something else happens: starts pause, and the index is read again
+    /// after the pause, which the scheduler's timer covers, longer each
+    /// time.
+    fn read_failed(&self, s: &mut Slots, what: &str, e: &StoreError) {
+        s.read_retry = (s.read_retry * 2).clamp(READ_RETRY_FIRST, READ_RETRY_MAX);
+        tracing::error!(error = %e, retry_in = ?s.read_retry, "{what}");
+        s.paused_until = Some(Instant::now() + s.read_retry);
+        // This may run on a job's thread, while the scheduler sleeps on a
+        // timer set before the pause.
+        let _ = self.handle.tx.send(Msg::Wake);
     }
 
     /// Starts queued fetch jobs while the fetch pool has room: in each
@@ -242,13 +244,7 @@ impl Core {
             }
             let heads = match self.host_heads(s) {
                 Ok(h) => h,
-                Err(e) => {
-                    s.read_retry = (s.read_retry * 2).clamp(READ_RETRY_FIRST, READ_RETRY_MAX);
-                    tracing::error!(error = %e, retry_in = ?s.read_retry, "reading ready fetch jobs failed");
-                    s.paused_until = Some(Instant::now() + s.read_retry);
-                    let _ = self.handle.tx.send(Msg::Wake);
-                    return;
-                }
+                Err(e) => return self.read_failed(s, "reading ready fetch jobs failed", &e),
             };
             let mut started = false;
             let mut wait: Option<Instant> = None;

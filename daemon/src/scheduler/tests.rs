@@ -626,22 +626,12 @@ mod fetch_lane {
 
     use super::*;
     use crate::admission::BreakerState;
-    use crate::job::{FetchSpec, HttpMethod, JobKind, Overwrite};
+    use crate::job::{FetchSpec, JobKind};
     use crate::runner::{Ended, HostOutcome};
 
     fn fetch(url: &str) -> JobSpec {
         JobSpec {
-            kind: JobKind::Fetch(FetchSpec {
-                url: url.into(),
-                dest: Some("/tmp/quern-never-written".into()),
-                sha256: None,
-                headers: vec![],
-                max_bytes: None,
-                overwrite: Overwrite::Replace,
-                method: HttpMethod::Get,
-                body_file: None,
-                retry_unsafe: false,
-            }),
+            kind: JobKind::Fetch(FetchSpec::for_tests(url, "/tmp/quern-never-written")),
             ..JobSpec::exec_for_tests(&["true"])
         }
     }

@@ -135,7 +135,6 @@ impl RuleSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{ExecSpec, JobKind};
 
     fn rule(root: PathBuf) -> RuleSpec {
         RuleSpec {
@@ -147,19 +146,7 @@ mod tests {
             debounce: DEFAULT_DEBOUNCE,
             max_wait: DEFAULT_MAX_WAIT,
             on_busy: OnBusy::default(),
-            job: JobSpec {
-                kind: JobKind::Exec(ExecSpec {
-                    argv: vec!["make".into()],
-                    cwd: None,
-                    env: Default::default(),
-                }),
-                priority: 0,
-                labels: Default::default(),
-                run_at: None,
-                timeout: None,
-                max_attempts: 1,
-                idempotency_key: None,
-            },
+            job: JobSpec::exec_for_tests(&["make"]),
         }
     }
 

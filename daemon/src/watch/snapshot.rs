@@ -27,6 +27,17 @@ pub struct Stat {
     pub dir: bool,
 }
 
+impl Stat {
+    fn of(meta: &std::fs::Metadata) -> Stat {
+        Stat {
+            size: meta.size(),
+            mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ino: meta.ino(),
+            dir: meta.is_dir(),
+        }
+    }
+}
+
 /// How a path changed between two snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ChangeKind {
@@ -102,19 +113,10 @@ impl Snapshot {
                 Err(e) if vanished(&e) => continue,
                 Err(e) => return Err(into_io(e)),
             };
-            let dir = meta.is_dir();
-            if !dir && !filter.covers(rel) {
+            if !meta.is_dir() && !filter.covers(rel) {
                 continue;
             }
-            entries.insert(
-                rel.as_os_str().as_bytes().into(),
-                Stat {
-                    size: meta.size(),
-                    mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-                    ino: meta.ino(),
-                    dir,
-                },
-            );
+            entries.insert(rel.as_os_str().as_bytes().into(), Stat::of(&meta));
         }
         Ok(Snapshot { entries })
     }
@@ -142,15 +144,7 @@ impl Snapshot {
             let key: Box<[u8]> = rel.as_os_str().as_bytes().into();
             match std::fs::symlink_metadata(root.join(rel)) {
                 Ok(meta) if meta.is_dir() || filter.covers(rel) => {
-                    self.entries.insert(
-                        key,
-                        Stat {
-                            size: meta.size(),
-                            mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-                            ino: meta.ino(),
-                            dir: meta.is_dir(),
-                        },
-                    );
+                    self.entries.insert(key, Stat::of(&meta));
                 }
                 _ => {
                     let mut under = key.to_vec();

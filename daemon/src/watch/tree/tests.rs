@@ -1,3 +1,6 @@
+//! Tests of the tree watch against the real inotify: every wait is for an
+//! event the kernel owes, bounded, and never a sleep.
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::sync::mpsc;
