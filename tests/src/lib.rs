@@ -17,8 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use quern_proto::v1::jobs_client::JobsClient;
 use quern_proto::v1::{
-    EventsRequest, EventsResponse, ExecSpec, GetRequest, Job, JobSpec, JobState, LogStream,
-    LogsRequest, LogsResponse, StatsRequest, StatsResponse, SubmitRequest, job_spec,
+    EventsRequest, EventsResponse, ExecSpec, FetchSpec, GetRequest, Job, JobSpec, JobState,
+    LogStream, LogsRequest, LogsResponse, StatsRequest, StatsResponse, SubmitRequest, job_spec,
 };
 use tempfile::TempDir;
 use tokio::io::Interest;
@@ -121,6 +121,13 @@ impl TestDaemonBuilder {
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
+    }
+
+    /// Keeps a proxy set in the test's environment from sitting between
+    /// the daemon and the loopback servers fetch tests start.
+    pub fn direct_to_loopback(self) -> Self {
+        self.env("NO_PROXY", "127.0.0.1")
+            .env("no_proxy", "127.0.0.1")
     }
 
     /// Starts the daemon with `RLIMIT_FSIZE` at `bytes`: no file it (or a
@@ -540,6 +547,30 @@ where
             ..ExecSpec::default()
         })),
         ..JobSpec::default()
+    }
+}
+
+/// A GET of `url` to `dest`, with every other field at its default.
+pub fn fetch_spec(url: impl Into<String>, dest: &Path) -> JobSpec {
+    JobSpec {
+        kind: Some(job_spec::Kind::Fetch(FetchSpec {
+            url: url.into(),
+            dest: dest.to_string_lossy().into_owned(),
+            ..FetchSpec::default()
+        })),
+        ..JobSpec::default()
+    }
+}
+
+/// The fetch part of a spec, for tests that adjust its fields.
+///
+/// # Panics
+///
+/// When the spec is not a fetch spec.
+pub fn fetch_mut(spec: &mut JobSpec) -> &mut FetchSpec {
+    match spec.kind.as_mut() {
+        Some(job_spec::Kind::Fetch(f)) => f,
+        other => panic!("spec is not a fetch spec: {other:?}"),
     }
 }
 

@@ -16,7 +16,8 @@ use quern_proto::v1::{
 };
 use quern_tests::http::{Reply, Resource, Seen, TestServer};
 use quern_tests::{
-    EventStream, TestDaemon, WAIT, expect_code, get, state_name, submit, wait_for_terminal,
+    EventStream, TestDaemon, TestDaemonBuilder, WAIT, expect_code, fetch_mut, fetch_spec, get,
+    state_name, submit, wait_for_terminal,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::time::timeout;
@@ -25,24 +26,20 @@ use tonic::transport::Channel;
 
 /// A daemon whose retries come quickly, and which never sends the test's
 /// loopback requests through a proxy from the environment.
-async fn daemon() -> Result<TestDaemon> {
+fn builder() -> TestDaemonBuilder {
     TestDaemon::builder()
-        .env("NO_PROXY", "127.0.0.1")
-        .env("no_proxy", "127.0.0.1")
+        .direct_to_loopback()
         .config(r#"retry_base_delay = "100ms""#)
         .config(r#"retry_max_delay = "200ms""#)
-        .start()
-        .await
+}
+
+async fn daemon() -> Result<TestDaemon> {
+    builder().start().await
 }
 
 /// A daemon as [`daemon`] makes, with `[fetch]` settings.
 async fn daemon_with_fetch(lines: &[&str]) -> Result<TestDaemon> {
-    let mut b = TestDaemon::builder()
-        .env("NO_PROXY", "127.0.0.1")
-        .env("no_proxy", "127.0.0.1")
-        .config(r#"retry_base_delay = "100ms""#)
-        .config(r#"retry_max_delay = "200ms""#)
-        .config("[fetch]");
+    let mut b = builder().config("[fetch]");
     for line in lines {
         b = b.config(*line);
     }
@@ -63,23 +60,11 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A GET of `url` to `dest`.
+/// A GET of `url` to `dest`, with three attempts.
 fn fetch(url: &str, dest: &Path) -> JobSpec {
     JobSpec {
-        kind: Some(job_spec::Kind::Fetch(FetchSpec {
-            url: url.into(),
-            dest: dest.to_string_lossy().into_owned(),
-            ..FetchSpec::default()
-        })),
         max_attempts: 3,
-        ..JobSpec::default()
-    }
-}
-
-fn fetch_mut(spec: &mut JobSpec) -> &mut FetchSpec {
-    match spec.kind.as_mut() {
-        Some(job_spec::Kind::Fetch(f)) => f,
-        other => panic!("not a fetch spec: {other:?}"),
+        ..fetch_spec(url, dest)
     }
 }
 

@@ -10,21 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use quern_proto::v1::jobs_client::JobsClient;
-use quern_proto::v1::{
-    EventsRequest, EventsResponse, FetchSpec, HostBreaker, JobSpec, JobState, job_spec,
-};
+use quern_proto::v1::{EventsRequest, EventsResponse, HostBreaker, JobSpec, JobState};
 use quern_tests::http::{Reply, TestServer};
-use quern_tests::{EventStream, TestDaemon, WAIT, quernctl_bin, stats, submit};
+use quern_tests::{EventStream, TestDaemon, WAIT, fetch_spec, quernctl_bin, stats, submit};
 use tokio::time::timeout;
 use tonic::transport::Channel;
 
 /// A daemon with these `[fetch]` lines, whose loopback requests never go
 /// through a proxy from the environment.
 async fn daemon_with_fetch(lines: &[String]) -> Result<TestDaemon> {
-    let mut b = TestDaemon::builder()
-        .env("NO_PROXY", "127.0.0.1")
-        .env("no_proxy", "127.0.0.1")
-        .config("[fetch]");
+    let mut b = TestDaemon::builder().direct_to_loopback().config("[fetch]");
     for line in lines {
         b = b.config(line.clone());
     }
@@ -34,13 +29,8 @@ async fn daemon_with_fetch(lines: &[String]) -> Result<TestDaemon> {
 /// A GET of `url` to `dest`, with one attempt.
 fn fetch(url: &str, dest: &Path) -> JobSpec {
     JobSpec {
-        kind: Some(job_spec::Kind::Fetch(FetchSpec {
-            url: url.into(),
-            dest: dest.to_string_lossy().into_owned(),
-            ..FetchSpec::default()
-        })),
         max_attempts: 1,
-        ..JobSpec::default()
+        ..fetch_spec(url, dest)
     }
 }
 

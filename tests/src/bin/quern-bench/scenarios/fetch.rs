@@ -16,9 +16,9 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use quern_proto::v1::jobs_client::JobsClient;
 use quern_proto::v1::{
-    FetchSpec, GetRequest, JobSpec, JobState, SubmitBatchRequest, SubmitRequest, job_result,
-    job_spec,
+    GetRequest, JobSpec, JobState, SubmitBatchRequest, SubmitRequest, job_result, job_spec,
 };
+use quern_tests::fetch_spec;
 use quern_tests::http::{Reply, TestServer};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
@@ -43,18 +43,6 @@ const HOSTS: u64 = 10;
 
 /// The body of each small download in P7b and P7c.
 const SMALL: usize = 4096;
-
-/// A GET of `url` to `dest`, with the daemon's default attempts.
-fn fetch(url: String, dest: &Path) -> JobSpec {
-    JobSpec {
-        kind: Some(job_spec::Kind::Fetch(FetchSpec {
-            url,
-            dest: dest.to_string_lossy().into_owned(),
-            ..FetchSpec::default()
-        })),
-        ..JobSpec::default()
-    }
-}
 
 /// A temp dir for downloads under `--dir`, so they land on the filesystem
 /// the bench was told to measure.
@@ -243,7 +231,7 @@ async fn quern_download(
     sha256: &str,
     deadline: tokio::time::Instant,
 ) -> Result<Download> {
-    let mut spec = fetch(url.to_owned(), dest);
+    let mut spec = fetch_spec(url, dest);
     if let Some(job_spec::Kind::Fetch(f)) = spec.kind.as_mut() {
         // Verification is free for quern (it hashes while streaming
         // anyway), and makes success mean the bytes are right.
@@ -461,7 +449,7 @@ pub async fn rate(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
 
     let specs = (0..jobs)
         .map(|i| {
-            fetch(
+            fetch_spec(
                 server.url(&format!("/{i}.bin")),
                 &dir.path().join(format!("{i}.bin")),
             )
@@ -566,7 +554,7 @@ pub async fn many_hosts(ctx: &Ctx<'_>, jobs: u64) -> Result<Run> {
     let specs: Vec<JobSpec> = (0..jobs)
         .map(|i| {
             let server = &servers[(i % hosts) as usize];
-            fetch(
+            fetch_spec(
                 server.url(&format!("/{i}.bin")),
                 &dir.path().join(format!("{i}.bin")),
             )
