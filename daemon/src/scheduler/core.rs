@@ -280,7 +280,8 @@ impl Core {
     }
 
     /// The first queued job of every host with queued fetch jobs, best
-    /// first: one index seek per host, and one job read each.
+    /// first, but for hosts whose jobs are being held back: one store read
+    /// (one index seek per host, and one job read each).
     fn host_heads(&self, s: &Slots) -> Result<Vec<(String, Job)>, StoreError> {
         let skip: HashSet<JobId> = s
             .running
@@ -288,15 +289,7 @@ impl Core {
             .chain(s.cancelling.iter())
             .copied()
             .collect();
-        let mut heads = Vec::new();
-        for host in self.ctx.store.ready_hosts()? {
-            if s.deferring.contains(&host) {
-                continue;
-            }
-            if let Some(job) = self.ctx.store.host_head(&host, &skip)? {
-                heads.push((host, job));
-            }
-        }
+        let mut heads = self.ctx.store.host_heads(&s.deferring, &skip)?;
         heads.sort_by_key(|(_, j)| (std::cmp::Reverse(j.spec.priority), j.id));
         Ok(heads)
     }

@@ -769,17 +769,16 @@ impl Store {
         read::ready_jobs(&*self.db.get()?, limit, skip)
     }
 
-    /// The hosts with queued fetch jobs, in order: one index seek per host,
-    /// however many jobs each has. Read on the caller's thread, like
-    /// [`Store::ready`].
-    pub fn ready_hosts(&self) -> Result<Vec<String>> {
-        read::ready_hosts(&*self.db.get()?)
-    }
-
-    /// The next queued fetch job of `host` in run order, skipping ids in
-    /// `skip`, with its priority.
-    pub fn host_head(&self, host: &str, skip: &HashSet<JobId>) -> Result<Option<Job>> {
-        read::host_head(&*self.db.get()?, host, skip)
+    /// The first queued fetch job of every host with queued fetch jobs,
+    /// except the hosts in `passed_over` and the jobs in `skip`: one read
+    /// transaction, one index seek per host, however many jobs each has.
+    /// Read on the caller's thread, like [`Store::ready`].
+    pub fn host_heads(
+        &self,
+        passed_over: &HashSet<String>,
+        skip: &HashSet<JobId>,
+    ) -> Result<Vec<(String, Job)>> {
+        read::host_heads(&*self.db.get()?, passed_over, skip)
     }
 
     /// When the earliest scheduled job is due. One index entry, read on the

@@ -321,52 +321,61 @@ pub(super) fn ready_jobs(db: &Database, limit: usize, skip: &HashSet<JobId>) -> 
     Ok(out)
 }
 
-/// The distinct hosts of `host_ready`: each found by one seek past the
-/// previous host's entries.
-pub(super) fn ready_hosts(db: &Database) -> Result<Vec<String>> {
-    let txn = db.begin_read().map_err(db_err("begin read"))?;
-    let table = txn
-        .open_table(HOST_READY)
-        .map_err(db_err("open host_ready"))?;
-    let mut out: Vec<String> = Vec::new();
-    loop {
-        let next = match out.last() {
-            None => table.first().map_err(db_err("read host_ready"))?,
-            Some(last) => table
-                .range((last.as_str(), u32::MAX, u64::MAX)..)
-                .map_err(db_err("read host_ready"))?
-                .find(|item| item.as_ref().map_or(true, |(k, _)| k.value().0 != last))
-                .transpose()
-                .map_err(db_err("read host_ready"))?,
-        };
-        match next {
-            Some((k, _)) => out.push(k.value().0.to_string()),
-            None => return Ok(out),
-        }
-    }
-}
-
-/// The first queued job of `host` not in `skip`.
-pub(super) fn host_head(db: &Database, host: &str, skip: &HashSet<JobId>) -> Result<Option<Job>> {
+/// The first queued job of every host in `host_ready`, except the hosts in
+/// `passed_over` and the jobs in `skip`, in one read transaction: one seek
+/// per host, past the previous host's entries, however many jobs each has.
+pub(super) fn host_heads(
+    db: &Database,
+    passed_over: &HashSet<String>,
+    skip: &HashSet<JobId>,
+) -> Result<Vec<(String, Job)>> {
     let txn = db.begin_read().map_err(db_err("begin read"))?;
     let table = txn
         .open_table(HOST_READY)
         .map_err(db_err("open host_ready"))?;
     let jobs = txn.open_table(JOBS).map_err(db_err("open jobs"))?;
-    for item in table
-        .range((host, 0, 0)..=(host, u32::MAX, u64::MAX))
-        .map_err(db_err("read host_ready"))?
-    {
-        let (k, _) = item.map_err(db_err("read host_ready"))?;
-        let id = k.value().2;
-        if skip.contains(&id) {
-            continue;
+    let mut heads = Vec::new();
+    // The host whose entries the next seek starts past.
+    let mut after: Option<String> = None;
+    loop {
+        let mut entries = match &after {
+            None => table.range::<(&str, u32, u64)>(..),
+            Some(h) => table.range((h.as_str(), u32::MAX, u64::MAX)..),
         }
-        if let Some(v) = jobs.get(id).map_err(db_err("read job"))? {
-            return Ok(Some(decode_job(v.value())?));
+        .map_err(db_err("read host_ready"))?;
+        // The first entry of the next host (the seek key itself, were it
+        // ever stored, belongs to the host before).
+        let mut first = None;
+        for item in entries.by_ref() {
+            let (k, _) = item.map_err(db_err("read host_ready"))?;
+            if after.as_deref() != Some(k.value().0) {
+                first = Some((k.value().0.to_string(), k.value().2));
+                break;
+            }
         }
+        let Some((host, id)) = first else {
+            return Ok(heads);
+        };
+        if !passed_over.contains(&host) {
+            let mut id = Some(id);
+            while let Some(i) = id {
+                if !skip.contains(&i)
+                    && let Some(v) = jobs.get(i).map_err(db_err("read job"))?
+                {
+                    heads.push((host.clone(), decode_job(v.value())?));
+                    break;
+                }
+                id = match entries.next() {
+                    Some(item) => {
+                        let (k, _) = item.map_err(db_err("read host_ready"))?;
+                        (k.value().0 == host).then(|| k.value().2)
+                    }
+                    None => None,
+                };
+            }
+        }
+        after = Some(host);
     }
-    Ok(None)
 }
 
 /// Every job recorded as running: after a crash, these were interrupted.

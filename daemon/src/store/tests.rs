@@ -661,3 +661,61 @@ async fn a_store_that_ran_out_of_space_writes_again_once_space_is_freed() {
     );
     store.close().await;
 }
+
+/// Queued fetch jobs sit in the host index, not the ready one; each host's
+/// head is its best job not skipped, and held-back hosts are passed over.
+#[tokio::test]
+async fn host_heads_are_each_hosts_best_job_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 100, 1 << 20, Duration::ZERO).unwrap();
+    let fetch = |url: &str, priority: i32| JobSpec {
+        kind: JobKind::Fetch(crate::job::FetchSpec::for_tests(url, "/tmp/x")),
+        priority,
+        ..JobSpec::exec_for_tests(&["true"])
+    };
+    let specs = vec![
+        fetch("http://a.test/1", 0),  // 1
+        fetch("http://a.test/2", 10), // 2: a's best
+        fetch("http://b.test/1", 0),  // 3
+        fetch("http://c.test/1", 5),  // 4
+        fetch("http://b.test/2", 0),  // 5
+        spec(0),                      // 6: exec, in the ready index
+    ];
+    store.submit(specs, 1000, 1).await.unwrap();
+    let no_hosts: HashSet<String> = HashSet::new();
+    let no_jobs: HashSet<JobId> = HashSet::new();
+    let heads = |passed: &HashSet<String>, skip: &HashSet<JobId>| -> Vec<(String, JobId)> {
+        store
+            .host_heads(passed, skip)
+            .unwrap()
+            .into_iter()
+            .map(|(h, j)| (h, j.id))
+            .collect()
+    };
+    assert_eq!(
+        heads(&no_hosts, &no_jobs),
+        [
+            ("a.test:80".to_string(), 2),
+            ("b.test:80".to_string(), 3),
+            ("c.test:80".to_string(), 4)
+        ]
+    );
+    let skip: HashSet<JobId> = [2, 3, 4].into();
+    assert_eq!(
+        heads(&no_hosts, &skip),
+        [("a.test:80".to_string(), 1), ("b.test:80".to_string(), 5)],
+        "the next of each host, and none for a host whose jobs all run"
+    );
+    let passed: HashSet<String> = ["a.test:80".to_string()].into();
+    assert_eq!(
+        heads(&passed, &no_jobs),
+        [("b.test:80".to_string(), 3), ("c.test:80".to_string(), 4)]
+    );
+    let ready: Vec<JobId> = store
+        .ready(10, &no_jobs)
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ready, [6], "fetch jobs are not in the ready index");
+}
