@@ -87,6 +87,17 @@ impl Slots {
         self.load.iter().sum()
     }
 
+    /// Jobs a read of the queue must pass over: running ones (still
+    /// queued in the store until their start is recorded) and those whose
+    /// Cancel the store is deciding.
+    fn not_startable(&self) -> HashSet<JobId> {
+        self.running
+            .keys()
+            .chain(self.cancelling.iter())
+            .copied()
+            .collect()
+    }
+
     /// Slots taken by exec jobs.
     fn exec_active(&self) -> usize {
         self.active() - self.fetch_active
@@ -184,12 +195,7 @@ impl Core {
             if free == 0 {
                 break;
             }
-            let skip: HashSet<JobId> = s
-                .running
-                .keys()
-                .chain(s.cancelling.iter())
-                .copied()
-                .collect();
+            let skip = s.not_startable();
             // Read under the lock, so that two threads never pick the same
             // job: one bounded read of the ready index.
             let jobs = match self.ctx.store.ready(free, &skip) {
@@ -283,12 +289,7 @@ impl Core {
     /// first, but for hosts whose jobs are being held back: one store read
     /// (one index seek per host, and one job read each).
     fn host_heads(&self, s: &Slots) -> Result<Vec<(String, Job)>, StoreError> {
-        let skip: HashSet<JobId> = s
-            .running
-            .keys()
-            .chain(s.cancelling.iter())
-            .copied()
-            .collect();
+        let skip = s.not_startable();
         let mut heads = self.ctx.store.host_heads(&s.deferring, &skip)?;
         heads.sort_by_key(|(_, j)| (std::cmp::Reverse(j.spec.priority), j.id));
         Ok(heads)
