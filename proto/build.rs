@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let include = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = [PathBuf::from("quern/v1/jobs.proto")];
+    let protos = [
+        PathBuf::from("quern/v1/jobs.proto"),
+        PathBuf::from("quern/v1/watches.proto"),
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={}", p.display());
     }

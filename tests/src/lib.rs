@@ -731,6 +731,7 @@ impl EventStream {
                 job_id,
                 progress: false,
                 hosts: false,
+                watches: false,
             }),
         )
         .await

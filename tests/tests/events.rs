@@ -165,6 +165,7 @@ async fn resume_from_before_the_retention_window_is_out_of_range() -> Result<()>
                 job_id: 0,
                 progress: false,
                 hosts: false,
+                watches: false,
             })
             .await,
         Code::OutOfRange,

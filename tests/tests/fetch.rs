@@ -266,6 +266,7 @@ async fn interrupted_download(kill: bool) -> Result<()> {
             job_id: job.id,
             progress: true,
             hosts: false,
+            watches: false,
         })
         .await?
         .into_inner();
@@ -736,6 +737,7 @@ async fn wait_downloading(client: &mut JobsClient<Channel>, id: u64) -> Result<(
             job_id: id,
             progress: true,
             hosts: false,
+            watches: false,
         })
         .await?
         .into_inner();

@@ -136,6 +136,7 @@ async fn host_events(client: &mut JobsClient<Channel>) -> Result<tonic::Streamin
             job_id: 0,
             progress: false,
             hosts: true,
+            watches: false,
         })
         .await?
         .into_inner())

@@ -21,6 +21,7 @@ pub async fn run(
             job_id: job.unwrap_or(0),
             progress,
             hosts,
+            watches: false,
         })
         .await
         .map_err(rpc_error)?
@@ -98,6 +99,7 @@ mod tests {
             error: error.into(),
             progress: None,
             host: None,
+            watch: None,
         };
         let cases = [
             (

@@ -111,6 +111,7 @@ async fn follow_events(
             job_id: id,
             progress,
             hosts: false,
+            watches: false,
         };
         let mut events = match client.events(request).await {
             Ok(response) => response.into_inner(),
@@ -168,6 +169,7 @@ fn job_event(job: &Job) -> EventsResponse {
         error: job.error.clone(),
         progress: None,
         host: None,
+        watch: None,
     }
 }
 

@@ -106,6 +106,7 @@ async fn until_finished(client: &mut Client, pending: &mut BTreeSet<u64>) -> Res
             job_id,
             progress: false,
             hosts: false,
+            watches: false,
         };
         let mut events = match client.events(request).await {
             Ok(response) => response.into_inner(),

@@ -313,6 +313,7 @@ fn event_json_has_lowercase_state() {
         error: String::new(),
         progress: None,
         host: None,
+        watch: None,
     };
     let value = event_json(&event);
     assert_eq!(value["seq"], 7);

@@ -392,6 +392,7 @@ pub fn progress_event_to_proto(job: JobId, p: &Progress, now: Micros) -> pb::Eve
         error: String::new(),
         progress: Some(progress_to_proto(p)),
         host: None,
+        watch: None,
     }
 }
 
@@ -791,6 +792,7 @@ pub fn event_to_proto(e: &Event) -> pb::EventsResponse {
         error: e.error.clone(),
         progress: None,
         host: None,
+        watch: None,
     }
 }
 

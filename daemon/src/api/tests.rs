@@ -57,6 +57,7 @@ async fn events(rig: &Rig, progress: bool) -> BoxStream<pb::EventsResponse> {
         job_id: 0,
         progress,
         hosts: false,
+        watches: false,
     };
     rig.service
         .events(Request::new(req))
@@ -322,6 +323,7 @@ async fn host_changes_cannot_be_asked_for_one_job() {
         job_id: 1,
         progress: false,
         hosts: true,
+        watches: false,
     };
     let Err(err) = rig.service.events(Request::new(req)).await else {
         panic!("accepted hosts with a job_id");

@@ -327,6 +327,7 @@ impl EventWatch {
             job_id: 0,
             progress: false,
             hosts: false,
+            watches: false,
         });
         let mut stream = tokio::time::timeout(RPC_TIMEOUT, opening)
             .await
