@@ -7,7 +7,44 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::filter::Filter;
-use crate::job::JobSpec;
+use super::follow::Reason;
+use crate::job::{JobId, JobSpec, Micros};
+
+/// A rule's id: unique in the store, never reused.
+pub type RuleId = u64;
+
+/// How many of a rule's newest job ids its record keeps.
+pub const RECENT_JOBS: usize = 10;
+
+/// A rule as the store keeps it: what it is, and what it has done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub id: RuleId,
+    /// Who added it; its jobs are theirs.
+    pub owner_uid: u32,
+    pub spec: RuleSpec,
+    pub created_at: Micros,
+    /// Paused by a request.
+    pub paused: bool,
+    /// How many jobs it has made.
+    pub jobs_made: u64,
+    /// Its latest trigger.
+    pub last_trigger: Option<TriggerRecord>,
+    /// Its newest jobs' ids, newest first, at most [`RECENT_JOBS`].
+    pub recent_jobs: Vec<JobId>,
+}
+
+/// One trigger of a rule, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerRecord {
+    /// When its changes settled.
+    pub at: Micros,
+    pub reason: Reason,
+    /// How many paths changed.
+    pub paths: u64,
+    /// The job it made, if it made one.
+    pub job_id: Option<JobId>,
+}
 
 /// What a rule does when it triggers while its previous job is unfinished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
