@@ -1,5 +1,5 @@
 //! A store written by an earlier quernd opens in this one: the fixtures of
-//! schemas 1 and 2 (tests/fixtures/store-schema-N, each made by the script
+//! schemas 1 to 3 (tests/fixtures/store-schema-N, each made by the script
 //! beside it, with the same jobs) are migrated by the real quernd at start,
 //! and every job, event, key and captured output is still there.
 
@@ -35,6 +35,11 @@ async fn a_schema_1_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()
 #[tokio::test]
 async fn a_schema_2_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()> {
     migrated_with_nothing_lost("store-schema-2").await
+}
+
+#[tokio::test]
+async fn a_schema_3_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()> {
+    migrated_with_nothing_lost("store-schema-3").await
 }
 
 async fn migrated_with_nothing_lost(fixture: &str) -> Result<()> {
