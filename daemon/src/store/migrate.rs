@@ -31,6 +31,7 @@ pub(super) fn run(db: &Database, path: &Path, from: u64, owner_uid: u32) -> Resu
         let (jobs, events) = match version {
             1 => v1::to_v2(db, owner_uid, CHUNK, None)?,
             2 => to_v3(db)?,
+            3 => to_v4(db)?,
             other => {
                 return Err(StoreError::Corrupt {
                     path: path.to_path_buf(),
@@ -134,10 +135,26 @@ fn rewrite(
 /// records the new version, which keeps older quernds (which would drop
 /// the new fields when rewriting a record) from opening the file.
 fn to_v3(db: &Database) -> Result<(u64, u64)> {
+    record_version(db, 3)
+}
+
+/// Schema 4 added the watch rules' tables, which start empty (no store
+/// before had rules) and are created at open like every table, and the
+/// `next_watch_id` counter, which reads as 1 when missing. So no record
+/// is rewritten: the step records the new version, which keeps an older
+/// quernd, which would open the file and silently watch none of its
+/// rules, from opening it.
+fn to_v4(db: &Database) -> Result<(u64, u64)> {
+    record_version(db, 4)
+}
+
+/// The whole of a step that rewrites nothing: the new version, in one
+/// transaction.
+fn record_version(db: &Database, version: u64) -> Result<(u64, u64)> {
     let txn = begin(db)?;
     {
         let mut meta = txn.open_table(META).map_err(db_err("open meta"))?;
-        meta.insert("schema_version", 3)
+        meta.insert("schema_version", version)
             .map_err(db_err("write meta"))?;
     }
     txn.commit().map_err(db_err("commit migration"))?;

@@ -12,7 +12,9 @@
 //!
 //! The parts: `schema` (tables, version, opening), `migrate` (older
 //! versions), `record` (the on-disk encoding), `read` (reads), `writer`
-//! (the writer thread and group commit) and `tx` (what one write does).
+//! (the writer thread and group commit), `tx` (what one write does), and
+//! what one write does to jobs being pruned (`prune`) and to watch rules
+//! (`rules`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,12 +27,16 @@ use redb::Database;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::job::{Event, Job, JobId, JobSpec, KindTag, Micros, Outcome, RunRecord, StateTag};
+use crate::watch::follow::Reason;
+use crate::watch::rule::{Rule, RuleId, RuleSpec};
+use crate::watch::snapshot::Snapshot;
 
 mod inbox;
 mod migrate;
 mod prune;
 mod read;
 mod record;
+mod rules;
 mod schema;
 mod tx;
 mod writer;
@@ -244,6 +250,26 @@ pub struct Submitted {
     pub job: Job,
     /// True when the idempotency key matched an unfinished job.
     pub deduplicated: bool,
+}
+
+/// One trigger of a watch rule, to record with the jobs it makes (see
+/// [`Store::trigger_rule`]).
+#[derive(Clone, Debug)]
+pub struct RuleTrigger {
+    /// The rule.
+    pub id: RuleId,
+    /// The jobs to submit, made from its template; none if it made none.
+    pub specs: Vec<JobSpec>,
+    /// Who the jobs belong to: the rule's owner.
+    pub owner_uid: u32,
+    /// The snapshot that includes the trigger's changes, to replace the
+    /// rule's; `None` keeps the stored one.
+    pub snapshot: Option<Snapshot>,
+    pub reason: Reason,
+    /// How many paths changed.
+    pub paths: u64,
+    /// When its changes settled.
+    pub at: Micros,
 }
 
 /// What List asks for.
@@ -652,6 +678,96 @@ impl Store {
     /// caller deletes those of the jobs removed.
     pub async fn prune(&self, step: PruneStep) -> Result<PruneChunk> {
         self.call(|reply| Op::Prune { step, reply }).await
+    }
+
+    /// Stores a new watch rule with the next id (never one used before),
+    /// not paused and with nothing done yet, and `snapshot`, the tree it
+    /// starts from, in one durable transaction.
+    pub async fn add_rule(
+        &self,
+        spec: RuleSpec,
+        owner_uid: u32,
+        snapshot: &Snapshot,
+        at: Micros,
+    ) -> Result<Rule> {
+        // Encoded here, on the caller's thread, not on the writer's, which
+        // every write waits for.
+        let snapshot = snapshot.encode();
+        self.call(|reply| Op::AddRule {
+            spec: Box::new(spec),
+            owner_uid,
+            snapshot,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes watch rule `id` and its snapshot. Returns the rule as it
+    /// was, or `None` if there was no such rule. Its jobs stay.
+    pub async fn remove_rule(&self, id: RuleId) -> Result<Option<Rule>> {
+        self.call(|reply| Op::RemoveRule { id, reply }).await
+    }
+
+    /// Pauses or resumes watch rule `id`. Returns the rule as it now is,
+    /// or `None` if there is no such rule.
+    pub async fn set_rule_paused(&self, id: RuleId, paused: bool) -> Result<Option<Rule>> {
+        self.call(|reply| Op::SetRulePaused { id, paused, reply })
+            .await
+    }
+
+    /// Records a trigger of a watch rule in one durable transaction: its
+    /// jobs are submitted as [`Store::submit`] does (ids, indexes,
+    /// events, idempotency keys), its snapshot replaces the rule's if
+    /// given, and the rule counts the new jobs and keeps the trigger and
+    /// their ids. A trigger with no specs still records itself and its
+    /// snapshot. `None`, with nothing written and no job submitted, if
+    /// the rule no longer exists.
+    pub async fn trigger_rule(&self, t: RuleTrigger) -> Result<Option<(Rule, Vec<Submitted>)>> {
+        let snapshot = t.snapshot.as_ref().map(Snapshot::encode);
+        self.call(|reply| Op::TriggerRule {
+            id: t.id,
+            specs: t.specs,
+            owner_uid: t.owner_uid,
+            snapshot,
+            reason: t.reason,
+            paths: t.paths,
+            at: t.at,
+            reply,
+        })
+        .await
+    }
+
+    /// Every watch rule, in id order. There are few, but each read
+    /// decodes them all, so it runs on a blocking-pool thread.
+    pub async fn rules(&self) -> Result<Vec<Rule>> {
+        self.read(read::rules).await
+    }
+
+    /// Watch rule `id`, if it exists. One lookup, read on the caller's
+    /// thread.
+    pub async fn rule(&self, id: RuleId) -> Result<Option<Rule>> {
+        read::rule(&*self.db.get()?, id)
+    }
+
+    /// The snapshot watch rule `id` last acted on, if the rule exists.
+    /// It may hold a whole tree, so it is read and decoded on a
+    /// blocking-pool thread.
+    pub async fn rule_snapshot(&self, id: RuleId) -> Result<Option<Snapshot>> {
+        self.read(move |db| {
+            let Some(bytes) = read::rule_snapshot(db, id)? else {
+                return Ok(None);
+            };
+            Snapshot::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Db {
+                    op: "decode watch snapshot",
+                    detail: format!(
+                        "the snapshot of watch rule {id} is damaged ({e}); remove the rule and add it again"
+                    ),
+                })
+        })
+        .await
     }
 
     /// How many jobs are finished, as committed, updated after every

@@ -5,12 +5,14 @@ use std::collections::{BTreeSet, HashSet};
 
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 
-use super::record::{decode_event, decode_job};
+use super::record::{decode_event, decode_job, decode_rule};
 use super::schema::{
-    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, HOST_READY, JOBS, KIND_RUNS, META, READY,
+    BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, HOST_READY, JOBS, KIND_RUNS, META,
+    READY, WATCH_RULES, WATCH_SNAPSHOTS,
 };
 use super::{EventsPage, ListQuery, Result, db_err};
 use crate::job::{Job, JobId, KindTag, StateTag};
+use crate::watch::rule::{Rule, RuleId};
 
 /// One job, if it exists.
 pub(super) fn get_job(db: &Database, id: JobId) -> Result<Option<Job>> {
@@ -416,5 +418,43 @@ pub(super) fn checkpoint(db: &Database, id: JobId) -> Result<Option<Vec<u8>>> {
     Ok(table
         .get(id)
         .map_err(db_err("read checkpoint"))?
+        .map(|v| v.value().to_vec()))
+}
+
+/// Every watch rule, in id order.
+pub(super) fn rules(db: &Database) -> Result<Vec<Rule>> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let rules = txn
+        .open_table(WATCH_RULES)
+        .map_err(db_err("open watch_rules"))?;
+    let mut out = Vec::new();
+    for item in rules.iter().map_err(db_err("read watch rules"))? {
+        let (_, v) = item.map_err(db_err("read watch rules"))?;
+        out.push(decode_rule(v.value())?);
+    }
+    Ok(out)
+}
+
+/// One watch rule, if it exists.
+pub(super) fn rule(db: &Database, id: RuleId) -> Result<Option<Rule>> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let rules = txn
+        .open_table(WATCH_RULES)
+        .map_err(db_err("open watch_rules"))?;
+    match rules.get(id).map_err(db_err("read watch rule"))? {
+        Some(v) => Ok(Some(decode_rule(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// A watch rule's encoded snapshot, if the rule exists.
+pub(super) fn rule_snapshot(db: &Database, id: RuleId) -> Result<Option<Vec<u8>>> {
+    let txn = db.begin_read().map_err(db_err("begin read"))?;
+    let snapshots = txn
+        .open_table(WATCH_SNAPSHOTS)
+        .map_err(db_err("open watch_snapshots"))?;
+    Ok(snapshots
+        .get(id)
+        .map_err(db_err("read watch snapshot"))?
         .map(|v| v.value().to_vec()))
 }

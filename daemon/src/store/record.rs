@@ -204,7 +204,7 @@ pub(super) struct EventRec {
     pub error: String,
 }
 
-fn bad(what: String) -> StoreError {
+pub(super) fn bad(what: String) -> StoreError {
     StoreError::Db {
         op: "decode record",
         detail: what,
@@ -236,7 +236,46 @@ pub(super) fn encode_event(buf: &mut Vec<u8>, ev: &Event) -> Result<()> {
 }
 
 pub(super) fn job_rec(job: &Job) -> JobRec {
-    let s = &job.spec;
+    let (state_at, run) = match &job.state {
+        JobState::Queued => (0, None),
+        JobState::Scheduled { run_at } => (*run_at, None),
+        JobState::Running { run } => (0, Some(run_rec(run))),
+        JobState::Succeeded { finished_at }
+        | JobState::Failed { finished_at }
+        | JobState::Cancelled { finished_at } => (*finished_at, None),
+    };
+    JobRec {
+        id: job.id,
+        spec: Some(spec_rec(&job.spec)),
+        state: job.state.tag() as u32,
+        state_at,
+        run,
+        queued_at: job.queued_at,
+        attempts: job.attempts,
+        started_at: job.started_at,
+        exit_code: job.exit_code,
+        error: job.error.clone(),
+        owner_uid: job.owner_uid,
+        result: job.result.as_ref().map(|r| ResultRec {
+            kind: Some(match r {
+                JobResult::Fetch(f) => ResultKindRec::Fetch(FetchResultRec {
+                    final_url: f.final_url.clone(),
+                    status: f.status,
+                    bytes: f.bytes,
+                    sha256: f.sha256.clone(),
+                    unchanged: f.unchanged,
+                    transfer_micros: f.transfer_micros,
+                    resumed_bytes: f.resumed_bytes,
+                }),
+            }),
+        }),
+        wait_reason: job.wait_reason.clone(),
+    }
+}
+
+/// A job's spec, as a job's record and a watch rule's job template keep
+/// it.
+pub(super) fn spec_rec(s: &JobSpec) -> SpecRec {
     let kind = match &s.kind {
         JobKind::Exec(e) => KindRec::Exec(ExecRec {
             argv: e.argv.clone(),
@@ -269,57 +308,24 @@ pub(super) fn job_rec(job: &Job) -> JobRec {
             retry_unsafe: f.retry_unsafe,
         }),
     };
-    let (state_at, run) = match &job.state {
-        JobState::Queued => (0, None),
-        JobState::Scheduled { run_at } => (*run_at, None),
-        JobState::Running { run } => (0, Some(run_rec(run))),
-        JobState::Succeeded { finished_at }
-        | JobState::Failed { finished_at }
-        | JobState::Cancelled { finished_at } => (*finished_at, None),
-    };
-    JobRec {
-        id: job.id,
-        spec: Some(SpecRec {
-            kind: Some(kind),
-            priority: s.priority,
-            labels: s.labels.clone(),
-            run_at: s.run_at,
-            timeout_micros: s.timeout.map(timeout_micros),
-            max_attempts: s.max_attempts,
-            idempotency_key: s.idempotency_key.clone(),
-        }),
-        state: job.state.tag() as u32,
-        state_at,
-        run,
-        queued_at: job.queued_at,
-        attempts: job.attempts,
-        started_at: job.started_at,
-        exit_code: job.exit_code,
-        error: job.error.clone(),
-        owner_uid: job.owner_uid,
-        result: job.result.as_ref().map(|r| ResultRec {
-            kind: Some(match r {
-                JobResult::Fetch(f) => ResultKindRec::Fetch(FetchResultRec {
-                    final_url: f.final_url.clone(),
-                    status: f.status,
-                    bytes: f.bytes,
-                    sha256: f.sha256.clone(),
-                    unchanged: f.unchanged,
-                    transfer_micros: f.transfer_micros,
-                    resumed_bytes: f.resumed_bytes,
-                }),
-            }),
-        }),
-        wait_reason: job.wait_reason.clone(),
+    SpecRec {
+        kind: Some(kind),
+        priority: s.priority,
+        labels: s.labels.clone(),
+        run_at: s.run_at,
+        timeout_micros: s.timeout.map(stored_micros),
+        max_attempts: s.max_attempts,
+        idempotency_key: s.idempotency_key.clone(),
     }
 }
 
-/// A timeout in the whole microseconds it is stored in. Rounded up, so
-/// that a timeout under a microsecond is not stored as zero, which `check`
-/// refuses and which reads as "no time at all"; and capped at the largest
-/// that fits (585,000 years), where a cast would wrap a longer one to a
-/// few microseconds and kill the job at once.
-fn timeout_micros(t: Duration) -> u64 {
+/// A timeout (or a watch rule's debounce or longest wait) in the whole
+/// microseconds it is stored in. Rounded up, so that one under a
+/// microsecond is not stored as zero, which `check` refuses and which
+/// reads as "no time at all"; and capped at the largest that fits
+/// (585,000 years), where a cast would wrap a longer one to a few
+/// microseconds and kill the job at once.
+pub(super) fn stored_micros(t: Duration) -> u64 {
     u64::try_from(t.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
@@ -341,20 +347,51 @@ pub(super) fn decode_job(bytes: &[u8]) -> Result<Job> {
     job_from_rec(rec)
 }
 
-fn job_from_rec(rec: JobRec) -> Result<Job> {
-    let id = rec.id;
-    let spec = rec
-        .spec
-        .ok_or_else(|| bad(format!("job {id} has no spec")))?;
+/// Whose spec is decoded, for the errors: a job's, or a watch rule's job
+/// template. Formatted only when an error needs it.
+#[derive(Clone, Copy)]
+pub(super) enum Whose {
+    Job(u64),
+    Rule(u64),
+}
+
+impl std::fmt::Display for Whose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Whose::Job(id) => write!(f, "job {id}"),
+            Whose::Rule(id) => write!(f, "the job template of watch rule {id}"),
+        }
+    }
+}
+
+/// A stored spec, as [`spec_rec`] wrote it.
+pub(super) fn spec_from_rec(whose: Whose, spec: SpecRec) -> Result<JobSpec> {
     let kind = match spec.kind {
         Some(KindRec::Exec(e)) => JobKind::Exec(ExecSpec {
             argv: e.argv,
             cwd: e.cwd,
             env: e.env,
         }),
-        Some(KindRec::Fetch(f)) => JobKind::Fetch(fetch_from_rec(id, f)?),
-        None => return Err(bad(format!("job {id} has no kind this quernd knows"))),
+        Some(KindRec::Fetch(f)) => JobKind::Fetch(fetch_from_rec(whose, f)?),
+        None => return Err(bad(format!("{whose} has no kind this quernd knows"))),
     };
+    Ok(JobSpec {
+        kind,
+        priority: spec.priority,
+        labels: spec.labels,
+        run_at: spec.run_at,
+        timeout: spec.timeout_micros.map(Duration::from_micros),
+        max_attempts: spec.max_attempts,
+        idempotency_key: spec.idempotency_key,
+    })
+}
+
+fn job_from_rec(rec: JobRec) -> Result<Job> {
+    let id = rec.id;
+    let spec = rec
+        .spec
+        .ok_or_else(|| bad(format!("job {id} has no spec")))?;
+    let spec = spec_from_rec(Whose::Job(id), spec)?;
     let state = match StateTag::from_u8(rec.state.try_into().unwrap_or(0)) {
         Some(StateTag::Queued) => JobState::Queued,
         Some(StateTag::Scheduled) => JobState::Scheduled {
@@ -384,15 +421,7 @@ fn job_from_rec(rec: JobRec) -> Result<Job> {
     };
     Ok(Job {
         id,
-        spec: JobSpec {
-            kind,
-            priority: spec.priority,
-            labels: spec.labels,
-            run_at: spec.run_at,
-            timeout: spec.timeout_micros.map(Duration::from_micros),
-            max_attempts: spec.max_attempts,
-            idempotency_key: spec.idempotency_key,
-        },
+        spec,
         state,
         queued_at: rec.queued_at,
         attempts: rec.attempts,
@@ -417,18 +446,18 @@ fn job_from_rec(rec: JobRec) -> Result<Job> {
     })
 }
 
-fn fetch_from_rec(id: u64, f: FetchRec) -> Result<FetchSpec> {
+fn fetch_from_rec(whose: Whose, f: FetchRec) -> Result<FetchSpec> {
     let overwrite = match f.overwrite {
         0 => Overwrite::Replace,
         1 => Overwrite::Skip,
         2 => Overwrite::Error,
-        other => return Err(bad(format!("job {id} has unknown overwrite mode {other}"))),
+        other => return Err(bad(format!("{whose} has unknown overwrite mode {other}"))),
     };
     let method = if f.method.is_empty() {
         HttpMethod::Get
     } else {
         HttpMethod::from_name(&f.method)
-            .ok_or_else(|| bad(format!("job {id} has unknown method {:?}", f.method)))?
+            .ok_or_else(|| bad(format!("{whose} has unknown method {:?}", f.method)))?
     };
     Ok(FetchSpec {
         url: f.url,
@@ -458,6 +487,10 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<Event> {
         error: rec.error,
     })
 }
+
+mod watch;
+
+pub(super) use watch::{decode_rule, encode_rule};
 
 #[cfg(test)]
 mod props;

@@ -18,7 +18,10 @@ use crate::job::{JobId, KindTag, StateTag};
 /// - 3: fetch jobs; a job's `result` and `wait_reason` (fields added to
 ///   the records); the `host_ready` table, which starts empty as no store
 ///   before had fetch jobs, so the step only records the version.
-pub const SCHEMA_VERSION: u64 = 3;
+/// - 4: directory-watch rules: the `watch_rules` and `watch_snapshots`
+///   tables and the `next_watch_id` counter, which start empty (and 1),
+///   so the step only records the version.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// The database file's name inside the state dir.
 pub const DB_FILE: &str = "quern.redb";
@@ -52,6 +55,14 @@ pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("du
 pub(super) const IDEM: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 /// Job id -> the checkpoint its kind saved; dropped when the job finishes.
 pub(super) const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+/// Watch rule id -> the rule's record (`record/watch.rs`), since schema 4.
+pub(super) const WATCH_RULES: TableDefinition<u64, &[u8]> = TableDefinition::new("watch_rules");
+/// Watch rule id -> the snapshot of the tree it last acted on
+/// (`Snapshot::encode`), since schema 4. Apart from the rule's record,
+/// which changes with every trigger too but is small, so that reading or
+/// listing rules never reads their snapshots, which may be megabytes.
+pub(super) const WATCH_SNAPSHOTS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("watch_snapshots");
 /// seq -> event, the bounded window that `Events` resumes from.
 pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
@@ -66,6 +77,9 @@ pub struct Counters {
     pub first_seq: u64,
     /// Jobs per state, indexed by tag.
     pub counts: [u64; 7],
+    /// The id the next watch rule gets. Ids are never reused, even after
+    /// a rule is removed: a job's `quern.watch` label names its rule.
+    pub next_watch_id: u64,
     /// The kind tag of the newest job (0 before the first): the kind of
     /// the run in `kind_runs` that the next job continues if it is of the
     /// same kind. Read off `kind_runs`, not kept in `meta`.
@@ -98,6 +112,7 @@ impl Counters {
             next_id: get("next_id")?.unwrap_or(1),
             next_seq: get("next_seq")?.unwrap_or(1),
             first_seq: get("first_seq")?.unwrap_or(1),
+            next_watch_id: get("next_watch_id")?.unwrap_or(1),
             counts: [0; 7],
             last_kind: 0,
         };
@@ -117,6 +132,12 @@ impl Counters {
                 ),
             });
         }
+        if c.next_watch_id == 0 {
+            return Err(StoreError::Db {
+                op: "read counters",
+                detail: "next_watch_id in meta is 0, inconsistent as rule ids start at 1; the file is damaged".into(),
+            });
+        }
         Ok(c)
     }
 
@@ -128,6 +149,7 @@ impl Counters {
         put("next_id", self.next_id)?;
         put("next_seq", self.next_seq)?;
         put("first_seq", self.first_seq)?;
+        put("next_watch_id", self.next_watch_id)?;
         for tag in StateTag::ALL {
             put(count_key(tag), self.counts[tag as usize])?;
         }
@@ -237,6 +259,8 @@ pub(super) fn open(db: &Database, path: &Path, owner_uid: u32) -> Result<Counter
     txn.open_table(IDEM).map_err(&create)?;
     txn.open_table(EVENTS).map_err(&create)?;
     txn.open_table(CHECKPOINTS).map_err(&create)?;
+    txn.open_table(WATCH_RULES).map_err(&create)?;
+    txn.open_table(WATCH_SNAPSHOTS).map_err(&create)?;
     txn.commit().map_err(db_err("commit"))?;
     Ok(counters)
 }

@@ -719,3 +719,5 @@ async fn host_heads_are_each_hosts_best_job_not_skipped() {
         .collect();
     assert_eq!(ready, [6], "fetch jobs are not in the ready index");
 }
+
+mod watch;

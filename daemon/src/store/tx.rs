@@ -6,6 +6,7 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::record::{decode_job, encode_event, encode_job};
+use super::rules::{Triggered, WatchTables};
 use super::schema::{
     BY_KIND, BY_STATE, CHECKPOINTS, Counters, DUE, EVENTS, HOST_READY, IDEM, JOBS, KIND_RUNS,
     READY, index_kind, ready_key,
@@ -16,6 +17,9 @@ use crate::job::{Event, Job, JobId, JobSpec, JobState, Micros, Refused};
 
 /// The tables of one write transaction, with the index upkeep in one place.
 pub(super) struct Tx<'t> {
+    /// For the tables opened only when an op needs them (see
+    /// [`Tx::watch`]).
+    pub(super) txn: &'t WriteTransaction,
     pub(super) jobs: Table<'t, u64, &'static [u8]>,
     pub(super) by_state: Table<'t, (u8, u64), ()>,
     pub(super) kind_runs: Table<'t, u64, u8>,
@@ -26,12 +30,14 @@ pub(super) struct Tx<'t> {
     pub(super) idem: Table<'t, &'static str, u64>,
     pub(super) checkpoints: Table<'t, u64, &'static [u8]>,
     pub(super) events: Table<'t, u64, &'static [u8]>,
+    /// Opened by the first op on a watch rule.
+    pub(super) watch: Option<WatchTables<'t>>,
     pub(super) counters: &'t mut Counters,
     published: &'t mut Vec<Event>,
     /// Where records are encoded before they are inserted, reused for the
     /// whole batch: a fresh, growing vector per record cost about 5% of the
     /// writer's time in SubmitBatch.
-    scratch: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
     /// Bytes of records written so far, for the writer's check that the
     /// disk has room for the commit.
     pub(super) written: usize,
@@ -48,6 +54,7 @@ impl<'t> Tx<'t> {
     ) -> Result<Tx<'t>> {
         let open = db_err("open table");
         Ok(Tx {
+            txn,
             jobs: txn.open_table(JOBS).map_err(&open)?,
             by_state: txn.open_table(BY_STATE).map_err(&open)?,
             kind_runs: txn.open_table(KIND_RUNS).map_err(&open)?,
@@ -58,6 +65,7 @@ impl<'t> Tx<'t> {
             idem: txn.open_table(IDEM).map_err(&open)?,
             checkpoints: txn.open_table(CHECKPOINTS).map_err(&open)?,
             events: txn.open_table(EVENTS).map_err(&open)?,
+            watch: None,
             counters,
             published,
             scratch: Vec::new(),
@@ -77,11 +85,7 @@ impl<'t> Tx<'t> {
                 at,
                 reply,
             } => {
-                self.submits = true;
-                let mut out = Vec::with_capacity(specs.len());
-                for spec in specs {
-                    out.push(self.submit(spec, owner_uid, at)?);
-                }
+                let out = self.submit_all(specs, owner_uid, at)?;
                 pending(reply, Ok(out))
             }
             Op::MarkRunning {
@@ -211,6 +215,36 @@ impl<'t> Tx<'t> {
                 pending(reply, Ok(deferred))
             }
             Op::Prune { step, reply } => pending(reply, self.prune(step)),
+            Op::AddRule {
+                spec,
+                owner_uid,
+                snapshot,
+                at,
+                reply,
+            } => pending(reply, self.add_rule(*spec, owner_uid, &snapshot, at)?),
+            Op::RemoveRule { id, reply } => pending(reply, Ok(self.remove_rule(id)?)),
+            Op::SetRulePaused { id, paused, reply } => {
+                pending(reply, Ok(self.set_rule_paused(id, paused)?))
+            }
+            Op::TriggerRule {
+                id,
+                specs,
+                owner_uid,
+                snapshot,
+                reason,
+                paths,
+                at,
+                reply,
+            } => {
+                let t = Triggered {
+                    id,
+                    owner_uid,
+                    reason,
+                    paths,
+                    at,
+                };
+                pending(reply, Ok(self.trigger_rule(t, specs, snapshot.as_deref())?))
+            }
             Op::Close { .. } => unreachable!("close is handled by the writer loop"),
         })
     }
@@ -230,6 +264,23 @@ impl<'t> Tx<'t> {
             },
             None => Err(StoreError::NotFound(id)),
         })
+    }
+
+    /// Stores `specs` as new jobs (or finds the unfinished job holding a
+    /// spec's idempotency key): the one submit path, for Submit and for
+    /// a watch rule's trigger alike.
+    pub(super) fn submit_all(
+        &mut self,
+        specs: Vec<JobSpec>,
+        owner_uid: u32,
+        at: Micros,
+    ) -> Result<Vec<Submitted>> {
+        self.submits = true;
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            out.push(self.submit(spec, owner_uid, at)?);
+        }
+        Ok(out)
     }
 
     fn submit(&mut self, spec: JobSpec, owner_uid: u32, at: Micros) -> Result<Submitted> {

@@ -15,6 +15,8 @@ use super::schema::{Counters, META};
 use super::tx::Tx;
 use super::{Result, StoreError, Submitted, db_err};
 use crate::job::{Event, Job, JobId, JobSpec, Micros, Outcome, RunRecord};
+use crate::watch::follow::Reason;
+use crate::watch::rule::{Rule, RuleId, RuleSpec};
 
 /// How many queued requests one transaction takes at most, so that one huge
 /// burst cannot delay its first acknowledgements without bound.
@@ -75,6 +77,10 @@ pub enum Commit {
     Grouped,
 }
 
+/// What a trigger answers: the rule as recorded and its jobs, or `None`
+/// if the rule is gone.
+pub(super) type TriggerAnswer = Option<(Rule, Vec<Submitted>)>;
+
 /// A write, and where its answer goes.
 pub(super) enum Op {
     Submit {
@@ -125,6 +131,36 @@ pub(super) enum Op {
         limit: usize,
         reply: oneshot::Sender<Result<usize>>,
     },
+    /// A new watch rule; its snapshot comes encoded, as the writer
+    /// should not spend its time on what the caller's thread can do.
+    AddRule {
+        spec: Box<RuleSpec>,
+        owner_uid: u32,
+        snapshot: Vec<u8>,
+        at: Micros,
+        reply: oneshot::Sender<Result<Rule>>,
+    },
+    RemoveRule {
+        id: RuleId,
+        reply: oneshot::Sender<Result<Option<Rule>>>,
+    },
+    SetRulePaused {
+        id: RuleId,
+        paused: bool,
+        reply: oneshot::Sender<Result<Option<Rule>>>,
+    },
+    /// A rule's trigger: its jobs, as [`Op::Submit`] stores them, and
+    /// what the rule records of it, in one transaction.
+    TriggerRule {
+        id: RuleId,
+        specs: Vec<JobSpec>,
+        owner_uid: u32,
+        snapshot: Option<Vec<u8>>,
+        reason: Reason,
+        paths: u64,
+        at: Micros,
+        reply: oneshot::Sender<Result<TriggerAnswer>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -142,6 +178,11 @@ impl Op {
             Op::Promote { reply, .. } => drop(reply.send(Err(e))),
             Op::Prune { reply, .. } => drop(reply.send(Err(e))),
             Op::DeferHost { reply, .. } => drop(reply.send(Err(e))),
+            Op::AddRule { reply, .. } => drop(reply.send(Err(e))),
+            Op::RemoveRule { reply, .. } | Op::SetRulePaused { reply, .. } => {
+                drop(reply.send(Err(e)))
+            }
+            Op::TriggerRule { reply, .. } => drop(reply.send(Err(e))),
             // Handled by the writer's loop; never in a batch.
             Op::Close { reply } => drop(reply.send(())),
         }
@@ -149,11 +190,24 @@ impl Op {
 
     /// Whether the writer may hold this op back to group it with others.
     /// Only the runner marks jobs running, so those always may.
+    /// Every other op has a caller waiting on it, a watch rule's too: a
+    /// trigger submits jobs, and a rule added or paused is answered to a
+    /// client. Listed one by one, so that a new op must be judged here.
     pub(super) fn may_wait(&self) -> bool {
         match self {
             Op::MarkRunning { .. } => true,
             Op::Finish { commit, .. } => *commit == Commit::Grouped,
-            _ => false,
+            Op::Submit { .. }
+            | Op::CancelPending { .. }
+            | Op::SaveCheckpoint { .. }
+            | Op::Promote { .. }
+            | Op::Prune { .. }
+            | Op::DeferHost { .. }
+            | Op::AddRule { .. }
+            | Op::RemoveRule { .. }
+            | Op::SetRulePaused { .. }
+            | Op::TriggerRule { .. }
+            | Op::Close { .. } => false,
         }
     }
 }

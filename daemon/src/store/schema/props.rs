@@ -9,7 +9,7 @@ use super::*;
 use crate::props::config;
 
 /// Every key `meta` holds.
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "schema_version",
     "next_id",
     "next_seq",
@@ -20,6 +20,7 @@ const KEYS: [&str; 10] = [
     "count.succeeded",
     "count.failed",
     "count.cancelled",
+    "next_watch_id",
 ];
 
 fn value() -> impl Strategy<Value = Option<u64>> {
@@ -68,6 +69,7 @@ proptest! {
         match open(&db, Path::new("/q.redb"), 1000) {
             Ok(c) => {
                 prop_assert!(c.next_id >= 1);
+                prop_assert!(c.next_watch_id >= 1);
                 prop_assert!(1 <= c.first_seq && c.first_seq <= c.next_seq);
                 prop_assert_eq!(c.last_seq(), c.next_seq - 1);
             }
