@@ -7,6 +7,7 @@
 //! and on a timer set to the moment the oldest kept job or event comes of
 //! age; `quernctl prune` runs one at once.
 
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::config;
 use crate::job::{JobId, Micros};
 use crate::logs::LogStore;
 use crate::store::{PruneStep, Store, StoreError};
+use crate::watch::rule::WATCH_DIR;
 
 /// The soonest a background pass follows the previous one: a steady trickle
 /// of jobs coming of age is removed in batches, not one by one.
@@ -54,6 +56,9 @@ struct Pass {
 pub struct Retention {
     store: Store,
     logs: Arc<LogStore>,
+    /// `<state_dir>/watch`: the only place a pruned job's changed-paths
+    /// file is deleted from.
+    watch_dir: PathBuf,
     policy: config::Retention,
     clock: Clock,
     /// One pass at a time: the background one or `quernctl prune`.
@@ -62,16 +67,19 @@ pub struct Retention {
 
 impl Retention {
     /// The service over the daemon's store and logs, with the configured
-    /// limits.
+    /// limits. `state_dir` is the daemon's, whose `watch` directory holds
+    /// the changed-paths files of watch rules' jobs.
     pub fn new(
         store: Store,
         logs: Arc<LogStore>,
         policy: config::Retention,
         clock: Clock,
+        state_dir: &Path,
     ) -> Retention {
         Retention {
             store,
             logs,
+            watch_dir: state_dir.join(WATCH_DIR),
             policy,
             clock,
             pass: tokio::sync::Mutex::new(()),
@@ -121,6 +129,9 @@ impl Retention {
             pass.stuck &= chunk.jobs.is_empty();
             pass.pruned.events += chunk.events;
             pass.pruned.log_bytes += self.drop_logs(chunk.jobs, dry_run).await;
+            if !dry_run {
+                self.drop_watch_files(chunk.watch_files).await;
+            }
             kept_job = min(kept_job, chunk.kept_job_since);
             kept_event = min(kept_event, chunk.kept_event_since);
             match chunk.next {
@@ -159,6 +170,31 @@ impl Retention {
         })
         .await
         .unwrap_or(0)
+    }
+
+    /// Deletes the changed-paths files of pruned jobs of watch rules, off
+    /// the runtime's threads: only those inside `<state_dir>/watch`, as
+    /// the path comes from the job's environment, which a user may set to
+    /// anything. A file already gone is fine.
+    async fn drop_watch_files(&self, files: Vec<PathBuf>) {
+        if files.is_empty() {
+            return;
+        }
+        let dir = self.watch_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for file in files.iter().filter(|f| inside(&dir, f)) {
+                match std::fs::remove_file(file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(
+                        file = %file.display(),
+                        error = %e,
+                        "cannot delete a pruned watch job's changed-paths file"
+                    ),
+                }
+            }
+        })
+        .await;
     }
 
     /// Removes log files whose job is gone: a crash between a prune's
@@ -245,6 +281,14 @@ impl Retention {
             }
         }
     }
+}
+
+/// Whether `path` names something inside `dir`, judged by its
+/// components: below `dir`, and with no `..` that could climb back out.
+fn inside(dir: &Path, path: &Path) -> bool {
+    path.strip_prefix(dir).is_ok_and(|rest| {
+        !rest.as_os_str().is_empty() && rest.components().all(|c| matches!(c, Component::Normal(_)))
+    })
 }
 
 fn micros(d: Duration) -> Micros {

@@ -291,6 +291,7 @@ pub async fn run(
         logs.clone(),
         config.retention,
         clock,
+        &config.state_dir,
     ));
     let streams_stop = shutdown.child_token();
     let service = JobsService::new(jobs, logs, retention.clone(), config.clone(), streams_stop);

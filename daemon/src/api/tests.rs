@@ -34,6 +34,7 @@ fn rig() -> Rig {
         ctx.logs.clone(),
         config.retention,
         ctx.env.clock,
+        &config.state_dir,
     ));
     let shutdown = CancellationToken::new();
     let service = JobsService::new(

@@ -11,7 +11,7 @@ const DAY: u64 = 86_400_000_000;
 const HOUR: u64 = 3_600_000_000;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: Store,
     logs: Arc<LogStore>,
     log_dir: std::path::PathBuf,
@@ -29,9 +29,10 @@ fn fixture(policy: config::Retention) -> Fixture {
         logs.clone(),
         policy,
         Clock::System,
+        dir.path(),
     ));
     Fixture {
-        _dir: dir,
+        dir,
         store,
         logs,
         log_dir,
@@ -309,4 +310,70 @@ async fn logs_of_jobs_no_longer_stored_are_swept() {
     assert_eq!(f.logs.size(kept), 3);
     assert_eq!(f.logs.size(7), 11);
     assert_eq!(f.logs.size(0), 0);
+}
+
+/// A pruned job of a watch rule takes its changed-paths file along, but
+/// only a file in `<state_dir>/watch`: a path elsewhere, or one that
+/// climbs out of it, is the user's, and a job without the label is not
+/// a watch job whatever its environment says. A dry run deletes nothing.
+#[tokio::test]
+async fn a_pruned_watch_jobs_paths_file_goes_only_from_our_directory() {
+    use crate::job::JobKind;
+    use crate::watch::rule::{CHANGED_PATHS_ENV, WATCH_LABEL};
+
+    let f = fixture(by_age(Duration::from_secs(3600)));
+    let now = f.now;
+    let watch = f.dir.path().join("watch");
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(&watch).unwrap();
+    std::fs::create_dir_all(elsewhere.path().join("watch")).unwrap();
+    let ours = watch.join("1-7.paths");
+    let outside = elsewhere.path().join("watch/1-8.paths");
+    let climbing = watch.join("../1-9.paths");
+    let unlabelled = watch.join("1-10.paths");
+    for file in [&ours, &outside, &climbing, &unlabelled] {
+        std::fs::write(file, "src/a.rs\n").unwrap();
+    }
+    let job = |file: &std::path::Path, labelled: bool| {
+        let mut s = spec();
+        if labelled {
+            s.labels.insert(WATCH_LABEL.into(), "1".into());
+        }
+        if let JobKind::Exec(e) = &mut s.kind {
+            e.env
+                .insert(CHANGED_PATHS_ENV.into(), file.display().to_string());
+        }
+        s
+    };
+    let specs = vec![
+        job(&ours, true),
+        job(&outside, true),
+        job(&climbing, true),
+        job(&unlabelled, false),
+        // A file already gone is no error.
+        job(&watch.join("gone.paths"), true),
+    ];
+    let ids: Vec<JobId> = f
+        .store
+        .submit(specs, 0, now - DAY)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.job.id)
+        .collect();
+    for id in &ids {
+        f.store.cancel_pending(*id, now - DAY).await.unwrap();
+    }
+
+    let policy = f.retention.policy();
+    assert_eq!(f.retention.prune(policy, true).await.unwrap().jobs, 5);
+    assert!(ours.exists(), "a dry run deletes nothing");
+    assert_eq!(f.retention.prune(policy, false).await.unwrap().jobs, 5);
+    assert!(!ours.exists(), "the watch job's file went with it");
+    assert!(outside.exists(), "a file outside our directory is kept");
+    assert!(climbing.exists(), "a path that climbs out is kept");
+    assert!(
+        unlabelled.exists(),
+        "a job without the label is not a watch job"
+    );
 }

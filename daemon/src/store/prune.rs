@@ -6,12 +6,15 @@
 //! most one chunk's work (see [`MAX_PRUNED`]). The caller (`retention`)
 //! carries the pass from one chunk to the next in [`PruneStep`].
 
+use std::path::PathBuf;
+
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::record::decode_event;
 use super::tx::Tx;
 use super::{Result, db_err};
-use crate::job::{Job, JobId, Micros, StateTag};
+use crate::job::{Job, JobId, JobKind, Micros, StateTag};
+use crate::watch::rule::{CHANGED_PATHS_ENV, WATCH_LABEL};
 
 /// Most jobs one chunk removes. Removing a job deletes its record and its
 /// state index entry: with the lookups, ~8 µs a job on the project's test
@@ -54,6 +57,12 @@ pub struct PruneStep {
 pub struct PruneChunk {
     /// The removed jobs. Their logs are the caller's to delete.
     pub jobs: Vec<JobId>,
+    /// The changed-paths files of the removed jobs that watch rules made
+    /// (labelled [`WATCH_LABEL`], with [`CHANGED_PATHS_ENV`] set), as
+    /// their environment gives them: the caller's to delete, like the
+    /// logs, but only those in its own directory, since a user may put
+    /// any path in a job's environment.
+    pub watch_files: Vec<PathBuf>,
     /// How many events were removed.
     pub events: u64,
     /// The rest of the pass, or `None` when it is done.
@@ -154,6 +163,7 @@ impl Tx<'_> {
                     self.remove_job(&job, tag)?;
                 }
                 chunk.jobs.push(id);
+                chunk.watch_files.extend(watch_file(&job));
             }
             step.after = id;
         }
@@ -249,6 +259,17 @@ impl Tx<'_> {
             self.by_kind.remove((kind, first)).map_err(&write)?;
         }
         Ok(())
+    }
+}
+
+/// The changed-paths file of a job a watch rule made, if it has one.
+fn watch_file(job: &Job) -> Option<PathBuf> {
+    if !job.spec.labels.contains_key(WATCH_LABEL) {
+        return None;
+    }
+    match &job.spec.kind {
+        JobKind::Exec(e) => e.env.get(CHANGED_PATHS_ENV).map(PathBuf::from),
+        _ => None,
     }
 }
 

@@ -16,6 +16,18 @@ pub type RuleId = u64;
 /// How many of a rule's newest job ids its record keeps.
 pub const RECENT_JOBS: usize = 10;
 
+/// The label of every job a rule makes; its value is the rule's id.
+pub const WATCH_LABEL: &str = "quern.watch";
+
+/// The variable that gives an exec job of a rule the file listing the
+/// paths that changed.
+pub const CHANGED_PATHS_ENV: &str = "QUERN_CHANGED_PATHS_FILE";
+
+/// The directory of the state dir that holds those files. Retention
+/// deletes a pruned job's file only inside it: the variable is the job's
+/// environment, which a user may set to any path.
+pub const WATCH_DIR: &str = "watch";
+
 /// A rule as the store keeps it: what it is, and what it has done.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
