@@ -1,6 +1,7 @@
 //! Directory watching (issue 15), built up in steps. So far: a rule and
 //! its checks ([`rule`]), which paths a rule covers ([`filter`]), the stat snapshot of a rule's tree, with the
-//! comparison that turns two snapshots into changed paths ([`snapshot`]),
+//! comparison that turns two snapshots into changed paths and the compact
+//! form the store keeps it in ([`snapshot`]),
 //! whether one event's path is ignored by the tree's ignore files
 //! ([`ignores`]), when a rule's changes have settled ([`settle`]), and the
 //! inotify watch of a rule's tree, a watch per directory, that turns
