@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod fetch;
+pub mod watch;
 
 pub use fetch::FetchConfig;
+pub use watch::WatchConfig;
 
 /// Everything the daemon needs to know to run.
 #[derive(Clone, Debug)]
@@ -46,6 +48,8 @@ pub struct Config {
     pub retention: Retention,
     /// The fetch kind's limits and timeouts (`[fetch]`).
     pub fetch: FetchConfig,
+    /// Watch rules' limits (`[watch]`).
+    pub watch: WatchConfig,
 }
 
 /// How long finished jobs, and the event log, are kept (`[retention]`).
@@ -174,6 +178,9 @@ pub struct FileConfig {
     /// See [`Config::fetch`].
     #[serde(default)]
     pub fetch: fetch::FetchFile,
+    /// See [`Config::watch`].
+    #[serde(default)]
+    pub watch: watch::WatchFile,
 }
 
 /// Values given on the command line or in the environment; they win over the
@@ -257,6 +264,7 @@ impl Config {
             commit_linger,
             retention: retention(file.retention)?,
             fetch: fetch::load(file.fetch)?,
+            watch: watch::load(file.watch)?,
         })
     }
 
@@ -275,6 +283,7 @@ impl Config {
             commit_linger: Duration::from_millis(10),
             retention: Retention::default(),
             fetch: FetchConfig::default(),
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -364,7 +373,7 @@ mod tests {
     }
 
     /// The README's configuration example is a file quernd takes, and the
-    /// defaults it shows for `[fetch]` are the real ones.
+    /// defaults it shows for `[fetch]` and `[watch]` are the real ones.
     #[test]
     fn the_readme_example_loads() {
         let readme = include_str!("../../README.md");
@@ -387,6 +396,9 @@ mod tests {
         assert_eq!(cfg.fetch.speed_time, d.speed_time);
         assert_eq!(cfg.fetch.max_redirects, d.max_redirects);
         assert_eq!(cfg.fetch.limits_for("example.org:443").1, 1);
+        let w = WatchConfig::default();
+        assert_eq!(cfg.watch.max_rules, w.max_rules);
+        assert_eq!(cfg.watch.poll_interval, w.poll_interval);
     }
 
     /// Loads a config file holding `text`, written to `path`.

@@ -18,6 +18,9 @@ pub enum Error {
     /// No job has this id.
     #[error("job {0} not found")]
     NotFound(JobId),
+    /// No watch rule has this id.
+    #[error("watch rule {0} not found; quernctl watch ls lists the rules")]
+    RuleNotFound(crate::watch::rule::RuleId),
     /// The job's state does not allow the request.
     #[error("{0}")]
     FailedPrecondition(String),

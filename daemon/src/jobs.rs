@@ -15,7 +15,8 @@ use crate::error::Error;
 use crate::job::{Event, Job, JobId, JobSpec, Progress};
 use crate::progress::ProgressBoard;
 use crate::scheduler::SchedulerHandle;
-use crate::store::{Counters, EventsPage, ListQuery, Store, Submitted};
+use crate::store::{Counters, EventsPage, ListQuery, RuleTrigger, Store, Submitted};
+use crate::watch::rule::Rule;
 
 /// The jobs service. Cheap to clone.
 #[derive(Clone)]
@@ -29,7 +30,7 @@ pub struct Jobs {
 /// A spec's rules, then what its kind checks on disk before it is queued.
 /// Those are a stat or two per spec, done inline: a hop to a blocking
 /// thread per spec would cost more than the stats on a local disk.
-fn check(spec: &JobSpec) -> Result<(), (&'static str, String)> {
+pub(crate) fn check(spec: &JobSpec) -> Result<(), (&'static str, String)> {
     spec.check()?;
     match &spec.kind {
         crate::job::JobKind::Fetch(f) => crate::runner::fetch::check_files(f),
@@ -75,6 +76,24 @@ impl Jobs {
                 .map_err(|(field, reason)| Error::invalid(format!("specs[{i}]{field}"), reason))?;
         }
         self.store(specs, owner_uid).await
+    }
+
+    /// Stores a watch rule's trigger: its jobs (checked as Submit checks
+    /// them), the rule's new snapshot and record, in one durable
+    /// transaction, then tells the scheduler. `None` if the rule is gone.
+    pub async fn trigger_rule(
+        &self,
+        t: RuleTrigger,
+    ) -> Result<Option<(Rule, Vec<Submitted>)>, Error> {
+        for spec in &t.specs {
+            check(spec).map_err(|(field, reason)| Error::invalid(format!("job{field}"), reason))?;
+        }
+        let stored = self.store.trigger_rule(t).await?;
+        if let Some((_, subs)) = &stored {
+            self.scheduler
+                .submitted(subs.iter().filter(|s| !s.deduplicated).map(|s| &s.job));
+        }
+        Ok(stored)
     }
 
     async fn store(&self, specs: Vec<JobSpec>, owner_uid: u32) -> Result<Vec<Submitted>, Error> {

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use quern_proto::v1::jobs_server::JobsServer;
+use quern_proto::v1::watches_server::WatchesServer;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
-use crate::api::JobsService;
+use crate::api::{JobsService, WatchesService};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::jobs::Jobs;
@@ -24,6 +25,7 @@ use crate::runner::in_process::CpuPool;
 use crate::runner::{self, KindEnv, RunnerCtx};
 use crate::scheduler::Scheduler;
 use crate::store::{Commit, Store, StoreError};
+use crate::watch::rules::Watches;
 
 mod authority;
 use authority::AuthorityFilter;
@@ -256,6 +258,9 @@ pub async fn run(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     health.set_not_serving::<JobsServer<JobsService>>().await;
+    health
+        .set_not_serving::<WatchesServer<WatchesService>>()
+        .await;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let clock = Clock::System;
@@ -293,8 +298,21 @@ pub async fn run(
         clock,
         &config.state_dir,
     ));
+    let watches_stop = shutdown.child_token();
+    let watches = Watches::load(
+        jobs.clone(),
+        store.clone(),
+        config.watch.clone(),
+        &config.state_dir,
+        config.default_grace,
+        watches_stop,
+    )
+    .await
+    .map_err(|e| DaemonError::Server(format!("cannot load the watch rules: {e}")))?;
+    let watches_service = WatchesService::new(watches.clone(), jobs.clone());
     let streams_stop = shutdown.child_token();
-    let service = JobsService::new(jobs, logs, retention.clone(), config.clone(), streams_stop);
+    let service = JobsService::new(jobs, logs, retention.clone(), config.clone(), streams_stop)
+        .with_watches(watches.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(quern_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -334,6 +352,11 @@ pub async fn run(
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 )
+                .add_service(
+                    WatchesServer::new(watches_service)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
                 .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
         )
     };
@@ -345,11 +368,15 @@ pub async fn run(
     let sched = scheduler
         .spawn(sched_stop)
         .map_err(|e| DaemonError::Server(format!("cannot start a jobs thread: {e}")))?;
+    // Rules start after recovery, with the scheduler taking their jobs;
+    // each first compares its tree with its snapshot (a catch-up).
+    watches.begin();
 
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     health.set_serving::<JobsServer<JobsService>>().await;
+    health.set_serving::<WatchesServer<WatchesService>>().await;
     platform::notify_ready();
     tracing::info!(socket = %config.socket.display(), state_dir = %config.state_dir.display(), concurrency = config.concurrency, "quernd ready");
 
@@ -371,10 +398,15 @@ pub async fn run(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     health.set_not_serving::<JobsServer<JobsService>>().await;
+    health
+        .set_not_serving::<WatchesServer<WatchesService>>()
+        .await;
     // The children of `shutdown` have fired too: the server stops
     // accepting, streams end, and the scheduler stops its jobs. Wait for
     // both before closing the store, which they still write to.
     let _ = sched.await;
+    // Rules store their triggers until they stop.
+    watches.closed().await;
     // Streams the daemon does not end itself, such as a health Watch, would
     // hold the server's drain open for as long as their client likes.
     let mut server = server;

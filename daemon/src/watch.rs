@@ -15,6 +15,7 @@ pub mod filter;
 pub mod follow;
 pub mod ignores;
 pub mod rule;
+pub mod rules;
 pub mod settle;
 pub mod snapshot;
 pub mod tree;

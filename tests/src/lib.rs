@@ -3,6 +3,7 @@
 //! without sleeping or polling.
 
 pub mod http;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;

@@ -240,11 +240,20 @@ pub struct EventsQuery {
     pub progress: bool,
     /// Hosts' breaker changes too.
     pub hosts: bool,
+    /// Watch rules' changes and triggers too.
+    pub watches: bool,
 }
 
 /// The query of an Events stream. Host changes belong to no job, so they
 /// cannot be asked for with `job_id`.
 pub fn events_from_proto(r: pb::EventsRequest) -> Result<EventsQuery, Error> {
+    if r.watches && r.job_id != 0 {
+        return Err(Error::invalid(
+            "watches",
+            "cannot be set with job_id: rule changes belong to no job; \
+             open a second Events stream with watches and no job_id",
+        ));
+    }
     if r.hosts && r.job_id != 0 {
         return Err(Error::invalid(
             "hosts",
@@ -257,6 +266,7 @@ pub fn events_from_proto(r: pb::EventsRequest) -> Result<EventsQuery, Error> {
         job: (r.job_id != 0).then_some(r.job_id),
         progress: r.progress,
         hosts: r.hosts,
+        watches: r.watches,
     })
 }
 
@@ -658,7 +668,7 @@ fn fetch_from_proto(f: pb::FetchSpec, path: SpecPath) -> Result<FetchSpec, Error
 }
 
 /// The proto form of a spec.
-fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
+pub(super) fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
     let kind = match &s.kind {
         JobKind::Exec(e) => pb::job_spec::Kind::Exec(pb::ExecSpec {
             argv: e.argv.clone(),
@@ -795,6 +805,8 @@ pub fn event_to_proto(e: &Event) -> pb::EventsResponse {
         watch: None,
     }
 }
+
+pub mod watch;
 
 #[cfg(test)]
 mod props;

@@ -15,6 +15,7 @@ use crate::job::{Event, JobId, Progress};
 use crate::jobs::Jobs;
 use crate::logs::{LogStore, Piece, Stream as LogStreamKind};
 use crate::store::EventsPage;
+use crate::watch::rules::RuleEvent;
 
 /// How many stored events one read takes while replaying.
 pub(super) const REPLAY_PAGE: usize = 1024;
@@ -52,6 +53,7 @@ impl EventFeed {
         mut live: broadcast::Receiver<Event>,
         mut progress: Option<broadcast::Receiver<(JobId, Progress)>>,
         mut hosts: Option<broadcast::Receiver<HostStatus>>,
+        mut watches: Option<broadcast::Receiver<RuleEvent>>,
     ) {
         let mut page = first_page;
         loop {
@@ -78,6 +80,19 @@ impl EventFeed {
                         && self
                             .tx
                             .send(Ok(convert::host_event_to_proto(&h, self.jobs.now())))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                change = next_newest(&mut watches) => {
+                    if let Some(w) = change
+                        && self.filter.is_none()
+                        && self
+                            .tx
+                            .send(Ok(convert::watch::watch_event_to_proto(&w, self.jobs.now())))
                             .await
                             .is_err()
                     {

@@ -6,6 +6,7 @@
 mod convert;
 mod feeds;
 mod status;
+mod watches;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use feeds::{EventFeed, LogFeed, REPLAY_PAGE};
 const STREAM_END_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub use convert::limits;
+pub use watches::WatchesService;
 
 /// The `quern.v1.Jobs` service.
 pub struct JobsService {
@@ -40,6 +42,8 @@ pub struct JobsService {
     config: Arc<Config>,
     /// Fires on shutdown, ending long-lived streams.
     shutdown: CancellationToken,
+    /// The watch rules, whose changes Events carries.
+    watches: Option<crate::watch::rules::Watches>,
 }
 
 impl JobsService {
@@ -57,15 +61,27 @@ impl JobsService {
             retention,
             config,
             shutdown,
+            watches: None,
         }
+    }
+
+    /// Lets Events carry the changes of `watches`' rules.
+    pub fn with_watches(mut self, watches: crate::watch::rules::Watches) -> JobsService {
+        self.watches = Some(watches);
+        self
     }
 
     /// The job with its live progress, in proto form. Only a running job
     /// can have progress, so only its lookup takes the board's lock (a
     /// List page would otherwise take it a hundred times).
     fn job(&self, job: &crate::job::Job) -> pb::Job {
+        JobsService::job_of(&self.jobs, job)
+    }
+
+    /// [`JobsService::job`] for other services of the API.
+    fn job_of(jobs: &Jobs, job: &crate::job::Job) -> pb::Job {
         let running = job.state.tag() == crate::job::StateTag::Running;
-        let progress = running.then(|| self.jobs.progress(job.id)).flatten();
+        let progress = running.then(|| jobs.progress(job.id)).flatten();
         convert::job_to_proto(job, progress.as_ref())
     }
 }
@@ -154,6 +170,16 @@ impl JobsApi for JobsService {
         let live = self.jobs.subscribe();
         let progress = r.progress.then(|| self.jobs.subscribe_progress());
         let hosts = r.hosts.then(|| self.jobs.subscribe_hosts());
+        let watches = if r.watches {
+            Some(
+                self.watches
+                    .as_ref()
+                    .ok_or_else(|| Error::Unavailable("watch rules are not running".into()))?
+                    .subscribe(),
+            )
+        } else {
+            None
+        };
         let (last, first_page) = match r.after_seq {
             Some(after) => match self.jobs.events_after(after, REPLAY_PAGE, r.job).await? {
                 EventsPage::Events(evs) => (after, evs),
@@ -171,7 +197,7 @@ impl JobsApi for JobsService {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = feed.run(first_page, live, progress, hosts) => {}
+                _ = feed.run(first_page, live, progress, hosts, watches) => {}
                 _ = shutdown.cancelled() => {}
             }
         });

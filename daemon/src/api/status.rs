@@ -7,7 +7,7 @@ impl From<Error> for tonic::Status {
         let msg = e.to_string();
         match e {
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(msg),
-            Error::NotFound(_) => tonic::Status::not_found(msg),
+            Error::NotFound(_) | Error::RuleNotFound(_) => tonic::Status::not_found(msg),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             Error::OutOfRange(_) => tonic::Status::out_of_range(msg),
             Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),

@@ -12,6 +12,8 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -50,15 +52,59 @@ pub struct Trigger {
     pub snapshot: Snapshot,
 }
 
+/// What a running follower shows of itself, for `watch get`.
+#[derive(Debug, Default)]
+pub struct FollowStats {
+    /// Kernel watches held (0 when polling).
+    pub watches: AtomicU64,
+    /// Paths in the snapshot.
+    pub snapshot_paths: AtomicU64,
+    /// Changed paths not yet settled.
+    pub pending: AtomicU64,
+}
+
+/// The test hooks' file names (see [`crate::config::WatchConfig::test_hooks`]).
+pub const HOOK_DEAF: &str = ".quern-test-deaf";
+/// See [`HOOK_DEAF`].
+pub const HOOK_RESCAN: &str = ".quern-test-rescan";
+
+/// Where changes come from: the kernel's events, or a comparison of the
+/// tree with the snapshot every so often when the kernel has no watch
+/// left for the rule.
+enum Source {
+    Tree {
+        // Boxed: the tree is ten times the size of the other variant.
+        tree: Box<Tree>,
+        events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    },
+    Poll {
+        every: Duration,
+        /// The tree as the last comparison found it.
+        seen: Snapshot,
+    },
+}
+
 /// A rule whose tree is watched, ready to [`Follower::run`].
 pub struct Follower {
     root: PathBuf,
     filter: Filter,
-    tree: Tree,
+    source: Source,
     snap: Snapshot,
-    events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     settle: Settle,
     catch_up: Option<Trigger>,
+    stats: Arc<FollowStats>,
+    hooks: bool,
+}
+
+/// How a rule's timing and extras are set.
+#[derive(Debug, Clone, Default)]
+pub struct FollowOptions {
+    pub debounce: Duration,
+    pub max_wait: Duration,
+    /// Where the follower shows its counts.
+    pub stats: Arc<FollowStats>,
+    /// Honour the test hooks' files.
+    pub hooks: bool,
 }
 
 impl Follower {
@@ -66,46 +112,134 @@ impl Follower {
     /// is the snapshot of the rule's last trigger, if it has one; what
     /// changed since is the first trigger, with the reason `catch-up`.
     /// Fails when the tree cannot be watched or walked (the root vanished,
-    /// no watches left), for the caller to report.
+    /// no watches left: see [`super::tree::is_watch_limit`]), for the
+    /// caller to report.
     pub fn start(
         root: &Path,
         filter: Filter,
-        debounce: Duration,
-        max_wait: Duration,
+        opts: FollowOptions,
         last: Option<Snapshot>,
     ) -> io::Result<Follower> {
         let (tx, events) = mpsc::unbounded_channel();
         let (tree, snap, early) = Tree::start(root, filter.clone(), move |e| {
             let _ = tx.send(e);
         })?;
+        let mut f = Follower::new(
+            root,
+            filter,
+            Source::Tree {
+                tree: Box::new(tree),
+                events,
+            },
+            snap,
+            opts,
+            last,
+        );
+        let now = Instant::now();
+        for s in early {
+            if let Seen::Changed(p) = s {
+                f.record(p, now);
+            }
+        }
+        Ok(f)
+    }
+
+    /// Like [`Follower::start`], for a rule the kernel cannot watch: the
+    /// tree is compared with the snapshot `every` so often instead, and
+    /// the changes found settle as events' would.
+    pub fn polling(
+        root: &Path,
+        filter: Filter,
+        opts: FollowOptions,
+        every: Duration,
+        last: Option<Snapshot>,
+    ) -> io::Result<Follower> {
+        let snap = Snapshot::take(root, &filter)?;
+        let seen = snap.clone();
+        Ok(Follower::new(
+            root,
+            filter,
+            Source::Poll { every, seen },
+            snap,
+            opts,
+            last,
+        ))
+    }
+
+    fn new(
+        root: &Path,
+        filter: Filter,
+        source: Source,
+        snap: Snapshot,
+        opts: FollowOptions,
+        last: Option<Snapshot>,
+    ) -> Follower {
+        let hooks = opts.hooks;
         let catch_up = last.and_then(|last| {
-            let paths: BTreeSet<PathBuf> = last.diff(&snap).into_iter().map(|c| c.path).collect();
+            let paths: BTreeSet<PathBuf> = last
+                .diff(&snap)
+                .into_iter()
+                .map(|c| c.path)
+                .filter(|p| !(hooks && is_hook(p)))
+                .collect();
             (!paths.is_empty()).then(|| Trigger {
                 reason: Reason::CatchUp,
                 paths,
                 snapshot: snap.clone(),
             })
         });
-        let mut settle = Settle::new(debounce, max_wait);
-        let now = Instant::now();
-        for s in early {
-            if let Seen::Changed(p) = s {
-                settle.record(p, now);
-            }
-        }
-        Ok(Follower {
+        let f = Follower {
             root: root.to_path_buf(),
             filter,
-            tree,
+            source,
             snap,
-            events,
-            settle,
+            settle: Settle::new(opts.debounce, opts.max_wait),
             catch_up,
-        })
+            stats: opts.stats,
+            hooks,
+        };
+        f.show();
+        f
+    }
+
+    /// The snapshot the follower started from.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    fn record(&mut self, path: PathBuf, now: Instant) {
+        if !(self.hooks && is_hook(&path)) {
+            self.settle.record(path, now);
+        }
+    }
+
+    fn show(&self) {
+        let watches = match &self.source {
+            Source::Tree { tree, .. } => tree.watches() as u64,
+            Source::Poll { .. } => 0,
+        };
+        self.stats.watches.store(watches, Ordering::Relaxed);
+        self.stats
+            .snapshot_paths
+            .store(self.snap.len() as u64, Ordering::Relaxed);
+        self.stats
+            .pending
+            .store(self.settle.pending() as u64, Ordering::Relaxed);
+    }
+
+    /// The tree as it is now, walked on a blocking thread.
+    async fn walk(&self) -> io::Result<Snapshot> {
+        let (root, filter) = (self.root.clone(), self.filter.clone());
+        tokio::task::spawn_blocking(move || Snapshot::take(&root, &filter))
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// Sends a [`Trigger`] for each settle until `stop`, or until `out` is
-    /// dropped. Fails when a rescan cannot walk the tree.
+    /// dropped. Fails when the tree can no longer be walked (its root
+    /// vanished), or when the kernel ran out of watches for a new
+    /// directory ([`super::tree::is_watch_limit`]): the caller then starts
+    /// over from the last persisted snapshot, which loses nothing.
     pub async fn run(
         mut self,
         out: mpsc::Sender<Trigger>,
@@ -117,25 +251,62 @@ impl Follower {
             return Ok(());
         }
         let mut rescanned = false;
+        let mut deaf = false;
+        let every = match &self.source {
+            Source::Poll { every, .. } => Some(*every),
+            Source::Tree { .. } => None,
+        };
+        let mut next_poll = every.map(|e| Instant::now() + e);
         loop {
+            self.show();
             let due = self.settle.due();
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                ev = self.events.recv() => {
+                ev = next_event(&mut self.source) => {
                     let Some(ev) = ev else { return Ok(()) };
                     let now = Instant::now();
-                    for s in self.tree.handle(ev) {
-                        match s {
-                            Seen::Changed(p) => self.settle.record(p, now),
-                            Seen::Rescan => {
-                                let fresh = Snapshot::take(&self.root, &self.filter)?;
+                    let Source::Tree { tree, .. } = &mut self.source else { continue };
+                    let seen = tree.handle(ev);
+                    if let Some(e) = tree.exhausted() {
+                        return Err(e);
+                    }
+                    for s in seen {
+                        let path = match s {
+                            Seen::Changed(p) if self.hooks && p == Path::new(HOOK_DEAF) => {
+                                deaf = true;
+                                continue;
+                            }
+                            Seen::Changed(p) if self.hooks && p == Path::new(HOOK_RESCAN) => {
+                                deaf = false;
+                                None
+                            }
+                            Seen::Changed(_) if deaf => continue,
+                            Seen::Changed(p) => Some(p),
+                            Seen::Rescan => None,
+                        };
+                        match path {
+                            Some(p) => self.record(p, now),
+                            None => {
+                                let fresh = self.walk().await?;
                                 for c in self.snap.diff(&fresh) {
-                                    self.settle.record(c.path, now);
+                                    self.record(c.path, now);
                                 }
                                 rescanned = true;
                             }
                         }
                     }
+                }
+                () = sleep_until_opt(next_poll) => {
+                    let fresh = self.walk().await?;
+                    let now = Instant::now();
+                    next_poll = every.map(|e| now + e);
+                    let Source::Poll { seen, .. } = &mut self.source else { continue };
+                    let changes = seen.diff(&fresh);
+                    *seen = fresh;
+                    for c in changes {
+                        self.record(c.path, now);
+                    }
+                    rescanned = true;
                 }
                 () = sleep_until_opt(due) => {
                     if let Some(paths) = self.settle.take_due(Instant::now()) {
@@ -146,6 +317,9 @@ impl Follower {
                             Reason::Change
                         };
                         let t = Trigger { reason, paths, snapshot: self.snap.clone() };
+                        // Shown before the trigger goes: whoever reads
+                        // the counts after it sees them settled.
+                        self.show();
                         if out.send(t).await.is_err() {
                             return Ok(());
                         }
@@ -153,6 +327,19 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+/// Whether `p` is one of the test hooks' files.
+fn is_hook(p: &Path) -> bool {
+    p == Path::new(HOOK_DEAF) || p == Path::new(HOOK_RESCAN)
+}
+
+/// The tree's next event; never, when polling.
+async fn next_event(source: &mut Source) -> Option<notify::Result<notify::Event>> {
+    match source {
+        Source::Tree { events, .. } => events.recv().await,
+        Source::Poll { .. } => std::future::pending().await,
     }
 }
 
@@ -192,14 +379,12 @@ mod tests {
     ) {
         // Started here, before the test touches the tree: from now on
         // every change is seen.
-        let f = Follower::start(
-            root,
-            all(),
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-            last,
-        )
-        .unwrap();
+        let opts = FollowOptions {
+            debounce: Duration::from_millis(50),
+            max_wait: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let f = Follower::start(root, all(), opts, last).unwrap();
         let (tx, rx) = mpsc::channel(16);
         let stop = CancellationToken::new();
         let task = tokio::spawn(f.run(tx, stop.clone()));

@@ -44,6 +44,9 @@ pub struct Tree {
     watcher: RecommendedWatcher,
     /// Directories watched, relative to the root ("" is the root).
     watched: BTreeSet<PathBuf>,
+    /// Why a new directory could not be watched, when the kernel is out
+    /// of watches: the rule must fall back to comparing snapshots.
+    exhausted: Option<io::Error>,
 }
 
 impl Tree {
@@ -63,6 +66,7 @@ impl Tree {
             filter,
             watcher,
             watched: BTreeSet::new(),
+            exhausted: None,
         };
         tree.watch(Path::new(""))?;
         let mut snap = Snapshot::take(root, &tree.filter)?;
@@ -93,6 +97,13 @@ impl Tree {
     /// Directories watched, the root included.
     pub fn watches(&self) -> usize {
         self.watched.len()
+    }
+
+    /// Set once a new directory could not be watched for want of kernel
+    /// watches (see [`is_watch_limit`]): from then on changes under it
+    /// would be missed.
+    pub fn exhausted(&mut self) -> Option<io::Error> {
+        self.exhausted.take()
     }
 
     fn watch(&mut self, rel: &Path) -> io::Result<()> {
@@ -172,7 +183,10 @@ impl Tree {
             // permissions) is no change of a file.
             return;
         }
-        if self.watch(rel).is_err() {
+        if let Err(e) = self.watch(rel) {
+            if is_watch_limit(&e) {
+                self.exhausted = Some(e);
+            }
             out.push(Seen::Rescan);
             return;
         }
@@ -191,11 +205,19 @@ impl Tree {
     }
 }
 
+/// Whether `e` says the kernel has no watch or instance left for us:
+/// inotify's ENOSPC (`fs.inotify.max_user_watches`) or EMFILE
+/// (`fs.inotify.max_user_instances`, or the process's descriptors).
+pub fn is_watch_limit(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EMFILE))
+}
+
 fn notify_io(e: notify::Error) -> io::Error {
     match e.kind {
         notify::ErrorKind::Io(io) => io,
+        // notify reports inotify_add_watch's ENOSPC as this.
+        notify::ErrorKind::MaxFilesWatch => io::Error::from_raw_os_error(libc::ENOSPC),
         notify::ErrorKind::PathNotFound => io::Error::new(io::ErrorKind::NotFound, "not found"),
-        // ENOSPC from inotify_add_watch comes as Io; this is the rest.
         other => io::Error::other(format!("{other:?}")),
     }
 }

@@ -1,4 +1,4 @@
-//! The scenarios of issues 3 and 14, and what they share: starting a daemon, building
+//! The scenarios of issues 3, 14 and 15, and what they share: starting a daemon, building
 //! no-op job specs, bulk filling the store, and following the Events stream.
 
 mod capture;
@@ -10,6 +10,7 @@ mod restart;
 mod retention;
 mod submit;
 mod throughput;
+mod watch;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,6 +60,12 @@ pub enum Scenario {
     P7b,
     /// Memory and CPU of many small fetch downloads over 10 hosts.
     P7c,
+    /// Latency from a write to its watch rule's job start.
+    P9a,
+    /// A burst of files in new directories under a watch rule.
+    P9b,
+    /// A watch rule over a big tree: add time, idle CPU, memory.
+    P9c,
     /// Disk use under a steady stream of jobs, with retention on.
     P10,
     /// What capturing a job's output costs against /dev/null.
@@ -67,7 +74,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::P1a,
         Scenario::P1b,
         Scenario::P1c,
@@ -80,6 +87,9 @@ impl Scenario {
         Scenario::P7a,
         Scenario::P7b,
         Scenario::P7c,
+        Scenario::P9a,
+        Scenario::P9b,
+        Scenario::P9c,
         Scenario::P10,
         Scenario::P13,
     ];
@@ -106,6 +116,9 @@ impl Scenario {
             Scenario::P7a => "P7a",
             Scenario::P7b => "P7b",
             Scenario::P7c => "P7c",
+            Scenario::P9a => "P9a",
+            Scenario::P9b => "P9b",
+            Scenario::P9c => "P9c",
             Scenario::P10 => "P10",
             Scenario::P13 => "P13",
         }
@@ -126,6 +139,9 @@ impl Scenario {
             Scenario::P7a => "one N MiB fetch from a loopback server: quern vs curl -o FILE",
             Scenario::P7b => "N small fetches from one host limited to 20/s: rate at the server",
             Scenario::P7c => "N small fetches from 10 hosts, 2 at a time each: time, CPU, RSS",
+            Scenario::P9a => "N writes under a rule with a 50 ms debounce: write -> job started",
+            Scenario::P9b => "a burst of N files in N/100 new directories: jobs made, paths missed",
+            Scenario::P9c => "a rule over a tree of N files: Add time, idle CPU, RSS over no rule",
             Scenario::P10 => "store and log dir size as N no-op jobs run, keeping N/10 finished",
             Scenario::P13 => "a job printing N MiB: through quern vs to a file vs to /dev/null",
         }
@@ -145,6 +161,8 @@ impl Scenario {
             Scenario::P7a => 1_024,
             Scenario::P7b => 1_000,
             Scenario::P7c => 10_000,
+            Scenario::P9a => 200,
+            Scenario::P9b | Scenario::P9c => 100_000,
             Scenario::P13 => 2_000,
         }
     }
@@ -164,6 +182,9 @@ impl Scenario {
             Scenario::P7a => fetch::download(ctx, jobs).await,
             Scenario::P7b => fetch::rate(ctx, jobs).await,
             Scenario::P7c => fetch::many_hosts(ctx, jobs).await,
+            Scenario::P9a => watch::latency(ctx, jobs).await,
+            Scenario::P9b => watch::burst(ctx, jobs).await,
+            Scenario::P9c => watch::idle(ctx, jobs).await,
             Scenario::P10 => retention::run(ctx, jobs).await,
             Scenario::P13 => capture::run(ctx, jobs).await,
         };
