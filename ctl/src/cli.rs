@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use quern_proto::v1::{FetchOverwrite, JobState};
 
 use crate::parse::{self, Priority};
@@ -105,6 +105,9 @@ pub enum Command {
         /// opens, goes half-open or closes, a host that asks for a pause
         #[arg(long, conflicts_with = "job")]
         hosts: bool,
+        /// Also print changes and triggers of your watch rules
+        #[arg(long, conflicts_with = "job")]
+        watches: bool,
     },
     /// Show job counts by state
     Stats,
@@ -123,6 +126,157 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Watch rules: submit a job when files under a directory change and
+    /// then settle
+    Watch {
+        /// What to do with rules.
+        #[command(subcommand)]
+        command: WatchCommand,
+    },
+}
+
+/// The `watch` verbs.
+// As for Command: one is built per run, so boxing `add` gains nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum WatchCommand {
+    /// Add a rule; prints its id:
+    /// `watch add DIR [OPTIONS] -- exec [OPTIONS] -- ARGV...`
+    Add(WatchAddArgs),
+    /// List your rules, with their state and last trigger
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show one rule, with its most recent jobs
+    Get {
+        /// The rule id
+        id: u64,
+    },
+    /// Remove a rule; the jobs it made are left alone
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The rule id
+        id: u64,
+    },
+    /// Pause a rule: no job is made until it is resumed, and what changed
+    /// meanwhile then triggers it once
+    Pause {
+        /// The rule id
+        id: u64,
+    },
+    /// Resume a paused rule
+    Resume {
+        /// The rule id
+        id: u64,
+    },
+}
+
+/// `watch add` flags, the directory, and the job to submit.
+#[derive(Debug, Args)]
+pub struct WatchAddArgs {
+    /// The directory to watch; a relative path is taken from the current
+    /// directory
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Only paths (relative to DIR) matching this glob trigger; repeatable.
+    /// `*` stays within a path component, `**` crosses them [default: every
+    /// path]
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Paths matching this glob never trigger, and a directory that matches
+    /// is not watched; repeatable
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Do not read .gitignore, .ignore and .git/info/exclude (.git/ is
+    /// always excluded)
+    #[arg(long)]
+    pub no_ignore_files: bool,
+
+    /// Watch DIR itself only, not the directories under it
+    #[arg(long)]
+    pub no_recursive: bool,
+
+    /// Submit the job once no change has arrived for this long, such as
+    /// 500ms [default: the daemon's, 100ms]
+    #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+    pub debounce: Option<Duration>,
+
+    /// Submit at least this often while changes keep coming, such as 30s
+    /// [default: the daemon's, 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse::duration)]
+    pub max_wait: Option<Duration>,
+
+    /// What to do when the rule triggers while its previous job is queued
+    /// or running: hold the changes for one job after it (coalesce), submit
+    /// another (queue), cancel it and submit anew (restart), or make no job
+    /// (skip) [default: coalesce]
+    #[arg(long, value_name = "WHAT", value_parser = clap::builder::PossibleValuesParser::new(parse::ON_BUSY_NAMES))]
+    pub on_busy: Option<String>,
+
+    /// The job to submit.
+    #[command(flatten)]
+    pub job: JobTemplate,
+}
+
+/// The job a watch rule submits, given after `--` exactly as `quernctl
+/// submit` takes it. It is parsed by the same clap types as `submit`, so
+/// the two cannot drift apart, and while the command line is parsed, so a
+/// mistake in it is a usage error (exit 2) like any other.
+#[derive(Debug)]
+pub struct JobTemplate(pub SubmitKind);
+
+/// The clap id of the words after `--`.
+const TEMPLATE_ARG: &str = "submit";
+
+/// The submit arguments of `watch add`, parsed on their own.
+#[derive(Debug, Parser)]
+#[command(
+    name = "quernctl watch add DIR --",
+    bin_name = "quernctl watch add DIR --",
+    no_binary_name = true
+)]
+struct SubmitLine {
+    #[command(subcommand)]
+    kind: SubmitKind,
+}
+
+impl Args for JobTemplate {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            clap::Arg::new(TEMPLATE_ARG)
+                .value_name("SUBMIT ARGS")
+                .help(
+                    "The job, as `quernctl submit` takes it: `exec [OPTIONS] -- ARGV...` \
+                     or `fetch [OPTIONS] URL`",
+                )
+                .required(true)
+                .last(true)
+                .num_args(1..)
+                .allow_hyphen_values(true),
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for JobTemplate {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let words = matches
+            .get_many::<String>(TEMPLATE_ARG)
+            .into_iter()
+            .flatten();
+        let line = SubmitLine::try_parse_from(words)?;
+        Ok(Self(line.kind))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 /// The job kinds `submit` knows.
@@ -324,6 +478,18 @@ mod tests {
     fn submit_without_argv_is_refused() {
         let err = Cli::try_parse_from(["quernctl", "submit", "exec", "--"]).expect_err("no argv");
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn events_watches_is_a_flag_and_not_with_job() {
+        let cli = Cli::try_parse_from(["quernctl", "events", "--watches"]).expect("parses");
+        let Command::Events { watches, .. } = cli.command else {
+            panic!("not events");
+        };
+        assert!(watches);
+        let err = Cli::try_parse_from(["quernctl", "events", "--watches", "--job", "1"])
+            .expect_err("both given");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -5,10 +5,14 @@ use std::path::Path;
 
 use anyhow::anyhow;
 use quern_proto::v1::jobs_client::JobsClient;
+use quern_proto::v1::watches_client::WatchesClient;
 use tonic::transport::Channel;
 
 /// A client of the `quern.v1.Jobs` service.
 pub type Client = JobsClient<Channel>;
+
+/// A client of the `quern.v1.Watches` service.
+pub type WatchClient = WatchesClient<Channel>;
 
 /// The largest response accepted. tonic's client default is 4 MiB, which a
 /// full List page of jobs with long argvs could exceed; the daemon accepts
@@ -18,8 +22,20 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Connects to the daemon at `socket`. A daemon that is not running is
 /// reported here, naming the socket that was tried.
 pub async fn connect(socket: &Path) -> anyhow::Result<Client> {
+    let channel = channel(socket).await?;
+    Ok(JobsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Connects to the daemon's watch rules at `socket`, reporting a daemon that
+/// is not running as [`connect`] does.
+pub async fn connect_watches(socket: &Path) -> anyhow::Result<WatchClient> {
+    let channel = channel(socket).await?;
+    Ok(WatchesClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+async fn channel(socket: &Path) -> anyhow::Result<Channel> {
     match quern_proto::connect(socket).await {
-        Ok(channel) => Ok(JobsClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES)),
+        Ok(channel) => Ok(channel),
         Err(err) => Err(anyhow!(
             "cannot reach quernd at {} ({}); start it with 'quernd' or pass --socket",
             socket.display(),
@@ -50,6 +66,18 @@ fn root_cause(err: &(dyn Error + 'static)) -> String {
 /// daemon's messages already name the field or the job and say what is
 /// wrong, so they are shown as they are.
 pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    // A daemon older than this quernctl does not serve a newer request at
+    // all; say so rather than show tonic's bare "unimplemented".
+    if status.code() == tonic::Code::Unimplemented {
+        return anyhow!(
+            "this quernd does not serve the request ({}); upgrade quernd to the version of quernctl",
+            if status.message().is_empty() {
+                "unimplemented"
+            } else {
+                status.message()
+            }
+        );
+    }
     if status.message().is_empty() {
         anyhow!(
             "quernd answered {:?} with no message",
@@ -78,6 +106,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "quernd answered \"some requested entity was not found\" with no message"
+        );
+    }
+
+    #[test]
+    fn an_unimplemented_request_asks_for_a_newer_daemon() {
+        let err = rpc_error(tonic::Status::unimplemented(""));
+        assert_eq!(
+            err.to_string(),
+            "this quernd does not serve the request (unimplemented); upgrade quernd to the version of quernctl"
         );
     }
 

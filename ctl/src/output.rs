@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use comfy_table::{ContentArrangement, Table, presets};
 use quern_proto::v1::{
     EventsResponse, FetchOverwrite, FetchResult, HostBreaker, HostStats, Job, JobResult, JobSpec,
-    JobState, Progress, StatsResponse, job_result, job_spec,
+    JobState, Progress, StatsResponse, Watch, WatchEvent, WatchSpec, WatchState, WatchTrigger,
+    job_result, job_spec,
 };
 use serde_json::{Value, json};
 
@@ -70,7 +71,8 @@ pub fn job_json(job: &Job) -> Value {
     })
 }
 
-fn spec_json(spec: &JobSpec) -> Value {
+/// A job spec as a JSON object, as it appears under `spec` in a job's JSON.
+pub fn spec_json(spec: &JobSpec) -> Value {
     let mut value = json!({
         "priority": spec.priority,
         "priority_name": spec.priority_name,
@@ -211,6 +213,7 @@ pub fn event_json(event: &EventsResponse) -> Value {
         "error": event.error,
         "progress": event.progress.as_ref().map(progress_json),
         "host": event.host.as_ref().map(host_json),
+        "watch": event.watch.as_ref().map(watch_event_json),
     })
 }
 
@@ -317,6 +320,115 @@ pub fn host_line(host: &HostStats) -> String {
         ));
     }
     line.push_str(&format!(", {} running", host.running));
+    line
+}
+
+/// The lowercase name of a proto `WatchState` value: `active`, `paused`,
+/// `degraded` or `error`. A value this build does not know shows as
+/// "unknown" rather than failing.
+pub fn watch_state_name(state: i32) -> &'static str {
+    match WatchState::try_from(state) {
+        Ok(WatchState::Active) => "active",
+        Ok(WatchState::Paused) => "paused",
+        Ok(WatchState::Degraded) => "degraded",
+        Ok(WatchState::Error) => "error",
+        Ok(WatchState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// A rule's `on_busy`, as `--on-busy` takes it. Empty is the daemon's
+/// default, coalesce, and is shown as what it does.
+pub fn on_busy_name(on_busy: &str) -> &str {
+    if on_busy.is_empty() {
+        "coalesce"
+    } else {
+        on_busy
+    }
+}
+
+/// A watch rule as a JSON object, in the style of [`job_json`]: the proto's
+/// field names, every field present, unset ones `null`, lowercase state
+/// names, RFC 3339 times and proto JSON durations.
+pub fn watch_json(watch: &Watch) -> Value {
+    json!({
+        "id": watch.id,
+        "state": watch_state_name(watch.state),
+        "state_reason": watch.state_reason,
+        "created_at": timestamp_json(watch.created_at),
+        "owner_uid": watch.owner_uid,
+        "jobs_made": watch.jobs_made,
+        "last_trigger": watch.last_trigger.as_ref().map(trigger_json),
+        "kernel_watches": watch.kernel_watches,
+        "snapshot_paths": watch.snapshot_paths,
+        "pending_paths": watch.pending_paths,
+        "recent_job_ids": watch.recent_job_ids,
+        "spec": watch.spec.as_ref().map_or(Value::Null, watch_spec_json),
+    })
+}
+
+fn watch_spec_json(spec: &WatchSpec) -> Value {
+    json!({
+        "root": spec.root,
+        "recursive": spec.recursive,
+        "include": spec.include,
+        "exclude": spec.exclude,
+        "no_ignore_files": spec.no_ignore_files,
+        "debounce": spec.debounce.map_or(Value::Null, |d| Value::String(proto_duration(d))),
+        "max_wait": spec.max_wait.map_or(Value::Null, |d| Value::String(proto_duration(d))),
+        "on_busy": on_busy_name(&spec.on_busy),
+        "job": spec.job.as_ref().map_or(Value::Null, spec_json),
+    })
+}
+
+/// One trigger of a rule as a JSON object, with the proto's field names.
+pub fn trigger_json(trigger: &WatchTrigger) -> Value {
+    json!({
+        "time": timestamp_json(trigger.time),
+        "reason": trigger.reason,
+        "paths": trigger.paths,
+        "job_id": trigger.job_id,
+    })
+}
+
+/// A watch event as a JSON object, with the proto's field names.
+pub fn watch_event_json(event: &WatchEvent) -> Value {
+    json!({
+        "change": event.change,
+        "watch": event.watch.as_ref().map(watch_json),
+        "trigger": event.trigger.as_ref().map(trigger_json),
+    })
+}
+
+/// What a trigger did, in words: "change of 4 paths, job 12", or "catch-up
+/// of 1 path, no job" when it made none (yet).
+pub fn trigger_words(trigger: &WatchTrigger) -> String {
+    let paths = if trigger.paths == 1 { "path" } else { "paths" };
+    let job = if trigger.job_id == 0 {
+        "no job".to_owned()
+    } else {
+        format!("job {}", trigger.job_id)
+    };
+    format!("{} of {} {paths}, {job}", trigger.reason, trigger.paths)
+}
+
+/// A watch event in words, after "watch ": "3 triggered /src active:
+/// change of 4 paths, job 12", or "3 state /src degraded (out of inotify
+/// watches)".
+pub fn watch_event_line(event: &WatchEvent) -> String {
+    let watch = event.watch.clone().unwrap_or_default();
+    let root = watch.spec.as_ref().map_or("", |spec| spec.root.as_str());
+    let mut line = format!(
+        "{} {} {root} {}",
+        watch.id,
+        event.change,
+        watch_state_name(watch.state)
+    );
+    if !watch.state_reason.is_empty() {
+        line.push_str(&format!(" ({})", watch.state_reason));
+    }
+    if let Some(trigger) = &event.trigger {
+        line.push_str(&format!(": {}", trigger_words(trigger)));
+    }
     line
 }
 
@@ -440,7 +552,13 @@ fn shell_quote(word: &str) -> String {
 
 /// The command a job runs, for display.
 pub fn command(job: &Job) -> String {
-    match job.spec.as_ref().and_then(|spec| spec.kind.as_ref()) {
+    job.spec.as_ref().map(spec_command).unwrap_or_default()
+}
+
+/// The command a spec runs, for display: the argv of an exec job, the
+/// method, URL and dest of a fetch.
+pub fn spec_command(spec: &JobSpec) -> String {
+    match &spec.kind {
         Some(job_spec::Kind::Exec(exec)) => shell_join(&exec.argv),
         Some(job_spec::Kind::Fetch(fetch)) => {
             let method = if fetch.method.is_empty() {

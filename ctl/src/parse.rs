@@ -243,6 +243,11 @@ pub fn overwrite(value: &str) -> Result<FetchOverwrite, String> {
         })
 }
 
+/// The names `watch add --on-busy` takes, as `WatchSpec.on_busy` has them.
+/// The daemon is the authority on them; clap refuses others early, listing
+/// these.
+pub const ON_BUSY_NAMES: [&str; 4] = ["coalesce", "queue", "restart", "skip"];
+
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }

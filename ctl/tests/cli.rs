@@ -144,6 +144,54 @@ fn bad_input_is_refused_naming_the_flag_before_connecting() {
             &["submit", "fetch", "https://example.org/dir/"],
             "pass --dest PATH",
         ),
+        (
+            &[
+                "watch",
+                "add",
+                "d",
+                "--on-busy",
+                "later",
+                "--",
+                "exec",
+                "true",
+            ],
+            "--on-busy",
+        ),
+        (
+            &[
+                "watch",
+                "add",
+                "d",
+                "--debounce",
+                "soon",
+                "--",
+                "exec",
+                "true",
+            ],
+            "--debounce",
+        ),
+        (
+            &[
+                "watch",
+                "add",
+                "d",
+                "--",
+                "exec",
+                "--priority",
+                "x",
+                "--",
+                "true",
+            ],
+            "--priority",
+        ),
+        (
+            &[
+                "watch", "add", "d", "--", "exec", "--label", "a=1", "--label", "a=2", "--", "true",
+            ],
+            "--label a is given twice",
+        ),
+        (&["watch", "add", "d"], "<SUBMIT ARGS>"),
+        (&["watch", "rm", "x"], "<ID>"),
     ];
     for (args, names) in cases {
         let output = quernctl(&socket, args);

@@ -6,23 +6,28 @@ use quern_proto::v1::{EventsRequest, EventsResponse};
 use crate::client::{Client, rpc_error};
 use crate::output;
 
-/// Prints events as they arrive, after replaying stored ones past `after`.
-pub async fn run(
-    client: &mut Client,
+/// The request for the flags of `events`.
+pub fn request(
     job: Option<u64>,
     after: Option<u64>,
     progress: bool,
     hosts: bool,
-    json: bool,
-) -> Result<()> {
+    watches: bool,
+) -> EventsRequest {
+    EventsRequest {
+        after_seq: after,
+        job_id: job.unwrap_or(0),
+        progress,
+        hosts,
+        watches,
+    }
+}
+
+/// Prints events as they arrive, after replaying stored ones past
+/// `request.after_seq`.
+pub async fn run(client: &mut Client, request: EventsRequest, json: bool) -> Result<()> {
     let mut events = client
-        .events(EventsRequest {
-            after_seq: after,
-            job_id: job.unwrap_or(0),
-            progress,
-            hosts,
-            watches: false,
-        })
+        .events(request)
         .await
         .map_err(rpc_error)?
         .into_inner();
@@ -40,7 +45,9 @@ pub async fn run(
 /// One event as a line: "17 2030-01-01T00:00:03.000Z job 4 failed attempt 1:
 /// exited with code 1", or for progress "- 2030-01-01T00:00:03.000Z job 4
 /// progress download 512/1024 bytes", or for a host "- 2030-01-01T00:00:03.000Z
-/// host a.example:443 open, 5 failures in a row, a probe at …, 0 running".
+/// host a.example:443 open, 5 failures in a row, a probe at …, 0 running",
+/// or for a watch rule "- 2030-01-01T00:00:03.000Z watch 3 triggered /src
+/// active: change, 4 paths, job 12".
 fn describe(event: &EventsResponse) -> String {
     let time = event
         .time
@@ -53,6 +60,9 @@ fn describe(event: &EventsResponse) -> String {
         );
     if let Some(h) = &event.host {
         return format!("- {time} host {}", output::host_line(h));
+    }
+    if let Some(w) = &event.watch {
+        return format!("- {time} watch {}", output::watch_event_line(w));
     }
     if let Some(p) = &event.progress {
         return format!(
@@ -155,5 +165,46 @@ mod tests {
              a probe at 2030-01-01T00:01:00Z, 0 running"
         );
         assert_eq!(output::event_json(&host)["host"]["breaker"], "open");
+    }
+
+    #[test]
+    fn watch_events_read_as_lines() {
+        use quern_proto::v1::{Watch, WatchEvent, WatchSpec, WatchState, WatchTrigger};
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_003);
+        let event = EventsResponse {
+            seq: 0,
+            job_id: 12,
+            time: Some(time.into()),
+            watch: Some(WatchEvent {
+                change: "triggered".into(),
+                watch: Some(Watch {
+                    id: 3,
+                    spec: Some(WatchSpec {
+                        root: "/src".into(),
+                        ..WatchSpec::default()
+                    }),
+                    state: WatchState::Active as i32,
+                    ..Watch::default()
+                }),
+                trigger: Some(WatchTrigger {
+                    time: Some(time.into()),
+                    reason: "change".into(),
+                    paths: 4,
+                    job_id: 12,
+                }),
+            }),
+            ..EventsResponse::default()
+        };
+        assert_eq!(
+            describe(&event),
+            "- 2030-01-01T00:00:03.000Z watch 3 triggered /src active: change of 4 paths, job 12"
+        );
+    }
+
+    #[test]
+    fn watches_are_asked_for_only_with_the_flag() {
+        assert!(request(None, None, false, false, true).watches);
+        assert!(!request(None, Some(5), true, true, false).watches);
+        assert_eq!(request(Some(4), Some(5), false, false, false).job_id, 4);
     }
 }

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use anyhow::Result;
-use quern_proto::v1::{GetRequest, Job, JobState, job_spec};
+use quern_proto::v1::{GetRequest, Job, JobSpec, JobState, job_spec};
 
 use crate::client::{Client, rpc_error};
 use crate::output;
@@ -33,43 +33,7 @@ fn details(job: &Job, now: SystemTime) -> String {
         ("owner", owner(job.owner_uid)),
     ];
     let spec = job.spec.clone().unwrap_or_default();
-    match &spec.kind {
-        Some(job_spec::Kind::Exec(exec)) => {
-            if !exec.cwd.is_empty() {
-                rows.push(("cwd", exec.cwd.clone()));
-            }
-            if !exec.env.is_empty() {
-                rows.push(("env", output::pairs(&exec.env)));
-            }
-        }
-        Some(job_spec::Kind::Fetch(fetch)) => {
-            // The command line shows method, URL and dest; the rest of the
-            // spec, where it is not the default, gets rows of its own.
-            for h in &fetch.headers {
-                rows.push(("header", format!("{}: {}", h.name, h.value)));
-            }
-            if !fetch.body_file.is_empty() {
-                rows.push(("body file", fetch.body_file.clone()));
-            }
-            if !fetch.sha256.is_empty() {
-                rows.push(("expect sha256", fetch.sha256.clone()));
-            }
-            if let Some(max) = fetch.max_bytes {
-                rows.push(("max bytes", output::bytes_exact(max)));
-            }
-            rows.push((
-                "overwrite",
-                output::overwrite_name(fetch.overwrite).to_owned(),
-            ));
-            if fetch.retry_unsafe {
-                rows.push(("retry unsafe", "yes".to_owned()));
-            }
-        }
-        None => {}
-    }
-    if !spec.labels.is_empty() {
-        rows.push(("labels", output::pairs(&spec.labels)));
-    }
+    rows.extend(spec_rows(&spec));
     rows.push(("priority", job.priority.to_string()));
     if !spec.idempotency_key.is_empty() {
         rows.push(("key", spec.idempotency_key.clone()));
@@ -112,8 +76,53 @@ fn details(job: &Job, now: SystemTime) -> String {
     output::rows_table(rows)
 }
 
+/// The rows of a spec that the command line does not show: the kind's
+/// settings where they are not the default, and the labels. `get` shows
+/// them for a job, `watch get` for a rule's job template.
+pub(super) fn spec_rows(spec: &JobSpec) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    match &spec.kind {
+        Some(job_spec::Kind::Exec(exec)) => {
+            if !exec.cwd.is_empty() {
+                rows.push(("cwd", exec.cwd.clone()));
+            }
+            if !exec.env.is_empty() {
+                rows.push(("env", output::pairs(&exec.env)));
+            }
+        }
+        Some(job_spec::Kind::Fetch(fetch)) => {
+            // The command line shows method, URL and dest; the rest of the
+            // spec, where it is not the default, gets rows of its own.
+            for h in &fetch.headers {
+                rows.push(("header", format!("{}: {}", h.name, h.value)));
+            }
+            if !fetch.body_file.is_empty() {
+                rows.push(("body file", fetch.body_file.clone()));
+            }
+            if !fetch.sha256.is_empty() {
+                rows.push(("expect sha256", fetch.sha256.clone()));
+            }
+            if let Some(max) = fetch.max_bytes {
+                rows.push(("max bytes", output::bytes_exact(max)));
+            }
+            rows.push((
+                "overwrite",
+                output::overwrite_name(fetch.overwrite).to_owned(),
+            ));
+            if fetch.retry_unsafe {
+                rows.push(("retry unsafe", "yes".to_owned()));
+            }
+        }
+        None => {}
+    }
+    if !spec.labels.is_empty() {
+        rows.push(("labels", output::pairs(&spec.labels)));
+    }
+    rows
+}
+
 /// A uid, with its user name where this machine knows it: "1000 (alice)".
-fn owner(uid: u32) -> String {
+pub(super) fn owner(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         Ok(Some(user)) => format!("{uid} ({})", user.name),
         _ => uid.to_string(),
@@ -124,7 +133,7 @@ fn owner(uid: u32) -> String {
 mod tests {
     use std::time::Duration;
 
-    use quern_proto::v1::{ExecSpec, JobSpec};
+    use quern_proto::v1::ExecSpec;
 
     use super::*;
 

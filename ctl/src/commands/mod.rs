@@ -11,11 +11,12 @@ mod result;
 mod stats;
 mod submit;
 mod wait;
+mod watch;
 
 use anyhow::{Result, anyhow};
 use quern_proto::v1::{GetRequest, Job};
 
-use crate::cli::{Cli, Command, SubmitKind};
+use crate::cli::{Cli, Command, WatchCommand};
 use crate::client::{self, Client, rpc_error};
 
 /// Runs the verb on the command line against the daemon.
@@ -26,18 +27,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     let connect = || client::connect(&socket);
 
     match cli.command {
-        Command::Submit {
-            kind: SubmitKind::Exec(args),
-        } => {
+        Command::Submit { kind } => {
             // Requests are built before connecting, so a bad flag is
             // reported as such even when the daemon is down.
-            let spec = submit::exec_spec(args)?;
-            submit::run(&mut connect().await?, spec, json).await
-        }
-        Command::Submit {
-            kind: SubmitKind::Fetch(args),
-        } => {
-            let spec = submit::fetch_spec(args)?;
+            let spec = submit::spec(kind)?;
             submit::run(&mut connect().await?, spec, json).await
         }
         Command::Get { id } => get::run(&mut connect().await?, id, json).await,
@@ -57,7 +50,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             after,
             progress,
             hosts,
-        } => events::run(&mut connect().await?, job, after, progress, hosts, json).await,
+            watches,
+        } => {
+            let request = events::request(job, after, progress, hosts, watches);
+            events::run(&mut connect().await?, request, json).await
+        }
         Command::Stats => stats::run(&mut connect().await?, json).await,
         Command::Prune {
             older_than,
@@ -66,6 +63,26 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => {
             let request = prune::request(older_than, keep, dry_run);
             prune::run(&mut connect().await?, request, json).await
+        }
+        Command::Watch { command } => {
+            let connect = || client::connect_watches(&socket);
+            match command {
+                WatchCommand::Add(args) => {
+                    let spec = watch::add_spec(args)?;
+                    watch::add(&mut connect().await?, spec, json).await
+                }
+                WatchCommand::Ls => watch::ls(&mut connect().await?, json).await,
+                WatchCommand::Get { id } => watch::get(&mut connect().await?, id, json).await,
+                WatchCommand::Rm { id } => {
+                    watch::change(&mut connect().await?, watch::Change::Remove, id, json).await
+                }
+                WatchCommand::Pause { id } => {
+                    watch::change(&mut connect().await?, watch::Change::Pause, id, json).await
+                }
+                WatchCommand::Resume { id } => {
+                    watch::change(&mut connect().await?, watch::Change::Resume, id, json).await
+                }
+            }
         }
     }
 }

@@ -9,15 +9,24 @@ use quern_proto::v1::{
     ExecSpec, FetchOverwrite, FetchSpec, HttpHeader, JobSpec, SubmitRequest, job_spec,
 };
 
-use crate::cli::{CommonArgs, ExecArgs, FetchArgs};
+use crate::cli::{CommonArgs, ExecArgs, FetchArgs, SubmitKind};
 use crate::client::{Client, rpc_error};
 use crate::output;
 use crate::parse::{self, Priority};
 
+/// Builds the spec for the words after `submit`: the one place they become
+/// a `JobSpec`, for `submit` and for the job template of `watch add`.
+pub fn spec(kind: SubmitKind) -> Result<JobSpec> {
+    match kind {
+        SubmitKind::Exec(args) => exec_spec(args),
+        SubmitKind::Fetch(args) => fetch_spec(args),
+    }
+}
+
 /// Builds the spec for `submit exec`. Only what the daemon cannot check is
 /// checked here; limits and the like are left to it, so there is one
 /// authority on them.
-pub fn exec_spec(args: ExecArgs) -> Result<JobSpec> {
+fn exec_spec(args: ExecArgs) -> Result<JobSpec> {
     let cwd = match args.cwd {
         // The daemon requires an absolute cwd; a relative --cwd means
         // relative to where quernctl runs, as it would for any command.
@@ -45,7 +54,7 @@ pub fn exec_spec(args: ExecArgs) -> Result<JobSpec> {
 /// here, because only quernctl knows the cwd they are relative to; a URL
 /// scheme and the header syntax were checked while parsing, for an early
 /// message, and the daemon checks everything again.
-pub fn fetch_spec(args: FetchArgs) -> Result<JobSpec> {
+fn fetch_spec(args: FetchArgs) -> Result<JobSpec> {
     let method = args
         .method
         .map(|m| m.to_ascii_uppercase())
@@ -171,7 +180,9 @@ fn common_spec(args: CommonArgs) -> Result<JobSpec> {
     })
 }
 
-fn utf8_path(path: &Path, what: &str, flag: &str) -> Result<String> {
+/// `path` as a string for the API, or an error naming `what` it is and the
+/// `flag` to give it with.
+pub fn utf8_path(path: &Path, what: &str, flag: &str) -> Result<String> {
     match path.to_str() {
         Some(text) => Ok(text.to_owned()),
         None => bail!(

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use quern_proto::v1::ExecSpec;
+use quern_proto::v1::{WatchEvent, WatchSpec, WatchState, WatchTrigger};
 
 use super::*;
 
@@ -350,4 +351,153 @@ fn tables_have_no_borders_or_trailing_blanks() {
     t.add_row(["7", "running"]);
     t.add_row(["12", "ok"]);
     assert_eq!(render(t), "ID  STATE\n7   running\n12  ok");
+}
+
+fn sample_watch() -> Watch {
+    Watch {
+        id: 3,
+        spec: Some(WatchSpec {
+            root: "/srv/src".into(),
+            recursive: Some(true),
+            include: vec!["**/*.rs".into()],
+            exclude: vec!["target/**".into()],
+            no_ignore_files: true,
+            debounce: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+            max_wait: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            on_busy: String::new(),
+            job: sample_job().spec,
+        }),
+        state: WatchState::Degraded as i32,
+        state_reason: "out of inotify watches".into(),
+        created_at: Some(at(1_700_000_000).into()),
+        owner_uid: 1000,
+        jobs_made: 2,
+        last_trigger: Some(WatchTrigger {
+            time: Some(at(1_700_000_005).into()),
+            reason: "rescan".into(),
+            paths: 4,
+            job_id: 12,
+        }),
+        kernel_watches: 7,
+        snapshot_paths: 120,
+        pending_paths: 1,
+        recent_job_ids: vec![12, 9],
+    }
+}
+
+#[test]
+fn watch_state_names_are_lowercase_and_total() {
+    let cases = [
+        (WatchState::Active, "active"),
+        (WatchState::Paused, "paused"),
+        (WatchState::Degraded, "degraded"),
+        (WatchState::Error, "error"),
+        (WatchState::Unspecified, "unknown"),
+    ];
+    for (state, want) in cases {
+        assert_eq!(watch_state_name(state as i32), want);
+    }
+    assert_eq!(watch_state_name(99), "unknown");
+}
+
+#[test]
+fn watch_json_is_in_the_style_of_job_json() {
+    let value = watch_json(&sample_watch());
+    assert_eq!(
+        value,
+        json!({
+            "id": 3,
+            "state": "degraded",
+            "state_reason": "out of inotify watches",
+            "created_at": "2023-11-14T22:13:20Z",
+            "owner_uid": 1000,
+            "jobs_made": 2,
+            "last_trigger": {
+                "time": "2023-11-14T22:13:25Z",
+                "reason": "rescan",
+                "paths": 4,
+                "job_id": 12,
+            },
+            "kernel_watches": 7,
+            "snapshot_paths": 120,
+            "pending_paths": 1,
+            "recent_job_ids": [12, 9],
+            "spec": {
+                "root": "/srv/src",
+                "recursive": true,
+                "include": ["**/*.rs"],
+                "exclude": ["target/**"],
+                "no_ignore_files": true,
+                "debounce": "0.100s",
+                "max_wait": "10s",
+                // Empty is the daemon's default, shown as what it does.
+                "on_busy": "coalesce",
+                // The template reads as a job's spec does.
+                "job": job_json(&sample_job())["spec"],
+            },
+        })
+    );
+    assert_eq!(
+        value["spec"]["job"]["exec"]["argv"],
+        json!(["sh", "-c", "exit 3"])
+    );
+
+    // What the proto leaves unset is null.
+    let bare = watch_json(&Watch::default());
+    assert_eq!(bare["spec"], Value::Null);
+    assert_eq!(bare["last_trigger"], Value::Null);
+    assert_eq!(bare["created_at"], Value::Null);
+    assert_eq!(bare["state"], "unknown");
+}
+
+#[test]
+fn watch_events_read_as_words_and_json() {
+    let event = WatchEvent {
+        change: "triggered".into(),
+        watch: Some(sample_watch()),
+        trigger: sample_watch().last_trigger,
+    };
+    assert_eq!(
+        watch_event_line(&event),
+        "3 triggered /srv/src degraded (out of inotify watches): rescan of 4 paths, job 12"
+    );
+    let mut paused = sample_watch();
+    paused.state = WatchState::Paused as i32;
+    paused.state_reason.clear();
+    let event = WatchEvent {
+        change: "paused".into(),
+        watch: Some(paused),
+        trigger: None,
+    };
+    assert_eq!(watch_event_line(&event), "3 paused /srv/src paused");
+
+    let response = EventsResponse {
+        watch: Some(event),
+        ..EventsResponse::default()
+    };
+    let value = event_json(&response);
+    assert_eq!(value["watch"]["change"], "paused");
+    assert_eq!(value["watch"]["watch"]["state"], "paused");
+    assert_eq!(value["watch"]["trigger"], Value::Null);
+    assert_eq!(value["host"], Value::Null);
+    // A job's event has no watch.
+    assert_eq!(event_json(&EventsResponse::default())["watch"], Value::Null);
+}
+
+#[test]
+fn trigger_words_count_paths_and_say_when_no_job_was_made() {
+    let trigger = |paths, job_id| WatchTrigger {
+        time: None,
+        reason: "change".into(),
+        paths,
+        job_id,
+    };
+    assert_eq!(trigger_words(&trigger(1, 7)), "change of 1 path, job 7");
+    assert_eq!(trigger_words(&trigger(3, 0)), "change of 3 paths, no job");
 }
