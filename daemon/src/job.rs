@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub mod fetch;
+pub mod git;
 
 pub use fetch::{FetchResult, FetchSpec, HttpMethod, Overwrite};
 
