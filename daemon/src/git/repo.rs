@@ -1,0 +1,1 @@
+//! (issue 16: to be written.)
