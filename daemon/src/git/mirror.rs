@@ -258,7 +258,7 @@ pub fn sync(dir: &Path, url: &str, cancel: &AtomicBool) -> Result<MirrorSync, Mi
         std::process::id(),
         rand::random::<u64>()
     ));
-    let guard = TempClone(Some(temp.clone()));
+    let mut guard = TempClone(Some(temp.clone()));
     let repo = gix::init_bare(&temp).map_err(|e| MirrorError::Gix {
         what: format!("creating a bare repository at {}", temp.display()),
         path: temp.clone(),
@@ -271,7 +271,8 @@ pub fn sync(dir: &Path, url: &str, cancel: &AtomicBool) -> Result<MirrorSync, Mi
         path: target.clone(),
         source,
     })?;
-    std::mem::forget(guard);
+    // In place: nothing left to remove.
+    guard.0 = None;
     Ok(MirrorSync {
         path: target,
         cloned: true,
