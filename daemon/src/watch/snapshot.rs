@@ -711,4 +711,38 @@ mod tests {
         let err = Snapshot::take(&dir.path().join("file"), &all()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotADirectory);
     }
+
+    /// The snapshot's memory per path, measured (run with `--ignored
+    /// --nocapture`; docs/benchmarks.md has the figure): 100k paths shaped
+    /// like P9c's tree (`dNN/eNNNN/N.txt`), the process's RSS before and
+    /// after. Ignored by default: RSS is the whole test process's.
+    #[test]
+    #[ignore = "a measurement; run it alone"]
+    fn memory_per_path() {
+        fn rss_kib() -> u64 {
+            let status = fs::read_to_string("/proc/self/status").unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        }
+        let before = rss_kib();
+        let mut snap = Snapshot::default();
+        let stat = Stat {
+            size: 1,
+            mtime: 1_700_000_000_000_000_000,
+            ino: 1,
+            dir: false,
+        };
+        for d in 0..1000u64 {
+            for f in 0..100u64 {
+                let p = format!("d{:02}/e{d:04}/{f}.txt", d % 10);
+                snap.insert(Path::new(&p), stat);
+            }
+        }
+        let per_path = (rss_kib() - before) as f64 * 1024.0 / snap.len() as f64;
+        println!("snapshot: {} paths, {per_path:.0} bytes of RSS each", snap.len());
+        assert!(per_path < 200.0, "{per_path} bytes a path");
+    }
 }
