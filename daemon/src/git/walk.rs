@@ -218,3 +218,128 @@ pub fn walk(
     });
     Ok(History { tips, commits })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::git::fixture::{self, Fixture, JAN_1_2024};
+    use crate::git::repo::open_local;
+    use crate::git::synthetic::synthetic_fast_import_stream;
+
+    fn count(f: &Fixture, spec: &WalkSpec<'_>) -> usize {
+        let repo = open_local(f.path()).expect("opens");
+        walk(&repo, spec, &AtomicBool::new(false), &|_| {})
+            .expect("walks")
+            .commits
+            .len()
+    }
+
+    #[test]
+    fn walks_revisions_all_refs_and_the_date_window() {
+        let f = fixture::history();
+        assert_eq!(count(&f, &WalkSpec::default()), 8);
+        let side = ["side".to_string()];
+        assert_eq!(
+            count(
+                &f,
+                &WalkSpec {
+                    revs: &side,
+                    ..Default::default()
+                }
+            ),
+            4
+        );
+        let first = ["main~3".to_string(), "side".to_string()];
+        assert_eq!(
+            count(
+                &f,
+                &WalkSpec {
+                    revs: &first,
+                    ..Default::default()
+                }
+            ),
+            5
+        );
+        f.git(&["checkout", "-q", "--detach", "main~2"]);
+        assert_eq!(
+            count(
+                &f,
+                &WalkSpec {
+                    all: true,
+                    ..Default::default()
+                }
+            ),
+            8
+        );
+        // From the side commit (Feb 5) up to, not including, the last
+        // (Mar 2): side, main work, merge, rename.
+        let day = 86_400_000_000u64;
+        let since = (JAN_1_2024 as u64) * 1_000_000 + 35 * day;
+        let until = (JAN_1_2024 as u64) * 1_000_000 + 61 * day + 9 * 3_600_000_000;
+        let main = ["main".to_string()];
+        let window = WalkSpec {
+            revs: &main,
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        };
+        assert_eq!(count(&f, &window), 4);
+    }
+
+    #[test]
+    fn an_unknown_revision_is_named() {
+        let f = fixture::history();
+        let repo = open_local(f.path()).expect("opens");
+        let revs = ["no-such-branch".to_string()];
+        let err = walk(
+            &repo,
+            &WalkSpec {
+                revs: &revs,
+                ..Default::default()
+            },
+            &AtomicBool::new(false),
+            &|_| {},
+        )
+        .expect_err("unknown");
+        let msg = err.to_string();
+        assert!(matches!(err, GitError::UnknownRevision { .. }), "{msg}");
+        assert!(
+            msg.starts_with("revision no-such-branch is not in the repository at "),
+            "{msg}"
+        );
+        let empty = Fixture::new();
+        let repo = open_local(empty.path()).expect("opens");
+        let err = walk(
+            &repo,
+            &WalkSpec::default(),
+            &AtomicBool::new(false),
+            &|_| {},
+        )
+        .expect_err("unborn");
+        assert!(matches!(err, GitError::Unborn { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cancel_lands_at_the_next_check() {
+        let f = Fixture::new();
+        f.fast_import(&synthetic_fast_import_stream(600, 5, 1));
+        let repo = open_local(f.path()).expect("opens");
+        let cancel = AtomicBool::new(false);
+        let reports = Cell::new(Vec::new());
+        let err = walk(&repo, &WalkSpec::default(), &cancel, &|n| {
+            let mut r = reports.take();
+            r.push(n);
+            reports.set(r);
+            cancel.store(true, Ordering::Relaxed);
+        })
+        .expect_err("cancelled");
+        assert!(matches!(err, GitError::Cancelled), "{err}");
+        // One report at 256 commits read, then the check at 512 stops it.
+        assert_eq!(reports.take(), vec![CHECK_EVERY]);
+        cancel.store(false, Ordering::Relaxed);
+        let all = walk(&repo, &WalkSpec::default(), &cancel, &|_| {}).expect("walks");
+        assert_eq!(all.commits.len(), 600);
+    }
+}
