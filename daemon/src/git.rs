@@ -12,4 +12,7 @@ pub mod mirror;
 pub mod numstat;
 pub mod repo;
 pub mod search;
+pub mod synthetic;
 pub mod walk;
+
+pub use repo::{GitError, open_local};

@@ -1,1 +1,345 @@
-//! (issue 16: to be written.)
+//! Walking history: the revisions a job names resolved to tips, then every
+//! commit reachable from them, once each, kept if its committer date is in
+//! the job's window. Each commit comes back with what the analyses need,
+//! its author already put through `.mailmap`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+
+use super::repo::{GitError, read_object};
+use crate::job::Micros;
+use crate::job::git::Author;
+
+/// How often (in commits) the walk looks at the cancellation flag and
+/// reports progress: often enough that a cancel lands within milliseconds,
+/// rarely enough that the atomic load costs nothing.
+pub const CHECK_EVERY: u64 = 256;
+
+/// What to walk: the job's revisions and date window.
+#[derive(Clone, Debug, Default)]
+pub struct WalkSpec<'a> {
+    /// Revisions (anything `git rev-parse` takes that names a commit);
+    /// empty means `HEAD`.
+    pub revs: &'a [String],
+    /// Every branch and tag too.
+    pub all: bool,
+    /// Keep commits whose committer date is at or after this.
+    pub since: Option<Micros>,
+    /// Keep commits whose committer date is before this.
+    pub until: Option<Micros>,
+}
+
+/// One commit, as the analyses need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalkedCommit {
+    pub id: ObjectId,
+    /// Its tree, so numstats need not read the commit again.
+    pub tree: ObjectId,
+    /// In the commit's order: the first is the mainline.
+    pub parents: Vec<ObjectId>,
+    /// After `.mailmap`, trimmed, as `git shortlog -e` shows it.
+    pub author: Author,
+    /// The author date, seconds since the epoch, and the author's offset
+    /// from UTC in seconds (east positive).
+    pub author_time: i64,
+    pub author_offset: i32,
+    /// The committer date, seconds since the epoch.
+    pub committer_time: i64,
+    /// The whole message, lossily UTF-8.
+    pub message: String,
+}
+
+/// The walked history.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// The resolved tips, in the order asked for, each once.
+    pub tips: Vec<ObjectId>,
+    /// The commits kept, newest committer date first (ties by id, so the
+    /// order is the same on every run).
+    pub commits: Vec<WalkedCommit>,
+}
+
+impl History {
+    /// The kept commit with the newest committer date: the state of the
+    /// files that hotspots measure.
+    pub fn newest(&self) -> Option<&WalkedCommit> {
+        self.commits.first()
+    }
+}
+
+/// Resolves the spec's revisions to commit ids, in order, each once. An
+/// unknown revision is an error naming it.
+pub fn resolve_tips(
+    repo: &gix::Repository,
+    spec: &WalkSpec<'_>,
+) -> Result<Vec<ObjectId>, GitError> {
+    let repo_path = || -> PathBuf { repo.workdir().unwrap_or(repo.git_dir()).to_path_buf() };
+    let mut tips = Vec::new();
+    let push = |id: ObjectId, tips: &mut Vec<ObjectId>| {
+        if !tips.contains(&id) {
+            tips.push(id);
+        }
+    };
+    for rev in spec.revs {
+        let id = repo
+            .rev_parse_single(rev.as_bytes().as_bstr())
+            .map_err(|e| GitError::UnknownRevision {
+                repo: repo_path(),
+                rev: rev.clone(),
+                detail: e.to_string(),
+            })?;
+        let object = id.object().map_err(|e| GitError::UnknownRevision {
+            repo: repo_path(),
+            rev: rev.clone(),
+            detail: e.to_string(),
+        })?;
+        let kind = object.kind;
+        let commit = object.peel_to_commit().map_err(|_| GitError::NotACommit {
+            rev: rev.clone(),
+            kind: kind.to_string(),
+        })?;
+        push(commit.id, &mut tips);
+    }
+    if spec.all {
+        let refs_err = |e: &dyn std::fmt::Display| GitError::References {
+            repo: repo_path(),
+            detail: e.to_string(),
+        };
+        let platform = repo.references().map_err(|e| refs_err(&e))?;
+        let mut names_and_ids = Vec::new();
+        for prefix in ["refs/heads/", "refs/tags/"] {
+            let iter = platform.prefixed(prefix).map_err(|e| refs_err(&e))?;
+            for r in iter {
+                let mut r = r.map_err(|e| refs_err(&e))?;
+                // A tag of a tree or blob has no history; git log --all
+                // skips it too.
+                if let Ok(commit) = r.peel_to_commit() {
+                    names_and_ids.push((r.name().as_bstr().to_owned(), commit.id));
+                }
+            }
+        }
+        names_and_ids.sort();
+        for (_, id) in names_and_ids {
+            push(id, &mut tips);
+        }
+    }
+    if spec.revs.is_empty() {
+        match repo.head_id() {
+            Ok(id) => tips.insert(0, id.detach()),
+            // With --all, a repository whose HEAD is unborn may still have
+            // branches; only with nothing to walk is that an error.
+            Err(_) if !tips.is_empty() => {}
+            Err(_) => return Err(GitError::Unborn { repo: repo_path() }),
+        }
+        let mut seen = HashSet::new();
+        tips.retain(|id| seen.insert(*id));
+    }
+    Ok(tips)
+}
+
+/// Walks every commit reachable from the spec's tips, keeping those in its
+/// date window. Looks at `cancel` and calls `progress` (commits read so
+/// far) every [`CHECK_EVERY`] commits.
+pub fn walk(
+    repo: &gix::Repository,
+    spec: &WalkSpec<'_>,
+    cancel: &AtomicBool,
+    progress: &dyn Fn(u64),
+) -> Result<History, GitError> {
+    let tips = resolve_tips(repo, spec)?;
+    let mailmap = repo.open_mailmap();
+    // In micros as i128: committer dates before 1970 are negative, and a
+    // window bound in micros has no exact value in seconds.
+    let since = spec.since.map(i128::from);
+    let until = spec.until.map(i128::from);
+    let mut seen: HashSet<ObjectId> = tips.iter().copied().collect();
+    let mut stack: Vec<ObjectId> = tips.iter().rev().copied().collect();
+    let mut commits = Vec::new();
+    let mut buf = Vec::new();
+    let mut read = 0u64;
+    while let Some(id) = stack.pop() {
+        read += 1;
+        if read.is_multiple_of(CHECK_EVERY) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(GitError::Cancelled);
+            }
+            progress(read);
+        }
+        let data = read_object(repo, &id, "commit", &mut buf)?;
+        let bad = |detail: String| GitError::Object {
+            what: "commit",
+            id,
+            detail,
+        };
+        let commit = gix::objs::CommitRef::from_bytes(data.data, repo.object_hash())
+            .map_err(|e| bad(e.to_string()))?;
+        let parents: Vec<ObjectId> = commit.parents().collect();
+        for p in &parents {
+            if seen.insert(*p) {
+                stack.push(*p);
+            }
+        }
+        let committer = commit.committer().map_err(|e| bad(e.to_string()))?;
+        let committer_time = committer.seconds();
+        let micros = i128::from(committer_time) * 1_000_000;
+        let kept = since.is_none_or(|s| micros >= s) && until.is_none_or(|u| micros < u);
+        if !kept {
+            continue;
+        }
+        let author = commit.author().map_err(|e| bad(e.to_string()))?;
+        let author_date = author.time().map_err(|e| bad(e.to_string()))?;
+        let mapped = mailmap.resolve(author.trim());
+        commits.push(WalkedCommit {
+            id,
+            tree: commit.tree(),
+            parents,
+            author: Author {
+                name: mapped.name.to_str_lossy().trim().to_string(),
+                email: mapped.email.to_str_lossy().trim().to_string(),
+            },
+            author_time: author_date.seconds,
+            author_offset: author_date.offset,
+            committer_time,
+            message: commit.message.to_str_lossy().into_owned(),
+        });
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(GitError::Cancelled);
+    }
+    progress(read);
+    commits.sort_by(|a, b| {
+        b.committer_time
+            .cmp(&a.committer_time)
+            .then(a.id.cmp(&b.id))
+    });
+    Ok(History { tips, commits })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::git::fixture::{self, Fixture, JAN_1_2024};
+    use crate::git::repo::open_local;
+    use crate::git::synthetic::synthetic_fast_import_stream;
+
+    fn count(f: &Fixture, spec: &WalkSpec<'_>) -> usize {
+        let repo = open_local(f.path()).expect("opens");
+        walk(&repo, spec, &AtomicBool::new(false), &|_| {})
+            .expect("walks")
+            .commits
+            .len()
+    }
+
+    #[test]
+    fn walks_revisions_all_refs_and_the_date_window() {
+        let f = fixture::history();
+        assert_eq!(count(&f, &WalkSpec::default()), 8);
+        let side = ["side".to_string()];
+        assert_eq!(
+            count(
+                &f,
+                &WalkSpec {
+                    revs: &side,
+                    ..Default::default()
+                }
+            ),
+            4
+        );
+        let first = ["main~3".to_string(), "side".to_string()];
+        assert_eq!(
+            count(
+                &f,
+                &WalkSpec {
+                    revs: &first,
+                    ..Default::default()
+                }
+            ),
+            5
+        );
+        f.git(&["checkout", "-q", "--detach", "main~2"]);
+        assert_eq!(
+            count(
+                &f,
+                &WalkSpec {
+                    all: true,
+                    ..Default::default()
+                }
+            ),
+            8
+        );
+        // From the side commit (Feb 5) up to, not including, the last
+        // (Mar 2): side, main work, merge, rename.
+        let day = 86_400_000_000u64;
+        let since = (JAN_1_2024 as u64) * 1_000_000 + 35 * day;
+        let until = (JAN_1_2024 as u64) * 1_000_000 + 61 * day + 9 * 3_600_000_000;
+        let main = ["main".to_string()];
+        let window = WalkSpec {
+            revs: &main,
+            since: Some(since),
+            until: Some(until),
+            ..Default::default()
+        };
+        assert_eq!(count(&f, &window), 4);
+    }
+
+    #[test]
+    fn an_unknown_revision_is_named() {
+        let f = fixture::history();
+        let repo = open_local(f.path()).expect("opens");
+        let revs = ["no-such-branch".to_string()];
+        let err = walk(
+            &repo,
+            &WalkSpec {
+                revs: &revs,
+                ..Default::default()
+            },
+            &AtomicBool::new(false),
+            &|_| {},
+        )
+        .expect_err("unknown");
+        let msg = err.to_string();
+        assert!(matches!(err, GitError::UnknownRevision { .. }), "{msg}");
+        assert!(
+            msg.starts_with("revision no-such-branch is not in the repository at "),
+            "{msg}"
+        );
+        let empty = Fixture::new();
+        let repo = open_local(empty.path()).expect("opens");
+        let err = walk(
+            &repo,
+            &WalkSpec::default(),
+            &AtomicBool::new(false),
+            &|_| {},
+        )
+        .expect_err("unborn");
+        assert!(matches!(err, GitError::Unborn { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cancel_lands_at_the_next_check() {
+        let f = Fixture::new();
+        f.fast_import(&synthetic_fast_import_stream(600, 5, 1));
+        let repo = open_local(f.path()).expect("opens");
+        let cancel = AtomicBool::new(false);
+        let reports = Cell::new(Vec::new());
+        let err = walk(&repo, &WalkSpec::default(), &cancel, &|n| {
+            let mut r = reports.take();
+            r.push(n);
+            reports.set(r);
+            cancel.store(true, Ordering::Relaxed);
+        })
+        .expect_err("cancelled");
+        assert!(matches!(err, GitError::Cancelled), "{err}");
+        // One report at 256 commits read, then the check at 512 stops it.
+        assert_eq!(reports.take(), vec![CHECK_EVERY]);
+        cancel.store(false, Ordering::Relaxed);
+        let all = walk(&repo, &WalkSpec::default(), &cancel, &|_| {}).expect("walks");
+        assert_eq!(all.commits.len(), 600);
+    }
+}

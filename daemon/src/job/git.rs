@@ -203,7 +203,7 @@ pub struct CoupledPair {
     pub shared: u64,
     /// `shared` over the mean of their revisions, in percent (code-maat).
     pub degree: u32,
-    /// The mean of their revisions, rounded down.
+    /// The mean of their revisions, rounded up (as code-maat reports it).
     pub average_revs: u64,
 }
 
