@@ -255,11 +255,3 @@ pub fn history() -> Fixture {
     );
     f
 }
-
-/// Clippy asks for `Default` beside an argument-free `new`; it is the same
-/// empty repository.
-impl Default for Fixture {
-    fn default() -> Fixture {
-        Fixture::new()
-    }
-}

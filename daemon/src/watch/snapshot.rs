@@ -742,7 +742,10 @@ mod tests {
             }
         }
         let per_path = (rss_kib() - before) as f64 * 1024.0 / snap.len() as f64;
-        println!("snapshot: {} paths, {per_path:.0} bytes of RSS each", snap.len());
+        println!(
+            "snapshot: {} paths, {per_path:.0} bytes of RSS each",
+            snap.len()
+        );
         assert!(per_path < 200.0, "{per_path} bytes a path");
     }
 }
