@@ -110,6 +110,17 @@ pub fn spec_json(spec: &JobSpec) -> Value {
                 "retry_unsafe": fetch.retry_unsafe,
             });
         }
+        Some(job_spec::Kind::Git(git)) => {
+            let analyses: Vec<&str> = git.analyses.iter().map(|a| a.name.as_str()).collect();
+            value["git"] = json!({
+                "repo": git.repo,
+                "revs": git.revs,
+                "all": git.all,
+                "since": timestamp_json(git.since),
+                "until": timestamp_json(git.until),
+                "analyses": analyses,
+            });
+        }
         None => {}
     }
     value
@@ -133,6 +144,12 @@ pub fn overwrite_name(mode: i32) -> &'static str {
 pub fn result_json(result: &JobResult) -> Value {
     match &result.kind {
         Some(job_result::Kind::Fetch(fetch)) => json!({ "fetch": fetch_result_json(fetch) }),
+        Some(job_result::Kind::Git(git)) => json!({ "git": {
+            "commits": git.commits,
+            "reused": git.reused,
+            "computed": git.computed,
+            "analyses": git.analyses,
+        } }),
         None => json!({}),
     }
 }
@@ -556,7 +573,7 @@ pub fn command(job: &Job) -> String {
 }
 
 /// The command a spec runs, for display: the argv of an exec job, the
-/// method, URL and dest of a fetch.
+/// method, URL and dest of a fetch, the repository and analyses of git.
 pub fn spec_command(spec: &JobSpec) -> String {
     match &spec.kind {
         Some(job_spec::Kind::Exec(exec)) => shell_join(&exec.argv),
@@ -571,6 +588,10 @@ pub fn spec_command(spec: &JobSpec) -> String {
             } else {
                 format!("{method} {} -> {}", fetch.url, fetch.dest)
             }
+        }
+        Some(job_spec::Kind::Git(git)) => {
+            let names: Vec<&str> = git.analyses.iter().map(|a| a.name.as_str()).collect();
+            format!("git {} [{}]", git.repo, names.join(", "))
         }
         None => String::new(),
     }

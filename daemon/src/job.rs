@@ -64,7 +64,7 @@ impl JobSpec {
     pub fn host_key(&self) -> Option<String> {
         match &self.kind {
             JobKind::Fetch(f) => Some(f.host_key()),
-            JobKind::Exec(_) => None,
+            JobKind::Exec(_) | JobKind::Git(_) => None,
         }
     }
 
@@ -92,6 +92,7 @@ impl JobSpec {
         match &self.kind {
             JobKind::Exec(e) => e.check(),
             JobKind::Fetch(f) => f.check(),
+            JobKind::Git(g) => g.check(),
         }
     }
 }
@@ -103,6 +104,8 @@ pub enum JobKind {
     Exec(ExecSpec),
     /// Download a URL to a file, or send a request.
     Fetch(FetchSpec),
+    /// Read a git repository's history and analyse it.
+    Git(git::GitSpec),
 }
 
 /// A kind's name and number: the name is used in filters and output, the
@@ -114,17 +117,20 @@ pub enum KindTag {
     Exec = 1,
     /// See [`JobKind::Fetch`].
     Fetch = 2,
+    /// See [`JobKind::Git`].
+    Git = 3,
 }
 
 impl KindTag {
     /// Every kind.
-    pub const ALL: [KindTag; 2] = [KindTag::Exec, KindTag::Fetch];
+    pub const ALL: [KindTag; 3] = [KindTag::Exec, KindTag::Fetch, KindTag::Git];
 
     /// The kind's name as used in filters and output.
     pub fn name(self) -> &'static str {
         match self {
             KindTag::Exec => "exec",
             KindTag::Fetch => "fetch",
+            KindTag::Git => "git",
         }
     }
 
@@ -145,6 +151,7 @@ impl JobKind {
         match self {
             JobKind::Exec(_) => KindTag::Exec,
             JobKind::Fetch(_) => KindTag::Fetch,
+            JobKind::Git(_) => KindTag::Git,
         }
     }
 
@@ -377,6 +384,8 @@ pub struct Job {
 pub enum JobResult {
     /// See [`FetchResult`].
     Fetch(FetchResult),
+    /// See [`git::GitResult`].
+    Git(Box<git::GitResult>),
 }
 
 /// How an attempt (or a job) ended, as decided by the runner.

@@ -35,6 +35,7 @@ pub(crate) fn check(spec: &JobSpec) -> Result<(), (&'static str, String)> {
     match &spec.kind {
         crate::job::JobKind::Fetch(f) => crate::runner::fetch::check_files(f),
         crate::job::JobKind::Exec(_) => Ok(()),
+        crate::job::JobKind::Git(g) => crate::runner::git::check_repo(g),
     }
 }
 

@@ -42,6 +42,30 @@ async fn a_schema_3_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()
     migrated_with_nothing_lost("store-schema-3").await
 }
 
+/// Schema 4 added watch rules: the fixture's rule comes through, over a
+/// root that is gone, so in `error`, and keeps its spec.
+#[tokio::test]
+async fn a_schema_4_store_is_migrated_by_quernd_with_nothing_lost() -> Result<()> {
+    migrated_with_nothing_lost("store-schema-4").await?;
+    let prepared = TestDaemon::builder().concurrency(1).prepare()?;
+    copy_fixture("store-schema-4", prepared.state_dir())?;
+    let daemon = prepared.start().await?;
+    let rules = daemon
+        .watches()
+        .list(quern_proto::v1::ListWatchesRequest {})
+        .await?
+        .into_inner()
+        .watches;
+    ensure!(rules.len() == 1, "{rules:?}");
+    let spec = rules[0].spec.clone().unwrap_or_default();
+    ensure!(spec.include == vec!["*.rs".to_string()], "{spec:?}");
+    ensure!(
+        spec.job
+            .is_some_and(|j| j.labels.get("fixture") == Some(&"yes".into()))
+    );
+    Ok(())
+}
+
 async fn migrated_with_nothing_lost(fixture: &str) -> Result<()> {
     let prepared = TestDaemon::builder().concurrency(1).prepare()?;
     copy_fixture(fixture, prepared.state_dir())?;

@@ -90,6 +90,17 @@ pub(super) fn spec_rows(spec: &JobSpec) -> Vec<(&'static str, String)> {
                 rows.push(("env", output::pairs(&exec.env)));
             }
         }
+        Some(job_spec::Kind::Git(git)) => {
+            rows.push(("repo", git.repo.clone()));
+            if !git.revs.is_empty() {
+                rows.push(("revs", git.revs.join(" ")));
+            }
+            if git.all {
+                rows.push(("all", "yes".into()));
+            }
+            let names: Vec<&str> = git.analyses.iter().map(|a| a.name.as_str()).collect();
+            rows.push(("analyses", names.join(", ")));
+        }
         Some(job_spec::Kind::Fetch(fetch)) => {
             // The command line shows method, URL and dest; the rest of the
             // spec, where it is not the default, gets rows of its own.

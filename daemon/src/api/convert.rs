@@ -421,10 +421,11 @@ pub fn spec_from_proto(p: pb::JobSpec, path: SpecPath, now: Micros) -> Result<Jo
     let kind = match p.kind {
         Some(pb::job_spec::Kind::Exec(e)) => JobKind::Exec(exec_from_proto(e, path)?),
         Some(pb::job_spec::Kind::Fetch(f)) => JobKind::Fetch(fetch_from_proto(f, path)?),
+        Some(pb::job_spec::Kind::Git(g)) => JobKind::Git(git::git_from_proto(g, path)?),
         None => {
             return Err(Error::invalid(
                 path.field(".kind"),
-                "missing; set exactly one job kind, such as exec or fetch",
+                "missing; set exactly one job kind: exec, fetch or git",
             ));
         }
     };
@@ -697,6 +698,7 @@ pub(super) fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             body_file: f.body_file.clone().unwrap_or_default(),
             retry_unsafe: f.retry_unsafe,
         }),
+        JobKind::Git(g) => pb::job_spec::Kind::Git(git::git_to_proto(g)),
     };
     pb::JobSpec {
         kind: Some(kind),
@@ -778,6 +780,7 @@ fn result_to_proto(r: &JobResult) -> pb::JobResult {
             transfer_time: Some(micros_to_duration(f.transfer_micros)),
             resumed_bytes: f.resumed_bytes,
         }),
+        JobResult::Git(g) => pb::job_result::Kind::Git(git::git_result_to_proto(g)),
     };
     pb::JobResult { kind: Some(kind) }
 }
@@ -806,6 +809,7 @@ pub fn event_to_proto(e: &Event) -> pb::EventsResponse {
     }
 }
 
+pub mod git;
 pub mod watch;
 
 #[cfg(test)]

@@ -3,14 +3,20 @@
 //! on their history, each filling its own section of the result.
 //!
 //! These are plain data with their rules; the work is in `crate::git`
-//! (the analyses, over gix) and `runner` (the kind).
+//! (the analyses, over gix) and `runner` (the kind). The store keeps the
+//! spec and the result as JSON of these types (see `store/record.rs`):
+//! every struct reads a missing field as its default, so fields are only
+//! ever added.
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::Micros;
 
 /// What a git job reads and computes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GitSpec {
     /// A local path (bare or with a work tree), or a URL (https, ssh, git,
     /// file) that is mirrored under the state dir.
@@ -28,7 +34,8 @@ pub struct GitSpec {
 }
 
 /// One analysis with its options.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Analysis {
     /// Commit count, first and last dates, authors (with `.mailmap`), by
     /// month and weekday.
@@ -52,7 +59,8 @@ pub enum Analysis {
 }
 
 /// Options that change per-commit numstats (part of the cache key).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChurnOptions {
     /// Follow renames (git's default for `log` is off with
     /// `--no-renames`, which is what churn matches unless this is set).
@@ -60,7 +68,8 @@ pub struct ChurnOptions {
 }
 
 /// code-maat's coupling options.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CouplingOptions {
     /// A file needs at least this many revisions.
     pub min_revs: u32,
@@ -113,14 +122,16 @@ impl Analysis {
 }
 
 /// One author, as `.mailmap` names them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Author {
     pub name: String,
     pub email: String,
 }
 
 /// The `summary` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     pub commits: u64,
     /// The first and last commit dates (author dates), seconds since the
@@ -136,7 +147,8 @@ pub struct Summary {
 }
 
 /// One file's churn.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FileChurn {
     pub path: String,
     /// Commits that changed it.
@@ -148,7 +160,8 @@ pub struct FileChurn {
 }
 
 /// One author's churn.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AuthorChurn {
     pub author: Author,
     pub added: u64,
@@ -156,7 +169,8 @@ pub struct AuthorChurn {
 }
 
 /// The `churn` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Churn {
     /// By path.
     pub files: Vec<FileChurn>,
@@ -165,7 +179,8 @@ pub struct Churn {
 }
 
 /// One hotspot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Hotspot {
     pub path: String,
     pub revisions: u64,
@@ -176,7 +191,8 @@ pub struct Hotspot {
 }
 
 /// One file's main author.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FileOwner {
     pub path: String,
     pub author: Author,
@@ -185,7 +201,8 @@ pub struct FileOwner {
 }
 
 /// The `ownership` section.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Ownership {
     /// By path.
     pub files: Vec<FileOwner>,
@@ -195,7 +212,8 @@ pub struct Ownership {
 }
 
 /// Two files that change together.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CoupledPair {
     pub a: String,
     pub b: String,
@@ -208,7 +226,8 @@ pub struct CoupledPair {
 }
 
 /// One commit found by `search`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SearchHit {
     /// The full hex id.
     pub commit: String,
@@ -222,7 +241,8 @@ pub struct SearchHit {
 }
 
 /// How a commit on another branch was found equal to the one asked about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Equivalence {
     ChangeId,
     CherryPickedFrom,
@@ -230,14 +250,16 @@ pub enum Equivalence {
 }
 
 /// A branch without the commit, and its equivalent commits.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Lacking {
     pub branch: String,
     pub equivalents: Vec<(String, Equivalence)>,
 }
 
 /// The `contains` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Contains {
     /// The full hex id asked about.
     pub commit: String,
@@ -248,8 +270,12 @@ pub struct Contains {
 }
 
 /// What a git job found, a section per analysis asked for.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GitResult {
+    /// The analyses asked for, by name, so that an empty section is told
+    /// from one not asked for.
+    pub analyses: Vec<String>,
     /// Commits walked.
     pub commits: u64,
     /// Of the commits whose numstat an analysis needed: read from the
@@ -263,4 +289,132 @@ pub struct GitResult {
     pub coupling: Option<Vec<CoupledPair>>,
     pub search: Option<Vec<SearchHit>>,
     pub contains: Option<Contains>,
+}
+
+// A result holds no NaN (an owner's share is a ratio of counts, and files
+// with no added lines have no owner), so equality is an equivalence.
+impl Eq for GitResult {}
+
+/// Most revisions a spec may name.
+pub const MAX_REVS: usize = 256;
+
+/// Most analyses a spec may ask for.
+pub const MAX_ANALYSES: usize = 16;
+
+/// The URL schemes a repository may be given with.
+pub const SCHEMES: [&str; 5] = ["https", "http", "ssh", "git", "file"];
+
+/// Whether `repo` is given as a URL (with a scheme, or scp-like
+/// `user@host:path`) rather than a local path.
+pub fn is_url(repo: &str) -> bool {
+    if repo.contains("://") {
+        return true;
+    }
+    // scp-like: a colon before any slash, and not an absolute path.
+    !repo.starts_with('/')
+        && repo
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
+}
+
+impl GitSpec {
+    /// The rules every git spec meets; the rest (the path is a repository,
+    /// the revisions exist) is checked on disk by the kind.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.repo.is_empty() {
+            return Err((
+                ".git.repo",
+                "missing; give an absolute path to a repository, or a URL".into(),
+            ));
+        }
+        if self.repo.contains('\0') {
+            return Err((".git.repo", "contains a NUL byte; remove it".into()));
+        }
+        if is_url(&self.repo) {
+            let scheme = self
+                .repo
+                .split_once("://")
+                .map(|(s, _)| s.to_ascii_lowercase());
+            if let Some(scheme) = scheme
+                && !SCHEMES.contains(&scheme.as_str())
+            {
+                return Err((
+                    ".git.repo",
+                    format!(
+                        "has the unsupported scheme {scheme:?}; use one of {}, or user@host:path",
+                        SCHEMES.join(", ")
+                    ),
+                ));
+            }
+        } else if !self.repo.starts_with('/') {
+            return Err((
+                ".git.repo",
+                format!(
+                    "{:?} is a relative path; give an absolute one (quernctl resolves it against its cwd)",
+                    self.repo
+                ),
+            ));
+        }
+        if self.revs.len() > MAX_REVS {
+            return Err((
+                ".git.revs",
+                format!(
+                    "has {} revisions, over the limit of {MAX_REVS}",
+                    self.revs.len()
+                ),
+            ));
+        }
+        if self.revs.iter().any(|r| r.is_empty() || r.contains('\0')) {
+            return Err((
+                ".git.revs",
+                "holds an empty revision or one with a NUL byte; give names git rev-parse takes"
+                    .into(),
+            ));
+        }
+        if let (Some(since), Some(until)) = (self.since, self.until)
+            && since > until
+        {
+            return Err((
+                ".git.since",
+                "is after until; give a since before until".into(),
+            ));
+        }
+        if self.analyses.len() > MAX_ANALYSES {
+            return Err((
+                ".git.analyses",
+                format!(
+                    "has {} analyses, over the limit of {MAX_ANALYSES}",
+                    self.analyses.len()
+                ),
+            ));
+        }
+        for a in &self.analyses {
+            match a {
+                Analysis::Search { regex } => {
+                    if let Err(e) = regex::Regex::new(regex) {
+                        return Err((
+                            ".git.analyses.regex",
+                            format!("{regex:?} is not a valid regular expression: {e}"),
+                        ));
+                    }
+                }
+                Analysis::Contains { commit } => {
+                    let hex = commit.len() >= 4
+                        && commit.len() <= 40
+                        && commit.bytes().all(|b| b.is_ascii_hexdigit());
+                    if !hex {
+                        return Err((
+                            ".git.analyses.commit",
+                            format!("{commit:?} is not a commit id; give 4 to 40 hex digits"),
+                        ));
+                    }
+                }
+                Analysis::Hotspots { top: 0, .. } => {
+                    return Err((".git.analyses.top", "must be at least 1".into()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }

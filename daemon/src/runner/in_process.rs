@@ -109,6 +109,12 @@ impl CpuPool {
         self.pool.current_num_threads()
     }
 
+    /// The pool itself, for work that spreads over it (the git kind's
+    /// diffs) from inside a piece of work it runs.
+    pub fn rayon(&self) -> Arc<rayon::ThreadPool> {
+        self.pool.clone()
+    }
+
     /// Runs `work` on the pool and waits for its result without blocking
     /// the calling thread. Work beyond the pool's size waits its turn.
     pub async fn run<T: Send + 'static>(

@@ -23,6 +23,7 @@
 
 pub mod exec;
 pub mod fetch;
+pub mod git;
 pub mod in_process;
 
 use std::path::PathBuf;
@@ -273,6 +274,7 @@ impl Kinds {
         match tag {
             KindTag::Exec => &exec::Exec,
             KindTag::Fetch => &fetch::Fetch,
+            KindTag::Git => &git::Git,
         }
     }
 }

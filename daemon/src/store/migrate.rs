@@ -32,6 +32,7 @@ pub(super) fn run(db: &Database, path: &Path, from: u64, owner_uid: u32) -> Resu
             1 => v1::to_v2(db, owner_uid, CHUNK, None)?,
             2 => to_v3(db)?,
             3 => to_v4(db)?,
+            4 => to_v5(db)?,
             other => {
                 return Err(StoreError::Corrupt {
                     path: path.to_path_buf(),
@@ -146,6 +147,12 @@ fn to_v3(db: &Database) -> Result<(u64, u64)> {
 /// rules, from opening it.
 fn to_v4(db: &Database) -> Result<(u64, u64)> {
     record_version(db, 4)
+}
+
+/// Schema 5: git jobs (a new arm of the spec and result records, which no
+/// store before had), so the step only records the version.
+fn to_v5(db: &Database) -> Result<(u64, u64)> {
+    record_version(db, 5)
 }
 
 /// The whole of a step that rewrites nothing: the new version, in one

@@ -60,7 +60,7 @@ pub(super) struct JobRec {
 
 #[derive(Clone, PartialEq, Message)]
 pub(super) struct SpecRec {
-    #[prost(oneof = "KindRec", tags = "1, 2")]
+    #[prost(oneof = "KindRec", tags = "1, 2, 3")]
     pub kind: Option<KindRec>,
     #[prost(int32, tag = "10")]
     pub priority: i32,
@@ -83,6 +83,19 @@ pub(super) enum KindRec {
     /// Since schema 3.
     #[prost(message, tag = "2")]
     Fetch(FetchRec),
+    /// Since schema 5.
+    #[prost(message, tag = "3")]
+    Git(JsonRec),
+}
+
+/// The git kind's spec or result, as JSON of its domain type
+/// (`job/git.rs`): dozens of nested fields, which a protobuf record would
+/// repeat field by field for no gain; every struct there reads a missing
+/// field as its default, which keeps the rule above (since schema 5).
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct JsonRec {
+    #[prost(string, tag = "1")]
+    pub json: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -120,7 +133,7 @@ pub(super) struct HeaderRec {
 /// What a job produced.
 #[derive(Clone, PartialEq, Message)]
 pub(super) struct ResultRec {
-    #[prost(oneof = "ResultKindRec", tags = "1")]
+    #[prost(oneof = "ResultKindRec", tags = "1, 2")]
     pub kind: Option<ResultKindRec>,
 }
 
@@ -128,6 +141,9 @@ pub(super) struct ResultRec {
 pub(super) enum ResultKindRec {
     #[prost(message, tag = "1")]
     Fetch(FetchResultRec),
+    /// Since schema 5.
+    #[prost(message, tag = "2")]
+    Git(JsonRec),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -267,6 +283,9 @@ pub(super) fn job_rec(job: &Job) -> JobRec {
                     transfer_micros: f.transfer_micros,
                     resumed_bytes: f.resumed_bytes,
                 }),
+                JobResult::Git(g) => ResultKindRec::Git(JsonRec {
+                    json: serde_json::to_string(g).unwrap_or_default(),
+                }),
             }),
         }),
         wait_reason: job.wait_reason.clone(),
@@ -281,6 +300,9 @@ pub(super) fn spec_rec(s: &JobSpec) -> SpecRec {
             argv: e.argv.clone(),
             cwd: e.cwd.clone(),
             env: e.env.clone(),
+        }),
+        JobKind::Git(g) => KindRec::Git(JsonRec {
+            json: serde_json::to_string(g).unwrap_or_default(),
         }),
         JobKind::Fetch(f) => KindRec::Fetch(FetchRec {
             url: f.url.clone(),
@@ -373,6 +395,10 @@ pub(super) fn spec_from_rec(whose: Whose, spec: SpecRec) -> Result<JobSpec> {
             env: e.env,
         }),
         Some(KindRec::Fetch(f)) => JobKind::Fetch(fetch_from_rec(whose, f)?),
+        Some(KindRec::Git(g)) => JobKind::Git(
+            serde_json::from_str(&g.json)
+                .map_err(|e| bad(format!("{whose} has a git spec that does not read: {e}")))?,
+        ),
         None => return Err(bad(format!("{whose} has no kind this quernd knows"))),
     };
     Ok(JobSpec {
@@ -431,8 +457,12 @@ fn job_from_rec(rec: JobRec) -> Result<Job> {
         owner_uid: rec.owner_uid,
         // A result of a kind this quernd does not know is dropped: the job
         // itself still reads.
-        result: rec.result.and_then(|r| r.kind).map(|k| match k {
-            ResultKindRec::Fetch(f) => JobResult::Fetch(FetchResult {
+        result: rec.result.and_then(|r| r.kind).and_then(|k| match k {
+            // A result that does not read is dropped like an unknown one.
+            ResultKindRec::Git(g) => serde_json::from_str(&g.json)
+                .ok()
+                .map(|r| JobResult::Git(Box::new(r))),
+            ResultKindRec::Fetch(f) => Some(JobResult::Fetch(FetchResult {
                 final_url: f.final_url,
                 status: f.status,
                 bytes: f.bytes,
@@ -440,7 +470,7 @@ fn job_from_rec(rec: JobRec) -> Result<Job> {
                 unchanged: f.unchanged,
                 transfer_micros: f.transfer_micros,
                 resumed_bytes: f.resumed_bytes,
-            }),
+            })),
         }),
         wait_reason: rec.wait_reason,
     })

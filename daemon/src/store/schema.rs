@@ -21,7 +21,10 @@ use crate::job::{JobId, KindTag, StateTag};
 /// - 4: directory-watch rules: the `watch_rules` and `watch_snapshots`
 ///   tables and the `next_watch_id` counter, which start empty (and 1),
 ///   so the step only records the version.
-pub const SCHEMA_VERSION: u64 = 4;
+/// - 5: git jobs: the git arm of the spec and result records (JSON of
+///   `job/git.rs`'s types); no store before had one, so the step only
+///   records the version.
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// The database file's name inside the state dir.
 pub const DB_FILE: &str = "quern.redb";

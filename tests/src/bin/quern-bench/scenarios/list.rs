@@ -483,6 +483,7 @@ fn kind_of(job: &Job) -> Option<&'static str> {
     match job.spec.as_ref()?.kind.as_ref()? {
         job_spec::Kind::Exec(_) => Some("exec"),
         job_spec::Kind::Fetch(_) => Some("fetch"),
+        job_spec::Kind::Git(_) => Some("git"),
     }
 }
 

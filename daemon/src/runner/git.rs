@@ -1,0 +1,226 @@
+//! The git kind: reads a repository (a local one in place, or the mirror
+//! of a URL, brought up to date first), walks the revisions asked for and
+//! runs the analyses, all on the CPU pool (`crate::git` does the work).
+//! Cancel and timeouts set a flag that the walk, the diffs and the
+//! analyses check often.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::in_process::InProcess;
+use super::{Attempt, AttemptCtx, Ended, Kind};
+use crate::git::numstat::{CommitStats, numstats};
+use crate::git::walk::{WalkSpec, walk};
+use crate::git::{GitError, analyses, contains, mirror, open_local, search};
+use crate::job::git::{Analysis, ChurnOptions, GitResult, GitSpec, is_url};
+use crate::job::{JobKind, JobResult, JobSpec, Progress, RunRecord};
+use crate::progress::ProgressSink;
+
+/// The git kind.
+pub struct Git;
+
+impl Kind for Git {
+    fn start(&self, spec: &JobSpec, ctx: AttemptCtx) -> Result<Box<dyn Attempt>, String> {
+        let JobKind::Git(spec) = &spec.kind else {
+            return Err("the git kind was given another kind's spec".into());
+        };
+        spec.check().map_err(|(f, r)| format!("spec{f}: {r}"))?;
+        let spec = spec.clone();
+        Ok(InProcess::start(ctx, move |ctx| run(spec, ctx)))
+    }
+
+    /// Nothing to clean: the attempt was work in the quernd that died; a
+    /// mirror's first clone left at most a temp dir, which the next sync
+    /// removes.
+    fn recover(&self, _run: &RunRecord) -> Option<String> {
+        None
+    }
+}
+
+/// What went wrong, and whether another attempt could do better.
+struct Failure {
+    error: String,
+    retry: bool,
+}
+
+impl From<GitError> for Failure {
+    fn from(e: GitError) -> Failure {
+        Failure {
+            error: e.to_string(),
+            retry: false,
+        }
+    }
+}
+
+/// Checks at submit what can be known then of a local repository: that it
+/// is one, and that its revisions exist. A mirror is only read at run
+/// time.
+pub fn check_repo(spec: &GitSpec) -> Result<(), (&'static str, String)> {
+    if is_url(&spec.repo) {
+        return mirror::normalize_url(&spec.repo)
+            .map(|_| ())
+            .map_err(|e| (".git.repo", e));
+    }
+    let repo = open_local(Path::new(&spec.repo)).map_err(|e| (".git.repo", e.to_string()))?;
+    crate::git::walk::resolve_tips(
+        &repo,
+        &WalkSpec {
+            revs: &spec.revs,
+            all: spec.all,
+            since: None,
+            until: None,
+        },
+    )
+    .map_err(|e| (".git.revs", e.to_string()))?;
+    Ok(())
+}
+
+async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let bridge = {
+        let (flag, token) = (cancel.clone(), ctx.cancel.clone());
+        tokio::spawn(async move {
+            token.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        })
+    };
+    let pool = ctx.env.cpu.rayon();
+    let mirrors = ctx.env.state_dir.join("git").join("mirrors");
+    let progress = ctx.progress.clone();
+    let flag = cancel.clone();
+    let done = ctx
+        .env
+        .cpu
+        .run(move || analyse(&spec, &mirrors, &pool, &flag, &progress))
+        .await;
+    bridge.abort();
+    match done {
+        Ok(Ok(result)) => Ended::Succeeded {
+            exit_code: None,
+            result: Some(JobResult::Git(Box::new(result))),
+        },
+        Ok(Err(f)) => Ended::Failed {
+            exit_code: None,
+            error: if cancel.load(Ordering::Relaxed) {
+                "stopped".into()
+            } else {
+                f.error
+            },
+            retry: f.retry,
+        },
+        Err(e) => Ended::Failed {
+            exit_code: None,
+            error: e.to_string(),
+            retry: false,
+        },
+    }
+}
+
+fn report(progress: &ProgressSink, phase: &str, done: u64, total: u64) {
+    progress.report(Progress {
+        phase: phase.into(),
+        done,
+        total,
+        unit: "commits".into(),
+        rate: 0,
+    });
+}
+
+/// The whole attempt, on a pool thread.
+fn analyse(
+    spec: &GitSpec,
+    mirrors: &Path,
+    pool: &rayon::ThreadPool,
+    cancel: &AtomicBool,
+    progress: &ProgressSink,
+) -> Result<GitResult, Failure> {
+    // Held until the analyses are done: jobs on one mirror take turns.
+    let (repo, _mirror) = if is_url(&spec.repo) {
+        report(progress, "fetching", 0, 0);
+        let m = mirror::sync(mirrors, &spec.repo, cancel).map_err(|e| Failure {
+            retry: !matches!(e, mirror::MirrorError::Cancelled),
+            error: e.to_string(),
+        })?;
+        (open_local(&m.path)?, Some(m))
+    } else {
+        (open_local(Path::new(&spec.repo))?, None)
+    };
+    let walk_spec = WalkSpec {
+        revs: &spec.revs,
+        all: spec.all,
+        since: spec.since,
+        until: spec.until,
+    };
+    let history = walk(&repo, &walk_spec, cancel, &|n| {
+        report(progress, "walking", n, 0)
+    })?;
+    let commits = &history.commits;
+    let total = commits.len() as u64;
+    let mut result = GitResult {
+        analyses: spec.analyses.iter().map(|a| a.name().to_string()).collect(),
+        commits: total,
+        ..GitResult::default()
+    };
+    // Each set of numstat options is computed once for all the analyses
+    // that use it.
+    let mut stats: HashMap<ChurnOptions, Vec<CommitStats>> = HashMap::new();
+    let mut computed = 0;
+    let mut stats_of = |opts: ChurnOptions| -> Result<Vec<CommitStats>, Failure> {
+        if let Some(s) = stats.get(&opts) {
+            return Ok(s.clone());
+        }
+        let got = numstats(&repo, commits, opts, pool, cancel, &|n| {
+            report(progress, "diffing", n, total)
+        })?;
+        computed += got.len() as u64;
+        stats.insert(opts, got.clone());
+        Ok(got)
+    };
+    for a in &spec.analyses {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(GitError::Cancelled.into());
+        }
+        match a {
+            Analysis::Summary => result.summary = Some(analyses::summary(commits)),
+            Analysis::Churn(o) => {
+                result.churn = Some(analyses::churn(commits, &stats_of(*o)?));
+            }
+            Analysis::Hotspots { top, churn } => {
+                let c = analyses::churn(commits, &stats_of(*churn)?);
+                let newest = history.newest().map(|c| c.tree);
+                result.hotspots = Some(match newest {
+                    Some(tree) => analyses::hotspots(&repo, tree, &c, *top)?,
+                    None => Vec::new(),
+                });
+            }
+            Analysis::Ownership(o) => {
+                result.ownership = Some(analyses::ownership(commits, &stats_of(*o)?));
+            }
+            Analysis::Coupling(o) => {
+                let plain = stats_of(ChurnOptions::default())?;
+                result.coupling = Some(analyses::coupling(&plain, *o));
+            }
+            Analysis::Search { regex } => {
+                report(progress, "searching", 0, total);
+                let ids: Vec<gix::ObjectId> = commits.iter().map(|c| c.id).collect();
+                let hits = search::search(&repo, &ids, regex, cancel).map_err(|e| Failure {
+                    error: e.to_string(),
+                    retry: false,
+                })?;
+                result.search = Some(hits);
+            }
+            Analysis::Contains { commit } => {
+                report(progress, "aggregating", total, total);
+                let found = contains::contains(&repo, commit, cancel).map_err(|e| Failure {
+                    error: e.to_string(),
+                    retry: false,
+                })?;
+                result.contains = Some(found);
+            }
+        }
+    }
+    result.computed = computed;
+    Ok(result)
+}
