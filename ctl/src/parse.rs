@@ -1,6 +1,8 @@
 //! Parsers for flag values: priorities, `KEY=VALUE` pairs, durations, times,
-//! job states, and a fetch's URL, headers, sizes and overwrite mode. Each returns a message that clap shows after naming the
-//! flag and the value, so the messages say only what was expected.
+//! job states, a fetch's URL, headers, sizes and overwrite mode, and a git
+//! job's dates and analyses. Each returns a message that clap shows after
+//! naming the flag and the value, so the messages say only what was
+//! expected.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
