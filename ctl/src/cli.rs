@@ -54,6 +54,10 @@ pub enum Command {
     Result {
         /// The job id
         id: u64,
+        /// Show at most this many rows of each table of a git job's result
+        /// (--json always has every row)
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        top: usize,
     },
     /// Follow one job until it finishes: a progress bar for a download,
     /// state changes and output for a command; exits 0 only if it succeeded
@@ -248,8 +252,8 @@ impl Args for JobTemplate {
             clap::Arg::new(TEMPLATE_ARG)
                 .value_name("SUBMIT ARGS")
                 .help(
-                    "The job, as `quernctl submit` takes it: `exec [OPTIONS] -- ARGV...` \
-                     or `fetch [OPTIONS] URL`",
+                    "The job, as `quernctl submit` takes it: `exec [OPTIONS] -- ARGV...`, \
+                     `fetch [OPTIONS] URL` or `git [OPTIONS] REPO`",
                 )
                 .required(true)
                 .last(true)
@@ -287,6 +291,9 @@ pub enum SubmitKind {
     /// Download a URL to a file, or send an HTTP request:
     /// `submit fetch [OPTIONS] URL`
     Fetch(FetchArgs),
+    /// Analyse a git repository's history inside quernd:
+    /// `submit git [OPTIONS] REPO`
+    Git(GitArgs),
 }
 
 /// The flags every kind of job takes, shared by the `submit` verbs.
@@ -391,6 +398,70 @@ pub struct FetchArgs {
     /// repeat its effect on the server
     #[arg(long)]
     pub retry_unsafe: bool,
+
+    /// The flags of every kind.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `submit git` flags and the repository.
+#[derive(Debug, Args)]
+pub struct GitArgs {
+    /// A URL (https://, ssh://, git://, file://, or scp-like user@host:path),
+    /// sent as given, or a local path, made absolute against the current
+    /// directory
+    #[arg(value_name = "REPO")]
+    pub repo: String,
+
+    /// A revision to analyse, such as main, v2.0 or a commit id;
+    /// repeatable [default: HEAD]
+    #[arg(long = "rev", value_name = "REV")]
+    pub revs: Vec<String>,
+
+    /// Analyse every branch and tag, besides the --rev ones
+    #[arg(long)]
+    pub all: bool,
+
+    /// Only commits committed at or after DATE: an RFC 3339 time
+    /// (2026-01-31T00:00:00Z), a date (2026-01-31, midnight UTC), or an age
+    /// such as 30d or 2w (that long ago)
+    #[arg(long, value_name = "DATE", value_parser = parse::git_date)]
+    pub since: Option<SystemTime>,
+
+    /// Only commits committed before DATE, given as for --since
+    #[arg(long, value_name = "DATE", value_parser = parse::git_date)]
+    pub until: Option<SystemTime>,
+
+    /// An analysis to run; repeatable or comma-separated [default: summary,
+    /// unless --search or --contains is given]
+    #[arg(
+        long = "analysis",
+        value_name = "NAME",
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(parse::GIT_ANALYSIS_NAMES)
+    )]
+    pub analyses: Vec<String>,
+
+    /// Also run the search analysis: commits whose message or trailers
+    /// match this regular expression (Rust regex syntax); CVE ids are always
+    /// found
+    #[arg(long, value_name = "REGEX")]
+    pub search: Option<String>,
+
+    /// Also run the contains analysis: which branches and tags have this
+    /// commit (4 to 40 hex digits), and which lack it but have an
+    /// equivalent
+    #[arg(long, value_name = "SHA")]
+    pub contains: Option<String>,
+
+    /// How many hotspots to keep [default: the daemon's, 50]
+    #[arg(long, value_name = "N")]
+    pub top: Option<u32>,
+
+    /// Follow renames in churn, hotspots and ownership (off by default, as
+    /// git log --numstat --no-renames)
+    #[arg(long)]
+    pub renames: bool,
 
     /// The flags of every kind.
     #[command(flatten)]

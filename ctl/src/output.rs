@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 
 use crate::parse::STATE_NAMES;
 
+pub mod git;
+
 /// Writes one line to stdout. Unlike `println!`, a closed pipe (as in
 /// `quernctl list | head -1`) is an error to return, not a panic.
 pub fn line(text: impl std::fmt::Display) -> io::Result<()> {
@@ -111,7 +113,7 @@ pub fn spec_json(spec: &JobSpec) -> Value {
             });
         }
         Some(job_spec::Kind::Git(git)) => {
-            let analyses: Vec<&str> = git.analyses.iter().map(|a| a.name.as_str()).collect();
+            let analyses: Vec<Value> = git.analyses.iter().map(git::analysis_json).collect();
             value["git"] = json!({
                 "repo": git.repo,
                 "revs": git.revs,
@@ -144,12 +146,7 @@ pub fn overwrite_name(mode: i32) -> &'static str {
 pub fn result_json(result: &JobResult) -> Value {
     match &result.kind {
         Some(job_result::Kind::Fetch(fetch)) => json!({ "fetch": fetch_result_json(fetch) }),
-        Some(job_result::Kind::Git(git)) => json!({ "git": {
-            "commits": git.commits,
-            "reused": git.reused,
-            "computed": git.computed,
-            "analyses": git.analyses,
-        } }),
+        Some(job_result::Kind::Git(r)) => json!({ "git": git::result_json(r) }),
         None => json!({}),
     }
 }
@@ -169,8 +166,10 @@ fn fetch_result_json(r: &FetchResult) -> Value {
 /// A job's result as rows for a two-column view, named for people. Empty
 /// for a result of a kind this build does not know.
 pub fn result_rows(result: &JobResult) -> Vec<(&'static str, String)> {
-    let Some(job_result::Kind::Fetch(r)) = &result.kind else {
-        return Vec::new();
+    let r = match &result.kind {
+        Some(job_result::Kind::Fetch(r)) => r,
+        Some(job_result::Kind::Git(r)) => return git::result_rows(r),
+        None => return Vec::new(),
     };
     let mut rows = vec![("final url", r.final_url.clone())];
     // Status 0 means no request was made (overwrite skip found the file).

@@ -1,6 +1,8 @@
 //! Parsers for flag values: priorities, `KEY=VALUE` pairs, durations, times,
-//! job states, and a fetch's URL, headers, sizes and overwrite mode. Each returns a message that clap shows after naming the
-//! flag and the value, so the messages say only what was expected.
+//! job states, a fetch's URL, headers, sizes and overwrite mode, and a git
+//! job's dates and analyses. Each returns a message that clap shows after
+//! naming the flag and the value, so the messages say only what was
+//! expected.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -248,6 +250,74 @@ pub fn overwrite(value: &str) -> Result<FetchOverwrite, String> {
 /// these.
 pub const ON_BUSY_NAMES: [&str; 4] = ["coalesce", "queue", "restart", "skip"];
 
+/// The analyses `submit git --analysis` takes. search and contains are
+/// analyses too, but they need a value, so they have flags of their own
+/// (`--search REGEX`, `--contains SHA`).
+pub const GIT_ANALYSIS_NAMES: [&str; 5] = ["summary", "churn", "hotspots", "ownership", "coupling"];
+
+/// Parses a `--since` or `--until` date of `submit git`; see [`git_date_at`].
+pub fn git_date(value: &str) -> Result<SystemTime, String> {
+    git_date_at(value, SystemTime::now())
+}
+
+/// Parses a date as `submit git` takes it, relative to `now`: an RFC 3339
+/// time (`2026-01-31T00:00:00Z`; without a zone, UTC), a plain date
+/// (`2026-01-31`, midnight UTC), or an age (`30d`, `2w`, `12h`), meaning
+/// that long before `now`. An age is turned into a time here, once, so the
+/// daemon and a retried attempt see the same window.
+pub fn git_date_at(value: &str, now: SystemTime) -> Result<SystemTime, String> {
+    const EXPECTED: &str = "expected an RFC 3339 time such as 2026-01-31T00:00:00Z, \
+         a date such as 2026-01-31, or an age such as 30d or 2w";
+    if let Ok(time) = humantime::parse_rfc3339_weak(value) {
+        return Ok(time);
+    }
+    if let Some(time) = with_offset(value) {
+        return Ok(time);
+    }
+    // humantime takes a time of day; a plain date is its midnight.
+    let is_date = value.len() == 10
+        && value.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if is_date {
+        return humantime::parse_rfc3339(&format!("{value}T00:00:00Z"))
+            .map_err(|err| format!("{err}; {EXPECTED}"));
+    }
+    let age = humantime::parse_duration(value).map_err(|_| EXPECTED.to_owned())?;
+    now.checked_sub(age)
+        .filter(|time| *time >= SystemTime::UNIX_EPOCH)
+        .ok_or_else(|| format!("{value} ago is before 1970; give a shorter age or a date"))
+}
+
+/// An RFC 3339 time with a numeric offset, `2026-01-31T01:00:00+01:00`,
+/// which humantime reads only as `Z`: the local time less the offset.
+fn with_offset(value: &str) -> Option<SystemTime> {
+    let split = value.len().checked_sub(6)?;
+    let (local, offset) = (value.get(..split)?, value.get(split..)?);
+    let bytes = offset.as_bytes();
+    let sign = match bytes[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    if bytes[3] != b':' || !local.contains('T') {
+        return None;
+    }
+    let hours: u64 = offset.get(1..3)?.parse().ok()?;
+    let minutes: u64 = offset.get(4..6)?.parse().ok()?;
+    let shift = Duration::from_secs(hours * 3600 + minutes * 60);
+    let local = humantime::parse_rfc3339_weak(local).ok()?;
+    if sign > 0 {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    }
+}
+
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }
@@ -258,6 +328,46 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn git_dates_are_times_dates_or_ages() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = 86_400;
+        let cases = [
+            ("2026-01-31T00:00:00Z", 1_769_817_600),
+            ("2026-01-31T01:00:00+01:00", 1_769_817_600),
+            ("2026-01-30T20:30:00-03:30", 1_769_817_600),
+            ("2026-01-31T00:00:30", 1_769_817_630),
+            ("2026-01-31", 1_769_817_600),
+            ("30d", 1_800_000_000 - 30 * day),
+            ("2w", 1_800_000_000 - 14 * day),
+            ("12h", 1_800_000_000 - 12 * 3_600),
+        ];
+        for (value, want) in cases {
+            let got = git_date_at(value, now).map(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_secs()
+            });
+            assert_eq!(got, Ok(want), "{value}");
+        }
+    }
+
+    #[test]
+    fn bad_git_dates_say_what_was_expected() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let cases = [
+            ("yesterday", "expected an RFC 3339 time"),
+            ("2026-13-01", "expected an RFC 3339 time"),
+            ("2026-1-31", "or an age such as 30d"),
+            ("", "a date such as 2026-01-31"),
+            ("100000w", "before 1970"),
+        ];
+        for (value, want) in cases {
+            let err = git_date_at(value, now).expect_err(value);
+            assert!(err.contains(want), "{value}: {err}");
+        }
+    }
 
     #[test]
     fn priority_accepts_numbers_and_names() {

@@ -96,6 +96,20 @@ fn bad_input_is_refused_naming_the_flag_before_connecting() {
         (&["result"], "<ID>"),
         (&["follow", "x"], "<ID>"),
         (&["submit", "fetch"], "<URL>"),
+        (&["submit", "git"], "<REPO>"),
+        (
+            &["submit", "git", "--since", "last week", "."],
+            "--since <DATE>",
+        ),
+        (
+            &["submit", "git", "--analysis", "blame", "."],
+            "--analysis <NAME>",
+        ),
+        (
+            &["submit", "git", "--top", "5", "."],
+            "--top sets how many hotspots to keep",
+        ),
+        (&["result", "1", "--top", "some"], "--top <N>"),
         (
             &["submit", "fetch", "ftp://example.org/f"],
             "scheme \"ftp\" is not supported; use an http or https URL",

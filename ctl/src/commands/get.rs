@@ -91,15 +91,28 @@ pub(super) fn spec_rows(spec: &JobSpec) -> Vec<(&'static str, String)> {
             }
         }
         Some(job_spec::Kind::Git(git)) => {
+            // The command line names the repository and the analyses;
+            // these rows add what it leaves out: the window of history and
+            // each analysis's options.
             rows.push(("repo", git.repo.clone()));
-            if !git.revs.is_empty() {
-                rows.push(("revs", git.revs.join(" ")));
-            }
+            let revs = if git.revs.is_empty() {
+                "HEAD".to_owned()
+            } else {
+                git.revs.join(" ")
+            };
+            rows.push(("revs", revs));
             if git.all {
-                rows.push(("all", "yes".into()));
+                rows.push(("all", "every branch and tag".into()));
             }
-            let names: Vec<&str> = git.analyses.iter().map(|a| a.name.as_str()).collect();
-            rows.push(("analyses", names.join(", ")));
+            let dates = [("since", git.since), ("until", git.until)];
+            for (name, time) in dates {
+                if let Some(time) = time.and_then(output::system_time) {
+                    rows.push((name, humantime::format_rfc3339_seconds(time).to_string()));
+                }
+            }
+            for analysis in &git.analyses {
+                rows.push(("analysis", output::git::analysis_words(analysis)));
+            }
         }
         Some(job_spec::Kind::Fetch(fetch)) => {
             // The command line shows method, URL and dest; the rest of the
@@ -255,5 +268,69 @@ waiting    retry-after from example.org";
             "{text}"
         );
         assert!(!text.contains("waiting"), "{text}");
+    }
+
+    #[test]
+    fn details_of_a_git_job_show_its_window_and_each_analysis() {
+        use quern_proto::v1::{GitAnalysis, GitResult, GitSpec, JobResult, job_result};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        let job = Job {
+            id: 3,
+            state: JobState::Succeeded as i32,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Git(GitSpec {
+                    repo: "/srv/quern".into(),
+                    revs: vec!["main".into(), "v1".into()],
+                    all: true,
+                    since: Some(
+                        (SystemTime::UNIX_EPOCH + Duration::from_secs(1_769_817_600)).into(),
+                    ),
+                    until: None,
+                    analyses: vec![
+                        GitAnalysis {
+                            name: "hotspots".into(),
+                            top: 5,
+                            renames: true,
+                            ..GitAnalysis::default()
+                        },
+                        GitAnalysis {
+                            name: "contains".into(),
+                            commit: "1a2b3c".into(),
+                            ..GitAnalysis::default()
+                        },
+                    ],
+                })),
+                ..JobSpec::default()
+            }),
+            attempts: 1,
+            owner_uid: 4_000_000_001,
+            result: Some(JobResult {
+                kind: Some(job_result::Kind::Git(GitResult {
+                    commits: 120,
+                    reused: 100,
+                    computed: 20,
+                    analyses: vec!["hotspots".into(), "contains".into()],
+                    ..GitResult::default()
+                })),
+            }),
+            ..Job::default()
+        };
+        let want = "\
+id                3
+state             succeeded
+command           git /srv/quern [hotspots, contains]
+owner             4000000001
+repo              /srv/quern
+revs              main v1
+all               every branch and tag
+since             2026-01-31T00:00:00Z
+analysis          hotspots (top 5, renames)
+analysis          contains 1a2b3c
+priority          0
+attempts          1 of 1
+commits walked    120
+per-file numbers  100 reused from the cache, 20 computed
+analyses          hotspots, contains";
+        assert_eq!(details(&job, now), want);
     }
 }

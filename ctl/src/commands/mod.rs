@@ -34,7 +34,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             submit::run(&mut connect().await?, spec, json).await
         }
         Command::Get { id } => get::run(&mut connect().await?, id, json).await,
-        Command::Result { id } => result::run(&mut connect().await?, id, json).await,
+        Command::Result { id, top } => result::run(&mut connect().await?, id, top, json).await,
         Command::Follow { id } => follow::run(&mut connect().await?, id, json).await,
         Command::List(args) => {
             let request = list::request(&args)?;

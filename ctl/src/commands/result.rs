@@ -1,18 +1,35 @@
 //! `result ID`: what a finished job produced, such as a download's final
-//! URL, size and digest; an error, saying why, for a job with none.
+//! URL, size and digest, or a git job's analyses; an error, saying why, for
+//! a job with none.
 
 use anyhow::{Result, bail};
-use quern_proto::v1::{Job, JobState, job_spec};
+use quern_proto::v1::{Job, JobState, job_result, job_spec};
 
 use crate::client::Client;
 use crate::output;
 
-/// Prints the job's result, or fails saying why it has none.
-pub async fn run(client: &mut Client, id: u64, json: bool) -> Result<()> {
+/// Prints the job's result, or fails saying why it has none. A git result
+/// shows at most `top` rows per table.
+pub async fn run(client: &mut Client, id: u64, top: usize, json: bool) -> Result<()> {
     let job = super::get_job(client, id).await?;
     let Some(result) = &job.result else {
         bail!("{}", no_result(&job));
     };
+    if let Some(job_result::Kind::Git(git)) = &result.kind {
+        // A result over the daemon's size limit is in a file it names; it
+        // is read here, so that the person sees the result, not a path.
+        let git = if git.file.is_empty() {
+            git.clone()
+        } else {
+            output::git::read_result_file(git)?
+        };
+        if json {
+            output::json_line(&serde_json::json!({ "git": output::git::result_json(&git) }))?;
+        } else {
+            output::line(output::git::result_text(&git, top))?;
+        }
+        return Ok(());
+    }
     if json {
         output::json_line(&output::result_json(result))?;
     } else {

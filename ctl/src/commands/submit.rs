@@ -1,4 +1,4 @@
-//! `submit exec` and `submit fetch`: build a `JobSpec` from the flags and
+//! `submit exec`, `submit fetch` and `submit git`: build a `JobSpec` from the flags and
 //! submit it.
 
 use std::path::{Path, PathBuf};
@@ -6,10 +6,11 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail};
 use quern_proto::v1::{
-    ExecSpec, FetchOverwrite, FetchSpec, HttpHeader, JobSpec, SubmitRequest, job_spec,
+    ExecSpec, FetchOverwrite, FetchSpec, GitAnalysis, GitSpec, HttpHeader, JobSpec, SubmitRequest,
+    job_spec,
 };
 
-use crate::cli::{CommonArgs, ExecArgs, FetchArgs, SubmitKind};
+use crate::cli::{CommonArgs, ExecArgs, FetchArgs, GitArgs, SubmitKind};
 use crate::client::{Client, rpc_error};
 use crate::output;
 use crate::parse::{self, Priority};
@@ -20,6 +21,7 @@ pub fn spec(kind: SubmitKind) -> Result<JobSpec> {
     match kind {
         SubmitKind::Exec(args) => exec_spec(args),
         SubmitKind::Fetch(args) => fetch_spec(args),
+        SubmitKind::Git(args) => git_spec(args),
     }
 }
 
@@ -98,6 +100,97 @@ fn fetch_spec(args: FetchArgs) -> Result<JobSpec> {
         })),
         ..common_spec(args.common)?
     })
+}
+
+/// The analyses that read per-file numbers, and so take `--renames`.
+const RENAMES_ANALYSES: [&str; 3] = ["churn", "hotspots", "ownership"];
+
+/// Builds the spec for `submit git`. A local REPO is made absolute here,
+/// because only quernctl knows the cwd it is relative to; it is not
+/// resolved further (symlinks stay), as the user named it. The daemon
+/// checks the rest (that the path is a repository, the revisions, the
+/// regex, the commit id) and is the authority on them.
+fn git_spec(args: GitArgs) -> Result<JobSpec> {
+    let repo = if is_git_url(&args.repo) {
+        args.repo
+    } else {
+        absolute(Path::new(&args.repo), "REPO")?
+    };
+
+    // Each named analysis once, in the order given, then search and
+    // contains; with none of them, summary, as the daemon would run.
+    let mut names: Vec<String> = Vec::new();
+    for name in args.analyses {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() && args.search.is_none() && args.contains.is_none() {
+        names.push("summary".to_owned());
+    }
+    // Options that no chosen analysis takes would be silently ignored;
+    // saying so now is kinder than a result that lacks what was asked.
+    if args.top.is_some() && !names.iter().any(|n| n == "hotspots") {
+        bail!("--top sets how many hotspots to keep; add --analysis hotspots, or leave --top out");
+    }
+    if args.renames && !names.iter().any(|n| RENAMES_ANALYSES.contains(&n.as_str())) {
+        bail!(
+            "--renames applies to the churn, hotspots and ownership analyses; add one with --analysis, or leave --renames out"
+        );
+    }
+    let mut analyses: Vec<GitAnalysis> = names
+        .into_iter()
+        .map(|name| GitAnalysis {
+            renames: args.renames && RENAMES_ANALYSES.contains(&name.as_str()),
+            top: if name == "hotspots" {
+                args.top.unwrap_or(0)
+            } else {
+                0
+            },
+            name,
+            ..GitAnalysis::default()
+        })
+        .collect();
+    if let Some(regex) = args.search {
+        analyses.push(GitAnalysis {
+            name: "search".to_owned(),
+            regex,
+            ..GitAnalysis::default()
+        });
+    }
+    if let Some(commit) = args.contains {
+        analyses.push(GitAnalysis {
+            name: "contains".to_owned(),
+            commit,
+            ..GitAnalysis::default()
+        });
+    }
+
+    Ok(JobSpec {
+        kind: Some(job_spec::Kind::Git(GitSpec {
+            repo,
+            revs: args.revs,
+            all: args.all,
+            since: args.since.map(Into::into),
+            until: args.until.map(Into::into),
+            analyses,
+        })),
+        ..common_spec(args.common)?
+    })
+}
+
+/// Whether a `submit git` REPO is a URL, to be sent as given, rather than a
+/// local path: it has a scheme (`https://`, `file://`), or it is scp-like,
+/// `user@host:path`, where an `@` comes before the first `:` and no `/`
+/// does (so `./a@b:c` and `/srv/x:y` stay paths).
+pub fn is_git_url(repo: &str) -> bool {
+    if repo.contains("://") {
+        return true;
+    }
+    match repo.split_once(':') {
+        Some((before, _)) => before.contains('@') && !before.contains('/'),
+        None => false,
+    }
 }
 
 /// The file name a GET saves to without `--dest`: the URL's last path
@@ -522,6 +615,214 @@ mod tests {
         ];
         for (flags, want) in cases {
             let err = fetch_spec_of(flags).expect_err("refused");
+            assert!(err.to_string().contains(want), "{flags:?}: {err}");
+        }
+    }
+
+    fn git_spec_of(flags: &[&str]) -> Result<JobSpec> {
+        let line = ["quernctl", "submit", "git"].iter().chain(flags);
+        let cli = Cli::try_parse_from(line).map_err(|err| anyhow!("{err}"))?;
+        let Command::Submit {
+            kind: SubmitKind::Git(args),
+        } = cli.command
+        else {
+            panic!("not submit git");
+        };
+        git_spec(args)
+    }
+
+    fn git(spec: &JobSpec) -> &GitSpec {
+        match &spec.kind {
+            Some(job_spec::Kind::Git(git)) => git,
+            _ => panic!("not a git spec"),
+        }
+    }
+
+    fn names(spec: &JobSpec) -> Vec<&str> {
+        git(spec).analyses.iter().map(|a| a.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_git_repo_alone_runs_summary_on_head() {
+        let spec = git_spec_of(&["/srv/repo.git"]).expect("spec");
+        let g = git(&spec);
+        assert_eq!(g.repo, "/srv/repo.git");
+        assert!(g.revs.is_empty());
+        assert!(!g.all);
+        assert_eq!((g.since, g.until), (None, None));
+        assert_eq!(
+            g.analyses,
+            [GitAnalysis {
+                name: "summary".into(),
+                ..GitAnalysis::default()
+            }]
+        );
+        assert_eq!(spec.priority, 0);
+        assert_eq!(spec.run_at, None);
+    }
+
+    #[test]
+    fn a_relative_git_repo_is_made_absolute_but_not_resolved() {
+        let cwd = std::env::current_dir().expect("cwd");
+        for (repo, want) in [
+            ("src/quern", cwd.join("src/quern")),
+            (".", cwd.join(".")),
+            ("../x/../y", cwd.join("../x/../y")),
+            // A colon with no '@' before it is a path, as is an '@' after a
+            // '/'.
+            ("a:b", cwd.join("a:b")),
+            ("./me@host:repo", cwd.join("./me@host:repo")),
+        ] {
+            let spec = git_spec_of(&[repo]).expect("spec");
+            assert_eq!(Path::new(&git(&spec).repo), want, "{repo}");
+            assert!(Path::new(&git(&spec).repo).is_absolute(), "{repo}");
+        }
+    }
+
+    #[test]
+    fn a_git_url_is_sent_as_given() {
+        for url in [
+            "https://github.com/rust-lang/log.git",
+            "ssh://git@host:2222/srv/x.git",
+            "git://host/x",
+            "file:///srv/x.git",
+            "git@github.com:rust-lang/log.git",
+            "me@host:relative/path",
+        ] {
+            let spec = git_spec_of(&[url]).expect("spec");
+            assert_eq!(git(&spec).repo, url);
+        }
+    }
+
+    #[test]
+    fn git_flags_fill_the_spec() {
+        let spec = git_spec_of(&[
+            "--rev",
+            "main",
+            "--rev",
+            "v1.0",
+            "--all",
+            "--since",
+            "2026-01-31",
+            "--until",
+            "2026-03-01T12:00:00Z",
+            "--analysis",
+            "hotspots,churn",
+            "--analysis",
+            "ownership",
+            "--analysis",
+            "coupling",
+            "--analysis",
+            "churn",
+            "--top",
+            "7",
+            "--renames",
+            "--priority",
+            "low",
+            "--label",
+            "repo=quern",
+            "--timeout",
+            "5m",
+            "--max-attempts",
+            "2",
+            "--at",
+            "2030-01-01T00:00:00Z",
+            "--key",
+            "nightly-git",
+            "/srv/r",
+        ])
+        .expect("spec");
+        let g = git(&spec);
+        assert_eq!(g.revs, ["main", "v1.0"]);
+        assert!(g.all);
+        assert_eq!(g.since.map(|t| t.seconds), Some(1_769_817_600));
+        assert_eq!(g.until.map(|t| t.seconds), Some(1_772_366_400));
+        let analysis = |name: &str, renames: bool, top: u32| GitAnalysis {
+            name: name.into(),
+            renames,
+            top,
+            ..GitAnalysis::default()
+        };
+        // In the order given, each once; renames only where it applies,
+        // top only on hotspots.
+        assert_eq!(
+            g.analyses,
+            [
+                analysis("hotspots", true, 7),
+                analysis("churn", true, 0),
+                analysis("ownership", true, 0),
+                analysis("coupling", false, 0),
+            ]
+        );
+        assert_eq!(spec.priority_name, "low");
+        assert_eq!(spec.labels["repo"], "quern");
+        assert_eq!(spec.timeout.map(|t| t.seconds), Some(300));
+        assert_eq!(spec.max_attempts, 2);
+        assert_eq!(spec.run_at.map(|t| t.seconds), Some(1_893_456_000));
+        assert_eq!(spec.idempotency_key, "nightly-git");
+    }
+
+    #[test]
+    fn search_and_contains_add_their_analyses_instead_of_summary() {
+        let spec = git_spec_of(&["--search", r"CVE-\d+|Fixes:", "/r"]).expect("spec");
+        assert_eq!(names(&spec), ["search"]);
+        assert_eq!(git(&spec).analyses[0].regex, r"CVE-\d+|Fixes:");
+
+        let spec = git_spec_of(&["--contains", "1a2b3c4d", "/r"]).expect("spec");
+        assert_eq!(names(&spec), ["contains"]);
+        assert_eq!(git(&spec).analyses[0].commit, "1a2b3c4d");
+
+        let spec = git_spec_of(&[
+            "--analysis",
+            "summary",
+            "--contains",
+            "1a2b",
+            "--search",
+            "x",
+            "/r",
+        ])
+        .expect("spec");
+        assert_eq!(names(&spec), ["summary", "search", "contains"]);
+    }
+
+    #[test]
+    fn an_age_since_is_that_long_before_now() {
+        let before = SystemTime::now();
+        let spec = git_spec_of(&["--since", "2w", "/r"]).expect("spec");
+        let since = SystemTime::try_from(git(&spec).since.expect("since")).expect("in range");
+        let ago = before.duration_since(since).expect("in the past");
+        let two_weeks = std::time::Duration::from_secs(14 * 86_400);
+        assert!(
+            ago >= two_weeks - std::time::Duration::from_secs(60),
+            "{ago:?}"
+        );
+        assert!(ago <= two_weeks, "{ago:?}");
+    }
+
+    #[test]
+    fn bad_git_flags_are_refused_naming_the_flag() {
+        let cases = [
+            (&["--since", "last tuesday", "/r"][..], "--since <DATE>"),
+            (&["--until", "2026-02-30", "/r"][..], "--until <DATE>"),
+            (&["--since", "soon", "/r"][..], "a date such as 2026-01-31"),
+            (&["--analysis", "blame", "/r"][..], "--analysis <NAME>"),
+            (
+                &["--analysis", "search", "/r"][..],
+                "possible values: summary",
+            ),
+            (&["--top", "5", "/r"][..], "--top sets how many hotspots"),
+            (
+                &["--renames", "--analysis", "coupling", "/r"][..],
+                "--renames applies to the churn, hotspots and ownership",
+            ),
+            (
+                &["--top", "many", "--analysis", "hotspots", "/r"][..],
+                "--top <N>",
+            ),
+            (&[][..], "<REPO>"),
+        ];
+        for (flags, want) in cases {
+            let err = git_spec_of(flags).expect_err("refused");
             assert!(err.to_string().contains(want), "{flags:?}: {err}");
         }
     }

@@ -167,6 +167,36 @@ fn relative_paths_of_the_job_are_resolved_as_submit_resolves_them() {
 }
 
 #[test]
+fn a_git_job_after_the_dash_dash_is_built_as_submit_git_builds_it() {
+    let spec = spec_of(&[
+        "src",
+        "--",
+        "git",
+        "--analysis",
+        "churn",
+        "--since",
+        "2026-01-31",
+        "--search",
+        "Fixes:",
+        ".",
+    ]);
+    let Some(job_spec::Kind::Git(git)) = spec.job.as_ref().and_then(|job| job.kind.as_ref()) else {
+        panic!("not a git template: {:?}", spec.job);
+    };
+    // The repository is resolved against quernctl's cwd, as for submit.
+    assert_eq!(PathBuf::from(&git.repo), cwd().join("."));
+    assert_eq!(git.since.map(|t| t.seconds), Some(1_769_817_600));
+    let names: Vec<&str> = git.analyses.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["churn", "search"]);
+    assert_eq!(git.analyses[1].regex, "Fixes:");
+
+    // And its mistakes are usage errors naming the flag.
+    let err = parse(&["src", "--", "git", "--since", "someday", "."]).expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    assert!(err.render().to_string().contains("--since <DATE>"), "{err}");
+}
+
+#[test]
 fn bad_flags_are_usage_errors_naming_the_flag() {
     // (arguments, the error kind, a part of the message)
     let cases: &[(&[&str], ErrorKind, &str)] = &[
