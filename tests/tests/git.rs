@@ -434,3 +434,59 @@ async fn quernctl_submits_a_git_job_and_prints_its_result() -> Result<()> {
     ensure!(text.contains("a.txt"), "{text}");
     Ok(())
 }
+
+/// A re-analysis after new commits diffs only those, reuses the rest from
+/// the cache, and still agrees with git.
+#[tokio::test]
+async fn a_rerun_after_three_commits_computes_three() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    let dir = daemon.dir().join("repo");
+    std::fs::create_dir(&dir)?;
+    fixture(&dir)?;
+    let path = dir.to_str().unwrap();
+    let first = submit(&mut client, git_spec(path, &["churn", "summary"])).await?;
+    let r1 = result_of(&wait_for_terminal(&mut client, first.id).await?)?;
+    ensure!(r1.computed == r1.commits && r1.reused == 0, "{r1:?}");
+
+    for n in 0..3 {
+        std::fs::write(dir.join("later.txt"), "l\n".repeat(n + 1))?;
+        git(&dir, &["add", "-A"], BOB, 1_700_200_000 + n as i64)?;
+        git(
+            &dir,
+            &["commit", "-q", "-m", "later"],
+            BOB,
+            1_700_200_000 + n as i64,
+        )?;
+    }
+    let second = submit(&mut client, git_spec(path, &["churn", "summary"])).await?;
+    let r2 = result_of(&wait_for_terminal(&mut client, second.id).await?)?;
+    ensure!(
+        r2.commits == r1.commits + 3,
+        "{} then {}",
+        r1.commits,
+        r2.commits
+    );
+    ensure!(
+        r2.computed == 3 && r2.reused == r1.commits,
+        "computed {}, reused {}",
+        r2.computed,
+        r2.reused
+    );
+    let churn = r2.churn.context("no churn")?;
+    let ours: BTreeMap<String, (u64, u64, u64)> = churn
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), (f.revisions, f.added, f.removed)))
+        .collect();
+    ensure!(ours == git_numstat(&dir)?, "{ours:?}");
+    // The old part is as the first run found it.
+    let old = r1.churn.context("no churn")?;
+    for f in &old.files {
+        ensure!(
+            churn.files.iter().any(|g| g == f),
+            "{f:?} changed, though no new commit touched it"
+        );
+    }
+    Ok(())
+}

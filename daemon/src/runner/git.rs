@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::in_process::InProcess;
 use super::{Attempt, AttemptCtx, Ended, Kind};
+use crate::git::cache::{self, NumstatCache};
 use crate::git::numstat::{CommitStats, numstats};
 use crate::git::walk::{WalkSpec, walk};
 use crate::git::{GitError, analyses, contains, mirror, open_local, search};
@@ -87,13 +88,17 @@ async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
         })
     };
     let pool = ctx.env.cpu.rayon();
-    let mirrors = ctx.env.state_dir.join("git").join("mirrors");
+    let dirs = Dirs {
+        mirrors: ctx.env.state_dir.join("git").join("mirrors"),
+        caches: ctx.env.state_dir.join("git").join("cache"),
+        cache_age: ctx.env.config.retention.max_age,
+    };
     let progress = ctx.progress.clone();
     let flag = cancel.clone();
     let done = ctx
         .env
         .cpu
-        .run(move || analyse(&spec, &mirrors, &pool, &flag, &progress))
+        .run(move || analyse(&spec, &dirs, &pool, &flag, &progress))
         .await;
     bridge.abort();
     match done {
@@ -128,10 +133,18 @@ fn report(progress: &ProgressSink, phase: &str, done: u64, total: u64) {
     });
 }
 
+/// Where the kind keeps its files.
+struct Dirs {
+    mirrors: std::path::PathBuf,
+    caches: std::path::PathBuf,
+    /// Caches of repositories no job used for this long are removed.
+    cache_age: Option<std::time::Duration>,
+}
+
 /// The whole attempt, on a pool thread.
 fn analyse(
     spec: &GitSpec,
-    mirrors: &Path,
+    dirs: &Dirs,
     pool: &rayon::ThreadPool,
     cancel: &AtomicBool,
     progress: &ProgressSink,
@@ -139,7 +152,7 @@ fn analyse(
     // Held until the analyses are done: jobs on one mirror take turns.
     let (repo, _mirror) = if is_url(&spec.repo) {
         report(progress, "fetching", 0, 0);
-        let m = mirror::sync(mirrors, &spec.repo, cancel).map_err(|e| Failure {
+        let m = mirror::sync(&dirs.mirrors, &spec.repo, cancel).map_err(|e| Failure {
             retry: !matches!(e, mirror::MirrorError::Cancelled),
             error: e.to_string(),
         })?;
@@ -164,19 +177,46 @@ fn analyse(
         ..GitResult::default()
     };
     // Each set of numstat options is computed once for all the analyses
-    // that use it.
+    // that use it, and only for commits the cache lacks.
+    if let Some(age) = dirs.cache_age {
+        cache::prune(&dirs.caches, age);
+    }
+    let key = cache::repo_key(
+        &spec.repo,
+        _mirror
+            .as_ref()
+            .and_then(|m| m.path.file_name())
+            .and_then(|n| n.to_str()),
+    );
     let mut stats: HashMap<ChurnOptions, Vec<CommitStats>> = HashMap::new();
-    let mut computed = 0;
+    let (mut computed, mut reused) = (0, 0);
     let mut stats_of = |opts: ChurnOptions| -> Result<Vec<CommitStats>, Failure> {
         if let Some(s) = stats.get(&opts) {
             return Ok(s.clone());
         }
-        let got = numstats(&repo, commits, opts, pool, cancel, &|n| {
-            report(progress, "diffing", n, total)
+        let mut cached = NumstatCache::load(&dirs.caches, &key, opts);
+        let missing: Vec<_> = commits
+            .iter()
+            .filter(|c| cached.get(&c.id).is_none())
+            .cloned()
+            .collect();
+        let got = numstats(&repo, &missing, opts, pool, cancel, &|n| {
+            report(progress, "diffing", n, missing.len() as u64)
         })?;
         computed += got.len() as u64;
-        stats.insert(opts, got.clone());
-        Ok(got)
+        reused += (commits.len() - missing.len()) as u64;
+        for (id, files) in got {
+            cached.insert(id, files);
+        }
+        if let Err(e) = cached.save() {
+            tracing::warn!(error = %e, "cannot save the git numstat cache; the next run diffs again");
+        }
+        let all: Vec<CommitStats> = commits
+            .iter()
+            .map(|c| (c.id, cached.get(&c.id).cloned().unwrap_or_default()))
+            .collect();
+        stats.insert(opts, all.clone());
+        Ok(all)
     };
     for a in &spec.analyses {
         if cancel.load(Ordering::Relaxed) {
@@ -222,5 +262,6 @@ fn analyse(
         }
     }
     result.computed = computed;
+    result.reused = reused;
     Ok(result)
 }
