@@ -123,6 +123,8 @@ scenarios! {
     p7a_fetch_against_curl => "p7a",
     p7b_fetch_host_rate => "p7b",
     p7c_fetch_many_hosts => "p7c",
+    p8a_git_walk => "p8a",
+    p8b_git_churn_and_rerun => "p8b",
     p9a_watch_write_to_start => "p9a",
     p9b_watch_burst => "p9b",
     p9c_watch_idle_tree => "p9c",

@@ -11,7 +11,7 @@ use crate::scenarios::Scenario;
 const USAGE: &str = "\
 usage: quern-bench <scenario|all>... [options]
 
-scenarios: p1a p1b p1c p2 p3 p4 p5 p6 p6b p7a p7b p7c p9a p9b p9c p10 p13, or all
+scenarios: p1a p1b p1c p2 p3 p4 p5 p6 p6b p7a p7b p7c p8a p8b p9a p9b p9c p10 p13, or all
 
 options:
   --jobs N         jobs per scenario, MiB of output for p13, MiB of the download for p7a
@@ -130,7 +130,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options>
             name => match Scenario::parse(name) {
                 Some(s) => scenarios.push(s),
                 None => bail!(
-                    "unknown scenario {name:?}; expected one of p1a p1b p1c p2 p3 p4 p5 p6 p6b p7a p7b p7c p9a p9b p9c p10 p13 all"
+                    "unknown scenario {name:?}; expected one of p1a p1b p1c p2 p3 p4 p5 p6 p6b p7a p7b p7c p8a p8b p9a p9b p9c p10 p13 all"
                 ),
             },
         }

@@ -1,8 +1,9 @@
-//! The scenarios of issues 3, 14 and 15, and what they share: starting a daemon, building
+//! The scenarios of issues 3, 14, 15 and 16, and what they share: starting a daemon, building
 //! no-op job specs, bulk filling the store, and following the Events stream.
 
 mod capture;
 mod fetch;
+mod git;
 mod latency;
 mod list;
 mod memory;
@@ -60,6 +61,10 @@ pub enum Scenario {
     P7b,
     /// Memory and CPU of many small fetch downloads over 10 hosts.
     P7c,
+    /// The git kind's commit walk against git rev-list.
+    P8a,
+    /// The git kind's churn against git log --numstat, and a re-run.
+    P8b,
     /// Latency from a write to its watch rule's job start.
     P9a,
     /// A burst of files in new directories under a watch rule.
@@ -74,7 +79,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::P1a,
         Scenario::P1b,
         Scenario::P1c,
@@ -87,6 +92,8 @@ impl Scenario {
         Scenario::P7a,
         Scenario::P7b,
         Scenario::P7c,
+        Scenario::P8a,
+        Scenario::P8b,
         Scenario::P9a,
         Scenario::P9b,
         Scenario::P9c,
@@ -116,6 +123,8 @@ impl Scenario {
             Scenario::P7a => "P7a",
             Scenario::P7b => "P7b",
             Scenario::P7c => "P7c",
+            Scenario::P8a => "P8a",
+            Scenario::P8b => "P8b",
             Scenario::P9a => "P9a",
             Scenario::P9b => "P9b",
             Scenario::P9c => "P9c",
@@ -139,6 +148,10 @@ impl Scenario {
             Scenario::P7a => "one N MiB fetch from a loopback server: quern vs curl -o FILE",
             Scenario::P7b => "N small fetches from one host limited to 20/s: rate at the server",
             Scenario::P7c => "N small fetches from 10 hosts, 2 at a time each: time, CPU, RSS",
+            Scenario::P8a => "git kind: walk N commits (a summary job) vs git rev-list --count",
+            Scenario::P8b => {
+                "git kind: churn of N commits vs git log --numstat; re-run after 10 more (P8c)"
+            }
             Scenario::P9a => "N writes under a rule with a 50 ms debounce: write -> job started",
             Scenario::P9b => "a burst of N files in N/100 new directories: jobs made, paths missed",
             Scenario::P9c => "a rule over a tree of N files: Add time, idle CPU, RSS over no rule",
@@ -161,6 +174,7 @@ impl Scenario {
             Scenario::P7a => 1_024,
             Scenario::P7b => 1_000,
             Scenario::P7c => 10_000,
+            Scenario::P8a | Scenario::P8b => 50_000,
             Scenario::P9a => 200,
             Scenario::P9b | Scenario::P9c => 100_000,
             Scenario::P13 => 2_000,
@@ -182,6 +196,8 @@ impl Scenario {
             Scenario::P7a => fetch::download(ctx, jobs).await,
             Scenario::P7b => fetch::rate(ctx, jobs).await,
             Scenario::P7c => fetch::many_hosts(ctx, jobs).await,
+            Scenario::P8a => git::walk(ctx, jobs).await,
+            Scenario::P8b => git::churn(ctx, jobs).await,
             Scenario::P9a => watch::latency(ctx, jobs).await,
             Scenario::P9b => watch::burst(ctx, jobs).await,
             Scenario::P9c => watch::idle(ctx, jobs).await,
