@@ -82,14 +82,20 @@ const BATCH_REST: Duration = Duration::from_millis(2);
 /// events, as a burst of file creations wakes it, it spent more time
 /// going to sleep and waking than handling events (perf, 100k files in
 /// 1,000 new directories: 27% of quernd's samples were its wake-ups).
-/// So the first event of a wake-up that follows the previous one closely
-/// (within [`Pace::BUSY`]) rests the thread for [`Pace::REST`] first:
-/// meanwhile the kernel queues the burst's next events (far below its
-/// limit: a burst makes tens of events a millisecond), and the next read
-/// takes them all. A lone change, after a quiet spell, is not delayed.
+/// So in a burst, the first event of a wake-up that follows the previous
+/// one closely (within [`Pace::BUSY`]) rests the thread for
+/// [`Pace::REST`] first: meanwhile the kernel queues the burst's next
+/// events (far below its limit: a burst makes tens of events a
+/// millisecond), and the next read takes them all. A burst is more than
+/// [`Pace::BURST`] events with no quiet spell between them; a lone write
+/// (its create, modify and close-write come in separate wake-ups) is not
+/// delayed, which cost P9a's latency a millisecond or two when every
+/// close wake-up rested.
 #[derive(Default)]
 struct Pace {
     last: Option<std::time::Instant>,
+    /// Events since the last quiet spell.
+    run: u32,
 }
 
 impl Pace {
@@ -99,14 +105,22 @@ impl Pace {
     /// A wake-up this soon after the previous event is part of a burst.
     const BUSY: Duration = Duration::from_millis(5);
     const REST: Duration = Duration::from_millis(1);
+    /// Events in a row before pacing starts: a few writes' worth.
+    const BURST: u32 = 64;
 
     fn before_event(&mut self) {
         let now = std::time::Instant::now();
-        if let Some(last) = self.last {
-            let gap = now.duration_since(last);
-            if gap > Pace::SAME_READ && gap < Pace::BUSY {
-                std::thread::sleep(Pace::REST);
-            }
+        let gap = self.last.map(|last| now.duration_since(last));
+        if gap.is_none_or(|g| g >= Pace::BUSY) {
+            self.run = 0;
+        }
+        self.run = self.run.saturating_add(1);
+        if let Some(gap) = gap
+            && gap > Pace::SAME_READ
+            && gap < Pace::BUSY
+            && self.run > Pace::BURST
+        {
+            std::thread::sleep(Pace::REST);
         }
         self.last = Some(std::time::Instant::now());
     }
@@ -315,6 +329,11 @@ impl Follower {
             self.show();
             let due = self.settle.due();
             tokio::select! {
+                // Biased, in this order: events already queued are taken
+                // before a timer fires, so a task that fell behind in a
+                // burst does not settle early with the burst's rest
+                // still in the channel.
+                biased;
                 () = stop.cancelled() => return Ok(()),
                 ev = next_event(&mut self.source), if resting.is_none() => {
                     let Some(ev) = ev else { return Ok(()) };
@@ -371,6 +390,13 @@ impl Follower {
                     rescanned = true;
                 }
                 () = sleep_until_opt(due) => {
+                    // Events that arrived while resting are part of the
+                    // burst: they are taken first, and push the settle on
+                    // (but not past max_wait).
+                    if queued(&self.source) && !self.settle.max_wait_reached(Instant::now()) {
+                        resting = None;
+                        continue;
+                    }
                     if let Some(paths) = self.settle.take_due(Instant::now()) {
                         self.snap.refresh(&self.root, &self.filter, &paths);
                         let reason = if std::mem::take(&mut rescanned) {
@@ -402,6 +428,14 @@ async fn next_event(source: &mut Source) -> Option<notify::Result<notify::Event>
     match source {
         Source::Tree { events, .. } => events.recv().await,
         Source::Poll { .. } => std::future::pending().await,
+    }
+}
+
+/// Whether events wait in the channel, not yet taken.
+fn queued(source: &Source) -> bool {
+    match source {
+        Source::Tree { events, .. } => !events.is_empty(),
+        Source::Poll { .. } => false,
     }
 }
 

@@ -51,6 +51,11 @@ impl Settle {
         Some((last + self.debounce).min(first + self.max_wait))
     }
 
+    /// Whether the unsettled changes have waited `max_wait` by `now`.
+    pub fn max_wait_reached(&self, now: Instant) -> bool {
+        self.first.is_some_and(|first| first + self.max_wait <= now)
+    }
+
     /// The changed paths, if they have settled by `now`; the state starts
     /// over. Changes recorded after this go to the next batch.
     pub fn take_due(&mut self, now: Instant) -> Option<BTreeSet<PathBuf>> {
@@ -122,6 +127,19 @@ mod tests {
             [(1_000 * MS, 20), (2_000 * MS, 20)],
             "a batch each max_wait after its first change, holding every path"
         );
+    }
+
+    #[test]
+    fn max_wait_is_reached_max_wait_after_the_first_unsettled_change() {
+        let t0 = Instant::now();
+        let mut s = Settle::new(100 * MS, 1_000 * MS);
+        assert!(!s.max_wait_reached(t0), "nothing seen, nothing waits");
+        s.record("a".into(), t0);
+        s.record("b".into(), t0 + 900 * MS);
+        assert!(!s.max_wait_reached(t0 + 999 * MS));
+        assert!(s.max_wait_reached(t0 + 1_000 * MS));
+        assert!(s.take_due(t0 + 1_000 * MS).is_some());
+        assert!(!s.max_wait_reached(t0 + 5_000 * MS), "it starts over");
     }
 
     #[test]
