@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use comfy_table::{ContentArrangement, Table, presets};
+use quern_proto::json::timestamp_json;
 use quern_proto::v1::{
     EventsResponse, FetchOverwrite, FetchResult, HostBreaker, HostStats, Job, JobResult, JobSpec,
     JobState, Progress, StatsResponse, Watch, WatchEvent, WatchSpec, WatchState, WatchTrigger,
@@ -448,22 +449,9 @@ pub fn watch_event_line(event: &WatchEvent) -> String {
     line
 }
 
-/// An RFC 3339 string, or `null` when unset. A timestamp that cannot be a
-/// `SystemTime` (out of range) is also `null`: it carries no usable time.
-fn timestamp_json(ts: Option<prost_types::Timestamp>) -> Value {
-    ts.and_then(system_time)
-        .map_or(Value::Null, |t| Value::String(rfc3339(t)))
-}
-
 /// Converts a proto timestamp, or `None` if it is out of range.
 pub fn system_time(ts: prost_types::Timestamp) -> Option<SystemTime> {
     SystemTime::try_from(ts).ok()
-}
-
-/// An RFC 3339 time in UTC, with as many fractional digits as it needs, for
-/// JSON, where the exact value matters more than how it reads.
-pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339(time).to_string()
 }
 
 /// A proto duration in the proto JSON form: seconds with an `s` suffix and

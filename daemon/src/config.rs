@@ -7,9 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod fetch;
+pub mod git;
 pub mod watch;
 
 pub use fetch::FetchConfig;
+pub use git::GitConfig;
 pub use watch::WatchConfig;
 
 /// Everything the daemon needs to know to run.
@@ -50,6 +52,8 @@ pub struct Config {
     pub fetch: FetchConfig,
     /// Watch rules' limits (`[watch]`).
     pub watch: WatchConfig,
+    /// The git kind's limits (`[git]`).
+    pub git: GitConfig,
 }
 
 /// How long finished jobs, and the event log, are kept (`[retention]`).
@@ -181,6 +185,9 @@ pub struct FileConfig {
     /// See [`Config::watch`].
     #[serde(default)]
     pub watch: watch::WatchFile,
+    /// See [`Config::git`].
+    #[serde(default)]
+    pub git: git::GitFile,
 }
 
 /// Values given on the command line or in the environment; they win over the
@@ -265,6 +272,7 @@ impl Config {
             retention: retention(file.retention)?,
             fetch: fetch::load(file.fetch)?,
             watch: watch::load(file.watch)?,
+            git: git::load(file.git)?,
         })
     }
 
@@ -284,6 +292,7 @@ impl Config {
             retention: Retention::default(),
             fetch: FetchConfig::default(),
             watch: WatchConfig::default(),
+            git: GitConfig::default(),
         }
     }
 }
@@ -399,6 +408,7 @@ mod tests {
         let w = WatchConfig::default();
         assert_eq!(cfg.watch.max_rules, w.max_rules);
         assert_eq!(cfg.watch.poll_interval, w.poll_interval);
+        assert_eq!(cfg.git, GitConfig::default());
     }
 
     /// Loads a config file holding `text`, written to `path`.

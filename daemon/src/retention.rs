@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::config;
 use crate::job::{JobId, Micros};
 use crate::logs::LogStore;
+use crate::runner::git::result_file;
 use crate::store::{PruneStep, Store, StoreError};
 use crate::watch::rule::WATCH_DIR;
 
@@ -59,6 +60,9 @@ pub struct Retention {
     /// `<state_dir>/watch`: the only place a pruned job's changed-paths
     /// file is deleted from.
     watch_dir: PathBuf,
+    /// `<state_dir>`: a pruned git job's result file, if it had one, goes
+    /// from `runner::git::result_file` under it.
+    state_dir: PathBuf,
     policy: config::Retention,
     clock: Clock,
     /// One pass at a time: the background one or `quernctl prune`.
@@ -80,6 +84,7 @@ impl Retention {
             store,
             logs,
             watch_dir: state_dir.join(WATCH_DIR),
+            state_dir: state_dir.to_path_buf(),
             policy,
             clock,
             pass: tokio::sync::Mutex::new(()),
@@ -150,20 +155,27 @@ impl Retention {
         Ok(pass)
     }
 
-    /// Deletes (or, in a dry run, measures) the logs of pruned jobs, off
-    /// the runtime's threads. Returns the bytes they held.
+    /// Deletes (or, in a dry run, measures) the logs of pruned jobs, and
+    /// the result files of git jobs over the size limit, off the runtime's
+    /// threads. Returns the bytes they held.
     async fn drop_logs(&self, jobs: Vec<JobId>, dry_run: bool) -> u64 {
         if jobs.is_empty() {
             return 0;
         }
         let logs = self.logs.clone();
+        let state_dir = self.state_dir.clone();
         tokio::task::spawn_blocking(move || {
             jobs.into_iter()
                 .map(|id| {
+                    let result = result_file(&state_dir, id);
+                    let result_bytes = std::fs::metadata(&result).map_or(0, |m| m.len());
                     if dry_run {
-                        logs.size(id)
+                        logs.size(id) + result_bytes
                     } else {
-                        logs.remove(id)
+                        if result_bytes > 0 {
+                            let _ = std::fs::remove_file(&result);
+                        }
+                        logs.remove(id) + result_bytes
                     }
                 })
                 .sum()

@@ -12,6 +12,8 @@ pub mod v1 {
     tonic::include_proto!("quern.v1");
 }
 
+pub mod json;
+
 /// The names `JobSpec.priority_name` accepts, with the priorities they stand
 /// for. Part of the API contract, like the proto file.
 pub const PRIORITY_NAMES: [(&str, i32); 5] = [

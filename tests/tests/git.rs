@@ -490,3 +490,78 @@ async fn a_rerun_after_three_commits_computes_three() -> Result<()> {
     }
     Ok(())
 }
+
+/// A result over `[git] max_result_bytes` goes to an owner-only file: the
+/// job records its path and size and no sections, and `quernctl result`
+/// reads the file as if the result were inline.
+#[tokio::test]
+async fn a_result_over_the_limit_goes_to_a_file_that_quernctl_reads() -> Result<()> {
+    let daemon = TestDaemon::builder()
+        .config("[git]")
+        .config("max_result_bytes = 300")
+        .start()
+        .await?;
+    let mut client = daemon.client();
+    let dir = daemon.dir().join("repo");
+    std::fs::create_dir(&dir)?;
+    fixture(&dir)?;
+    let job = submit(
+        &mut client,
+        git_spec(dir.to_str().unwrap(), &["summary", "churn"]),
+    )
+    .await?;
+    let r = result_of(&wait_for_terminal(&mut client, job.id).await?)?;
+    ensure!(!r.file.is_empty(), "no file: {r:?}");
+    ensure!(
+        r.summary.is_none() && r.churn.is_none() && r.commits > 0,
+        "{r:?}"
+    );
+    let meta = std::fs::metadata(&r.file).with_context(|| r.file.clone())?;
+    ensure!(r.file_bytes == meta.len() && r.file_bytes > 300, "{r:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    ensure!(
+        meta.permissions().mode() & 0o777 == 0o600,
+        "mode {:o}",
+        meta.permissions().mode()
+    );
+
+    let out = Command::new(quern_tests::quernctl_bin())
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["result", &job.id.to_string(), "--json"])
+        .env_remove("QUERN_SOCKET")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let files = result
+        .pointer("/git/churn/files")
+        .and_then(|f| f.as_array())
+        .with_context(|| format!("no churn in {result}"))?;
+    let ours: BTreeMap<String, (u64, u64, u64)> = files
+        .iter()
+        .map(|f| {
+            let n = |k: &str| f[k].as_u64().unwrap_or(0);
+            (
+                f["path"].as_str().unwrap_or_default().to_string(),
+                (n("revisions"), n("added"), n("removed")),
+            )
+        })
+        .collect();
+    ensure!(ours == git_numstat(&dir)?, "{ours:?}");
+    ensure!(
+        result
+            .pointer("/git/summary/commits")
+            .and_then(|c| c.as_u64())
+            == Some(r.commits),
+        "{result}"
+    );
+    ensure!(
+        result.pointer("/git/file").and_then(|f| f.as_str()) == Some(r.file.as_str()),
+        "{result}"
+    );
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! where every check of a request lives), calls the domain, and converts
 //! the answer back. Proto types never leave this module.
 
-mod convert;
+pub(crate) mod convert;
 mod feeds;
 mod status;
 mod watches;

@@ -289,6 +289,12 @@ pub struct GitResult {
     pub coupling: Option<Vec<CoupledPair>>,
     pub search: Option<Vec<SearchHit>>,
     pub contains: Option<Contains>,
+    /// Set when the result was over `[git] max_result_bytes`: the whole
+    /// result is in this file (proto JSON, owner-only), and the sections
+    /// above are empty.
+    pub file: Option<String>,
+    /// The file's size in bytes.
+    pub file_bytes: u64,
 }
 
 // A result holds no NaN (an owner's share is a ratio of counts, and files

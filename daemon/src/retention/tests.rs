@@ -377,3 +377,31 @@ async fn a_pruned_watch_jobs_paths_file_goes_only_from_our_directory() {
         "a job without the label is not a watch job"
     );
 }
+
+/// A pruned job takes the result file of a git result over the size limit
+/// along (and a dry run counts its bytes); a kept job keeps its file.
+#[tokio::test]
+async fn a_pruned_jobs_git_result_file_goes_with_it() {
+    use crate::runner::git::result_file;
+
+    let f = fixture(by_age(Duration::from_secs(3600)));
+    let old = f.queued(f.now - DAY).await;
+    f.store.cancel_pending(old, f.now - DAY).await.unwrap();
+    let kept = f.queued(f.now).await;
+    let (gone, stays) = (
+        result_file(f.dir.path(), old),
+        result_file(f.dir.path(), kept),
+    );
+    std::fs::create_dir_all(gone.parent().unwrap()).unwrap();
+    std::fs::write(&gone, [b'x'; 40]).unwrap();
+    std::fs::write(&stays, b"{}").unwrap();
+
+    let policy = f.retention.policy();
+    let dry = f.retention.prune(policy, true).await.unwrap();
+    assert_eq!((dry.jobs, dry.log_bytes), (1, 40), "{dry:?}");
+    assert!(gone.exists(), "a dry run deletes nothing");
+    let done = f.retention.prune(policy, false).await.unwrap();
+    assert_eq!((done.jobs, done.log_bytes), (1, 40), "{done:?}");
+    assert!(!gone.exists(), "the pruned job's result file went with it");
+    assert!(stays.exists(), "a kept job's file is kept");
+}

@@ -5,7 +5,9 @@
 //! analyses check often.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,7 +18,7 @@ use crate::git::numstat::{CommitStats, numstats};
 use crate::git::walk::{WalkSpec, walk};
 use crate::git::{GitError, analyses, contains, mirror, open_local, search};
 use crate::job::git::{Analysis, ChurnOptions, GitResult, GitSpec, is_url};
-use crate::job::{JobKind, JobResult, JobSpec, Progress, RunRecord};
+use crate::job::{JobId, JobKind, JobResult, JobSpec, Progress, RunRecord};
 use crate::progress::ProgressSink;
 
 /// The git kind.
@@ -95,10 +97,15 @@ async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
     };
     let progress = ctx.progress.clone();
     let flag = cancel.clone();
+    let file = result_file(&ctx.env.state_dir, ctx.job);
+    let limit = ctx.env.config.git.max_result_bytes;
     let done = ctx
         .env
         .cpu
-        .run(move || analyse(&spec, &dirs, &pool, &flag, &progress))
+        .run(move || {
+            let result = analyse(&spec, &dirs, &pool, &flag, &progress)?;
+            spill(result, &file, limit)
+        })
         .await;
     bridge.abort();
     match done {
@@ -121,6 +128,72 @@ async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
             retry: false,
         },
     }
+}
+
+/// Where job `job`'s result goes when it is over the size limit:
+/// `<state_dir>/git/results/<job>.json`. Retention deletes it with the
+/// job's record.
+pub fn result_file(state_dir: &Path, job: JobId) -> PathBuf {
+    state_dir
+        .join("git")
+        .join("results")
+        .join(format!("{job}.json"))
+}
+
+/// `result` as it is, or, when its JSON is over `limit` bytes, written
+/// whole to `file` (owner-only, in a directory only the owner can list)
+/// and replaced by its counts, the file's path and its size.
+///
+/// The file holds the proto JSON form (`quern_proto::json`), which is what
+/// clients read back, so it is made from the API's conversion.
+fn spill(result: GitResult, file: &Path, limit: u64) -> Result<GitResult, Failure> {
+    let proto = crate::api::convert::git::git_result_to_proto(&result);
+    let json = quern_proto::json::git_result_json(&proto).to_string();
+    let bytes = json.len() as u64;
+    if bytes <= limit {
+        return Ok(result);
+    }
+    let failed = |what: &str, e: std::io::Error| Failure {
+        error: format!(
+            "the result is {bytes} bytes, over [git] max_result_bytes ({limit}), and {what} {}: {e}; free space there or raise the limit",
+            file.display()
+        ),
+        retry: false,
+    };
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| failed("cannot create the directory of", e))?;
+    // Written to a temp file, synced, then renamed: a crash leaves no half
+    // result under the name the job records.
+    let temp = file.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        f.write_all(json.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&temp, file)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&temp);
+        return Err(failed("cannot be written to", e));
+    }
+    Ok(GitResult {
+        analyses: result.analyses,
+        commits: result.commits,
+        reused: result.reused,
+        computed: result.computed,
+        file: Some(file.to_string_lossy().into_owned()),
+        file_bytes: bytes,
+        ..GitResult::default()
+    })
 }
 
 fn report(progress: &ProgressSink, phase: &str, done: u64, total: u64) {

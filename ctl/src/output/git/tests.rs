@@ -1,7 +1,10 @@
 //! Tests of how a git job's result reads: the tables hold the numbers,
 //! the JSON every field, and a result file reads back to the same result.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
+
+use quern_proto::v1::{GitEquivalent, GitLacking};
 
 use super::*;
 

@@ -125,6 +125,8 @@ pub fn git_result_to_proto(r: &GitResult) -> pb::GitResult {
         reused: r.reused,
         computed: r.computed,
         analyses: r.analyses.clone(),
+        file: r.file.clone().unwrap_or_default(),
+        file_bytes: r.file_bytes,
         summary: r.summary.as_ref().map(|s| pb::GitSummary {
             commits: s.commits,
             first: s.first.map(seconds),
@@ -234,7 +236,5 @@ pub fn git_result_to_proto(r: &GitResult) -> pb::GitResult {
                 })
                 .collect(),
         }),
-        file: String::new(),
-        file_bytes: 0,
     }
 }
