@@ -8,8 +8,8 @@ use crate::job::git::{
     Analysis, Author, ChurnOptions, CouplingOptions, DEFAULT_TOP, Equivalence, GitResult, GitSpec,
 };
 
-/// A git spec from the wire. Names are checked here; the rules every spec
-/// meets are [`GitSpec::check`]'s.
+/// A git spec from the wire: names are checked here, then the rules every
+/// spec meets ([`GitSpec::check`]).
 pub fn git_from_proto(g: pb::GitSpec, path: SpecPath) -> Result<GitSpec, Error> {
     let mut analyses = Vec::with_capacity(g.analyses.len());
     for (i, a) in g.analyses.into_iter().enumerate() {
@@ -58,14 +58,19 @@ pub fn git_from_proto(g: pb::GitSpec, path: SpecPath) -> Result<GitSpec, Error> 
     let ts = |f: &str, t: Option<prost_types::Timestamp>| {
         t.map(|t| ts_to_micros(&path.field(f), &t)).transpose()
     };
-    Ok(GitSpec {
+    let spec = GitSpec {
         repo: g.repo,
         revs: g.revs,
         all: g.all,
         since: ts(".git.since", g.since)?,
         until: ts(".git.until", g.until)?,
         analyses,
-    })
+    };
+    // What converts is a spec the domain accepts (a relative path, a bad
+    // regex or scheme is refused here, naming the field).
+    spec.check()
+        .map_err(|(field, reason)| Error::invalid(path.field(field), reason))?;
+    Ok(spec)
 }
 
 /// The proto form of a git spec.
