@@ -68,7 +68,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// Each commit's author, by id.
 fn authors_by_id(commits: &[WalkedCommit]) -> HashMap<ObjectId, &Author> {
-    commits.iter().map(|c| (c.id, &c.author)).collect()
+    commits.iter().map(|c| (c.id, &*c.author)).collect()
 }
 
 /// Per file: commits that changed it, lines added and removed, distinct
@@ -464,11 +464,10 @@ mod tests {
             id: ObjectId::from_bytes_or_panic(&[n; 20]),
             tree: ObjectId::empty_tree(gix::hash::Kind::Sha1),
             parents: vec![],
-            author: author(who),
+            author: std::sync::Arc::new(author(who)),
             author_time: 0,
             author_offset: 0,
             committer_time: 0,
-            message: String::new(),
         }
     }
 

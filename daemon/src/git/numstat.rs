@@ -673,7 +673,10 @@ mod tests {
         let by_message = |m: &str| {
             h.commits
                 .iter()
-                .find(|c| c.message.trim() == m)
+                .find(|c| {
+                    let commit = repo.find_commit(c.id).expect("commit reads");
+                    commit.message_raw_sloppy().trim() == m.as_bytes()
+                })
                 .expect("commit")
         };
         let s = |path: &str, added, removed, binary| FileStat {

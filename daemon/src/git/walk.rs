@@ -3,8 +3,9 @@
 //! the job's window. Each commit comes back with what the analyses need,
 //! its author already put through `.mailmap`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gix::ObjectId;
@@ -41,16 +42,15 @@ pub struct WalkedCommit {
     pub tree: ObjectId,
     /// In the commit's order: the first is the mainline.
     pub parents: Vec<ObjectId>,
-    /// After `.mailmap`, trimmed, as `git shortlog -e` shows it.
-    pub author: Author,
+    /// After `.mailmap`, trimmed, as `git shortlog -e` shows it; shared
+    /// by all of the author's commits.
+    pub author: Arc<Author>,
     /// The author date, seconds since the epoch, and the author's offset
     /// from UTC in seconds (east positive).
     pub author_time: i64,
     pub author_offset: i32,
     /// The committer date, seconds since the epoch.
     pub committer_time: i64,
-    /// The whole message, lossily UTF-8.
-    pub message: String,
 }
 
 /// The walked history.
@@ -135,7 +135,7 @@ pub fn resolve_tips(
             Err(_) if !tips.is_empty() => {}
             Err(_) => return Err(GitError::Unborn { repo: repo_path() }),
         }
-        let mut seen = HashSet::new();
+        let mut seen = std::collections::HashSet::new();
         tips.retain(|id| seen.insert(*id));
     }
     Ok(tips)
@@ -156,7 +156,12 @@ pub fn walk(
     // window bound in micros has no exact value in seconds.
     let since = spec.since.map(i128::from);
     let until = spec.until.map(i128::from);
-    let mut seen: HashSet<ObjectId> = tips.iter().copied().collect();
+    // Keyed by the ids' own bytes (they are hashes already), not SipHash.
+    let mut seen: gix::hashtable::HashSet<ObjectId> = tips.iter().copied().collect();
+    // Each author's mailmapped name, made once: a history has far fewer
+    // authors than commits. Keyed by the raw `name\0email`.
+    let mut authors: HashMap<Box<[u8]>, Arc<Author>> = HashMap::new();
+    let mut key = Vec::new();
     let mut stack: Vec<ObjectId> = tips.iter().rev().copied().collect();
     let mut commits = Vec::new();
     let mut buf = Vec::new();
@@ -192,19 +197,31 @@ pub fn walk(
         }
         let author = commit.author().map_err(|e| bad(e.to_string()))?;
         let author_date = author.time().map_err(|e| bad(e.to_string()))?;
-        let mapped = mailmap.resolve(author.trim());
+        let raw = author.trim();
+        key.clear();
+        key.extend_from_slice(raw.name);
+        key.push(0);
+        key.extend_from_slice(raw.email);
+        let author = match authors.get(key.as_slice()) {
+            Some(a) => a.clone(),
+            None => {
+                let mapped = mailmap.resolve(raw);
+                let a = Arc::new(Author {
+                    name: mapped.name.to_str_lossy().trim().to_string(),
+                    email: mapped.email.to_str_lossy().trim().to_string(),
+                });
+                authors.insert(key.clone().into_boxed_slice(), a.clone());
+                a
+            }
+        };
         commits.push(WalkedCommit {
             id,
             tree: commit.tree(),
             parents,
-            author: Author {
-                name: mapped.name.to_str_lossy().trim().to_string(),
-                email: mapped.email.to_str_lossy().trim().to_string(),
-            },
+            author,
             author_time: author_date.seconds,
             author_offset: author_date.offset,
             committer_time,
-            message: commit.message.to_str_lossy().into_owned(),
         });
     }
     if cancel.load(Ordering::Relaxed) {
