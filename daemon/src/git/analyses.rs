@@ -24,22 +24,35 @@ pub fn summary(commits: &[WalkedCommit]) -> Summary {
         commits: commits.len() as u64,
         ..Summary::default()
     };
-    let mut authors: HashMap<&Author, u64> = HashMap::new();
+    // Counted per shared Author (the walk makes one per raw identity) and
+    // per (year, month), so the loop hashes no strings; merged by value
+    // after, since two identities may map to one author.
+    let mut by_identity: HashMap<*const Author, (&Author, u64)> = HashMap::new();
+    let mut by_month: HashMap<(i64, u32), u64> = HashMap::new();
     for c in commits {
         s.first = Some(s.first.map_or(c.author_time, |f| f.min(c.author_time)));
         s.last = Some(s.last.map_or(c.author_time, |l| l.max(c.author_time)));
-        *authors.entry(&c.author).or_default() += 1;
+        by_identity
+            .entry(std::sync::Arc::as_ptr(&c.author))
+            .or_insert((&*c.author, 0))
+            .1 += 1;
         let local = c.author_time + i64::from(c.author_offset);
         let days = local.div_euclid(86_400);
         let (year, month, _) = civil_from_days(days);
-        *s.by_month
-            .entry(format!("{year:04}-{month:02}"))
-            .or_default() += 1;
+        *by_month.entry((year, month)).or_default() += 1;
         // 1970-01-01 was a Thursday, index 3 counting from Monday.
         s.by_weekday[(days + 3).rem_euclid(7) as usize] += 1;
     }
-    let mut authors: Vec<(Author, u64)> =
-        authors.into_iter().map(|(a, n)| (a.clone(), n)).collect();
+    for ((year, month), n) in by_month {
+        *s.by_month
+            .entry(format!("{year:04}-{month:02}"))
+            .or_default() += n;
+    }
+    let mut merged: HashMap<&Author, u64> = HashMap::new();
+    for (author, n) in by_identity.into_values() {
+        *merged.entry(author).or_default() += n;
+    }
+    let mut authors: Vec<(Author, u64)> = merged.into_iter().map(|(a, n)| (a.clone(), n)).collect();
     authors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     s.authors = authors;
     s
