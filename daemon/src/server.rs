@@ -283,6 +283,7 @@ pub async fn run(
             clock,
             // Fetch attempts tell admission how each host answered.
             hosts: admission.hosts().clone(),
+            git_result_json: crate::api::git_result_json,
         }),
     });
     // A job thread per core, or per job slot if fewer.

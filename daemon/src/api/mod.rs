@@ -3,7 +3,7 @@
 //! where every check of a request lives), calls the domain, and converts
 //! the answer back. Proto types never leave this module.
 
-pub(crate) mod convert;
+mod convert;
 mod feeds;
 mod status;
 mod watches;
@@ -33,6 +33,14 @@ const STREAM_END_NOTICE: std::time::Duration = std::time::Duration::from_secs(1)
 
 pub use convert::limits;
 pub use watches::WatchesService;
+
+/// A git result in the JSON form clients read back from a result file
+/// (`quern_proto::json`): what the git kind writes when a result is over
+/// `[git] max_result_bytes`. Given to the kind through `KindEnv`, so that
+/// the domain never sees the wire's shapes.
+pub fn git_result_json(r: &crate::job::git::GitResult) -> String {
+    quern_proto::json::git_result_json(&convert::git::git_result_to_proto(r)).to_string()
+}
 
 /// The `quern.v1.Jobs` service.
 pub struct JobsService {

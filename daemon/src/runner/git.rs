@@ -99,12 +99,13 @@ async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
     let flag = cancel.clone();
     let file = result_file(&ctx.env.state_dir, ctx.job);
     let limit = ctx.env.config.git.max_result_bytes;
+    let render = ctx.env.git_result_json;
     let done = ctx
         .env
         .cpu
         .run(move || {
             let result = analyse(&spec, &dirs, &pool, &flag, &progress)?;
-            spill(result, &file, limit)
+            spill(result, &file, limit, render)
         })
         .await;
     bridge.abort();
@@ -140,15 +141,17 @@ pub fn result_file(state_dir: &Path, job: JobId) -> PathBuf {
         .join(format!("{job}.json"))
 }
 
-/// `result` as it is, or, when its JSON is over `limit` bytes, written
-/// whole to `file` (owner-only, in a directory only the owner can list)
-/// and replaced by its counts, the file's path and its size.
-///
-/// The file holds the proto JSON form (`quern_proto::json`), which is what
-/// clients read back, so it is made from the API's conversion.
-fn spill(result: GitResult, file: &Path, limit: u64) -> Result<GitResult, Failure> {
-    let proto = crate::api::convert::git::git_result_to_proto(&result);
-    let json = quern_proto::json::git_result_json(&proto).to_string();
+/// `result` as it is, or, when its JSON (by `render`, the form clients
+/// read back) is over `limit` bytes, written whole to `file` (owner-only,
+/// in a directory only the owner can list) and replaced by its counts,
+/// the file's path and its size.
+fn spill(
+    result: GitResult,
+    file: &Path,
+    limit: u64,
+    render: fn(&GitResult) -> String,
+) -> Result<GitResult, Failure> {
+    let json = render(&result);
     let bytes = json.len() as u64;
     if bytes <= limit {
         return Ok(result);

@@ -85,6 +85,10 @@ pub struct KindEnv {
     /// Where fetch attempts report how each host answered, and wait for
     /// a host's rate (see [`HostFeedback`]).
     pub hosts: Arc<dyn HostFeedback>,
+    /// Renders a git result as the file clients read back when it is over
+    /// `[git] max_result_bytes`: the API's JSON form, which the server
+    /// supplies (`api::git_result_json`), as kinds do not know the wire.
+    pub git_result_json: fn(&crate::job::git::GitResult) -> String,
 }
 
 /// What a fetch attempt tells the per-host policy (in `admission`) about
@@ -544,6 +548,7 @@ impl RunnerCtx {
                 state_dir: dir.into(),
                 clock,
                 hosts: Arc::new(NoHostLimits),
+                git_result_json: crate::api::git_result_json,
             }),
         })
     }
