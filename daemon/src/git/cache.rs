@@ -28,6 +28,9 @@ const FORMAT: u32 = 1;
 /// One stored commit: its id and files (path, added, removed, binary).
 type Stored = (String, Vec<(String, u64, u64, bool)>);
 
+/// [`Stored`] as it is written, borrowing the paths.
+type StoredRef<'a> = (String, Vec<(&'a str, u64, u64, bool)>);
+
 /// The numstats of one repository under one set of options.
 pub struct NumstatCache {
     path: PathBuf,
@@ -94,6 +97,13 @@ impl NumstatCache {
         self.map.get(id)
     }
 
+    /// Commit `id`'s files, taken out of the cache (after [`save`]).
+    ///
+    /// [`save`]: NumstatCache::save
+    pub fn take(&mut self, id: &ObjectId) -> Option<Vec<FileStat>> {
+        self.map.remove(id)
+    }
+
     /// Adds commit `id`'s files.
     pub fn insert(&mut self, id: ObjectId, files: Vec<FileStat>) {
         if self.map.insert(id, files).is_none() {
@@ -107,7 +117,7 @@ impl NumstatCache {
         if self.added == 0 {
             return Ok(());
         }
-        let stored: Vec<Stored> = self
+        let stored: Vec<StoredRef<'_>> = self
             .map
             .iter()
             .map(|(id, files)| {
@@ -115,7 +125,7 @@ impl NumstatCache {
                     id.to_hex().to_string(),
                     files
                         .iter()
-                        .map(|f| (f.path.clone(), f.added, f.removed, f.binary))
+                        .map(|f| (f.path.as_str(), f.added, f.removed, f.binary))
                         .collect(),
                 )
             })
@@ -169,8 +179,13 @@ mod tests {
         assert!(c.get(&id).is_none());
         c.insert(id, vec![stat("a", 3)]);
         c.save().unwrap();
-        let again = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let mut again = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
         assert_eq!(again.get(&id), Some(&vec![stat("a", 3)]));
+        // Taken out for the analyses: gone from memory, not from the file.
+        assert_eq!(again.take(&id), Some(vec![stat("a", 3)]));
+        assert!(again.get(&id).is_none());
+        let third = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        assert_eq!(third.get(&id), Some(&vec![stat("a", 3)]));
         // Other options are another cache.
         let renames = NumstatCache::load(dir.path(), "k", ChurnOptions { renames: true });
         assert!(renames.get(&id).is_none());

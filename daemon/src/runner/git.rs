@@ -264,9 +264,10 @@ fn analyse(
             .and_then(|m| m.path.file_name())
             .and_then(|n| n.to_str()),
     );
-    let mut stats: HashMap<ChurnOptions, Vec<CommitStats>> = HashMap::new();
+    // Shared, not copied, between the analyses that use one set of options.
+    let mut stats: HashMap<ChurnOptions, Arc<Vec<CommitStats>>> = HashMap::new();
     let (mut computed, mut reused) = (0, 0);
-    let mut stats_of = |opts: ChurnOptions| -> Result<Vec<CommitStats>, Failure> {
+    let mut stats_of = |opts: ChurnOptions| -> Result<Arc<Vec<CommitStats>>, Failure> {
         if let Some(s) = stats.get(&opts) {
             return Ok(s.clone());
         }
@@ -287,10 +288,13 @@ fn analyse(
         if let Err(e) = cached.save() {
             tracing::warn!(error = %e, "cannot save the git numstat cache; the next run diffs again");
         }
-        let all: Vec<CommitStats> = commits
-            .iter()
-            .map(|c| (c.id, cached.get(&c.id).cloned().unwrap_or_default()))
-            .collect();
+        // Saved: the cache's entries move into the analyses' list.
+        let all: Arc<Vec<CommitStats>> = Arc::new(
+            commits
+                .iter()
+                .map(|c| (c.id, cached.take(&c.id).unwrap_or_default()))
+                .collect(),
+        );
         stats.insert(opts, all.clone());
         Ok(all)
     };
