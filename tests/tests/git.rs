@@ -388,38 +388,32 @@ async fn bad_git_specs_are_refused_naming_the_field() -> Result<()> {
     Ok(())
 }
 
-/// quernctl submits a git job for a relative path (resolved against its
-/// cwd) and prints its churn with `result --json`, equal to git's.
-#[tokio::test]
-async fn quernctl_submits_a_git_job_and_prints_its_result() -> Result<()> {
-    let daemon = TestDaemon::start().await?;
-    let dir = daemon.dir().join("repo");
-    std::fs::create_dir(&dir)?;
-    fixture(&dir)?;
-    let ctl = |args: &[&str]| -> Result<String> {
-        let out = Command::new(quern_tests::quernctl_bin())
-            .arg("--socket")
-            .arg(daemon.socket())
-            .args(args)
-            .current_dir(daemon.dir())
-            .env_remove("QUERN_SOCKET")
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "quernctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
-    };
-    let id = ctl(&["submit", "git", "repo", "--analysis", "churn"])?;
-    let id = id.trim();
-    ctl(&["wait", id])?;
-    let result: serde_json::Value = serde_json::from_str(&ctl(&["result", id, "--json"])?)?;
+/// Runs quernctl against `daemon`, from its directory; its stdout, or an
+/// error with its stderr.
+fn quernctl(daemon: &TestDaemon, args: &[&str]) -> Result<String> {
+    let out = Command::new(quern_tests::quernctl_bin())
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(args)
+        .current_dir(daemon.dir())
+        .env_remove("QUERN_SOCKET")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "quernctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The churn of `quernctl result --json`'s output, per path: (revisions,
+/// added, removed), as [`git_numstat`] gives git's.
+fn churn_of_json(result: &serde_json::Value) -> Result<BTreeMap<String, (u64, u64, u64)>> {
     let files = result
         .pointer("/git/churn/files")
         .and_then(|f| f.as_array())
         .with_context(|| format!("no churn in {result}"))?;
-    let ours: BTreeMap<String, (u64, u64, u64)> = files
+    Ok(files
         .iter()
         .map(|f| {
             let n = |k: &str| f[k].as_u64().unwrap_or(0);
@@ -428,7 +422,23 @@ async fn quernctl_submits_a_git_job_and_prints_its_result() -> Result<()> {
                 (n("revisions"), n("added"), n("removed")),
             )
         })
-        .collect();
+        .collect())
+}
+
+/// quernctl submits a git job for a relative path (resolved against its
+/// cwd) and prints its churn with `result --json`, equal to git's.
+#[tokio::test]
+async fn quernctl_submits_a_git_job_and_prints_its_result() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let dir = daemon.dir().join("repo");
+    std::fs::create_dir(&dir)?;
+    fixture(&dir)?;
+    let ctl = |args: &[&str]| quernctl(&daemon, args);
+    let id = ctl(&["submit", "git", "repo", "--analysis", "churn"])?;
+    let id = id.trim();
+    ctl(&["wait", id])?;
+    let result: serde_json::Value = serde_json::from_str(&ctl(&["result", id, "--json"])?)?;
+    let ours = churn_of_json(&result)?;
     ensure!(ours == git_numstat(&dir)?, "{ours:?}");
     let text = ctl(&["result", id])?;
     ensure!(text.contains("a.txt"), "{text}");
@@ -525,32 +535,9 @@ async fn a_result_over_the_limit_goes_to_a_file_that_quernctl_reads() -> Result<
         meta.permissions().mode()
     );
 
-    let out = Command::new(quern_tests::quernctl_bin())
-        .arg("--socket")
-        .arg(daemon.socket())
-        .args(["result", &job.id.to_string(), "--json"])
-        .env_remove("QUERN_SOCKET")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let files = result
-        .pointer("/git/churn/files")
-        .and_then(|f| f.as_array())
-        .with_context(|| format!("no churn in {result}"))?;
-    let ours: BTreeMap<String, (u64, u64, u64)> = files
-        .iter()
-        .map(|f| {
-            let n = |k: &str| f[k].as_u64().unwrap_or(0);
-            (
-                f["path"].as_str().unwrap_or_default().to_string(),
-                (n("revisions"), n("added"), n("removed")),
-            )
-        })
-        .collect();
+    let json = quernctl(&daemon, &["result", &job.id.to_string(), "--json"])?;
+    let result: serde_json::Value = serde_json::from_str(&json)?;
+    let ours = churn_of_json(&result)?;
     ensure!(ours == git_numstat(&dir)?, "{ours:?}");
     ensure!(
         result
