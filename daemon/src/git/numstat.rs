@@ -263,7 +263,6 @@ impl Differ {
             track_empty: false,
         });
         let changes = &mut self.changes;
-        let file = |mode: EntryMode| !mode.is_tree();
         gix::diff::tree_with_rewrites(
             lhs,
             rhs,
@@ -271,43 +270,29 @@ impl Differ {
             &mut self.tree_state,
             &self.repo.objects,
             |change: ChangeRef<'_>| {
-                let path = || change.location().to_str_lossy().into_owned();
-                match change {
-                    ChangeRef::Addition { entry_mode, id, .. } if file(entry_mode) => {
-                        changes.push((path(), None, Some((entry_mode, id))));
-                    }
-                    ChangeRef::Deletion { entry_mode, id, .. } if file(entry_mode) => {
-                        changes.push((path(), Some((entry_mode, id)), None));
-                    }
+                let sides = match change {
+                    ChangeRef::Addition { entry_mode, id, .. } => (None, Some((entry_mode, id))),
+                    ChangeRef::Deletion { entry_mode, id, .. } => (Some((entry_mode, id)), None),
                     ChangeRef::Modification {
                         previous_entry_mode,
                         previous_id,
                         entry_mode,
                         id,
                         ..
-                    } if file(entry_mode) || file(previous_entry_mode) => {
-                        // A file that became a directory (or the reverse)
-                        // is the file's deletion (or addition).
-                        changes.push((
-                            path(),
-                            file(previous_entry_mode).then_some((previous_entry_mode, previous_id)),
-                            file(entry_mode).then_some((entry_mode, id)),
-                        ));
-                    }
+                    } => (
+                        Some((previous_entry_mode, previous_id)),
+                        Some((entry_mode, id)),
+                    ),
                     ChangeRef::Rewrite {
                         source_entry_mode,
                         source_id,
                         entry_mode,
                         id,
                         ..
-                    } if file(entry_mode) => {
-                        changes.push((
-                            path(),
-                            Some((source_entry_mode, source_id)),
-                            Some((entry_mode, id)),
-                        ));
-                    }
-                    _ => {}
+                    } => (Some((source_entry_mode, source_id)), Some((entry_mode, id))),
+                };
+                if let Some((old, new)) = file_sides(sides.0, sides.1) {
+                    changes.push((change.location().to_str_lossy().into_owned(), old, new));
                 }
                 Ok(std::ops::ControlFlow::Continue(()))
             },
@@ -347,10 +332,18 @@ impl Differ {
     }
 }
 
-/// The file changes of a plain tree diff, with their paths from the root.
-/// Only files count (a tree's entries come on their own); a file that
-/// became a directory, or the reverse, is the file's deletion or
-/// addition, as git shows it.
+/// A change's sides as files: a directory's side is no side (its files
+/// come as changes of their own), so a file that became a directory, or
+/// the reverse, is the file's deletion or addition, as git shows it.
+/// `None` when neither side is a file.
+fn file_sides(old: Side, new: Side) -> Option<(Side, Side)> {
+    let file = |side: Side| side.filter(|(mode, _)| !mode.is_tree());
+    let (old, new) = (file(old), file(new));
+    (old.is_some() || new.is_some()).then_some((old, new))
+}
+
+/// The file changes of a plain tree diff, with their paths from the root
+/// (see [`file_sides`]).
 struct Collect<'a> {
     path: BString,
     /// Paths of subtrees queued for the breadth-first walk.
@@ -398,31 +391,25 @@ impl gix::diff::tree::Visit for Collect<'_> {
 
     fn visit(&mut self, change: gix::diff::tree::visit::Change) -> gix::diff::tree::visit::Action {
         use gix::diff::tree::visit::Change;
-        let file = |mode: EntryMode| !mode.is_tree();
-        match change {
+        let sides = match change {
             Change::Addition {
                 entry_mode, oid, ..
-            } if file(entry_mode) => {
-                self.record(None, Some((entry_mode, oid)));
-            }
+            } => (None, Some((entry_mode, oid))),
             Change::Deletion {
                 entry_mode, oid, ..
-            } if file(entry_mode) => {
-                self.record(Some((entry_mode, oid)), None);
-            }
+            } => (Some((entry_mode, oid)), None),
             Change::Modification {
                 previous_entry_mode,
                 previous_oid,
                 entry_mode,
                 oid,
-            } => {
-                let old = file(previous_entry_mode).then_some((previous_entry_mode, previous_oid));
-                let new = file(entry_mode).then_some((entry_mode, oid));
-                if old.is_some() || new.is_some() {
-                    self.record(old, new);
-                }
-            }
-            _ => {}
+            } => (
+                Some((previous_entry_mode, previous_oid)),
+                Some((entry_mode, oid)),
+            ),
+        };
+        if let Some((old, new)) = file_sides(sides.0, sides.1) {
+            self.record(old, new);
         }
         std::ops::ControlFlow::Continue(())
     }
