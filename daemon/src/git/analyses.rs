@@ -4,6 +4,7 @@
 //! [`crate::job::git::GitResult`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use gix::ObjectId;
 
@@ -79,9 +80,9 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// Each commit's author, by id.
-fn authors_by_id(commits: &[WalkedCommit]) -> HashMap<ObjectId, &Author> {
-    commits.iter().map(|c| (c.id, &*c.author)).collect()
+/// Each commit's author, by id (hashed by the id's own bytes).
+fn authors_by_id(commits: &[WalkedCommit]) -> gix::hashtable::HashMap<ObjectId, &Arc<Author>> {
+    commits.iter().map(|c| (c.id, &c.author)).collect()
 }
 
 /// Per file: commits that changed it, lines added and removed, distinct
@@ -89,39 +90,59 @@ fn authors_by_id(commits: &[WalkedCommit]) -> HashMap<ObjectId, &Author> {
 /// count as revisions with no lines, as git prints `-` for them.
 pub fn churn(commits: &[WalkedCommit], stats: &[CommitStats]) -> Churn {
     let by_id = authors_by_id(commits);
-    let mut files: BTreeMap<&str, (FileChurn, HashSet<&Author>)> = BTreeMap::new();
-    let mut authors: BTreeMap<&Author, (u64, u64)> = BTreeMap::new();
+    // Counted per shared Author (the walk makes one per identity), so the
+    // per-file loop hashes no names; merged by value after, since two
+    // identities may map to one author.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut files: Vec<(FileChurn, HashSet<*const Author>)> = Vec::new();
+    let mut authors: HashMap<*const Author, (&Author, u64, u64)> = HashMap::new();
     for (id, changed) in stats {
         let Some(author) = by_id.get(id).copied() else {
             continue;
         };
-        let totals = authors.entry(author).or_default();
+        let ptr = Arc::as_ptr(author);
+        let totals = authors.entry(ptr).or_insert((author, 0, 0));
         for f in changed {
-            let (entry, who) = files.entry(&f.path).or_insert_with(|| {
-                (
+            let at = *index.entry(&f.path).or_insert_with(|| {
+                files.push((
                     FileChurn {
-                        path: f.path.clone(),
+                        path: f.path.to_string(),
                         ..FileChurn::default()
                     },
                     HashSet::new(),
-                )
+                ));
+                files.len() - 1
             });
+            let (entry, who) = &mut files[at];
             entry.revisions += 1;
             entry.added += f.added;
             entry.removed += f.removed;
-            who.insert(author);
-            totals.0 += f.added;
-            totals.1 += f.removed;
+            who.insert(ptr);
+            totals.1 += f.added;
+            totals.2 += f.removed;
         }
     }
-    let files = files
-        .into_values()
+    let by_ptr: HashMap<*const Author, &Author> =
+        authors.iter().map(|(p, (a, _, _))| (*p, *a)).collect();
+    let mut files: Vec<FileChurn> = files
+        .into_iter()
         .map(|(mut f, who)| {
-            f.authors = who.len() as u64;
+            f.authors = if who.len() < 2 {
+                who.len() as u64
+            } else {
+                who.iter().map(|p| by_ptr[p]).collect::<HashSet<_>>().len() as u64
+            };
             f
         })
         .collect();
-    let mut authors: Vec<AuthorChurn> = authors
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut merged: BTreeMap<&Author, (u64, u64)> = BTreeMap::new();
+    for (author, added, removed) in authors.into_values() {
+        let m = merged.entry(author).or_default();
+        m.0 += added;
+        m.1 += removed;
+    }
+    let mut authors: Vec<AuthorChurn> = merged
         .into_iter()
         .map(|(a, (added, removed))| AuthorChurn {
             author: a.clone(),
@@ -258,7 +279,7 @@ pub fn coupling(stats: &[CommitStats], opts: CouplingOptions) -> Vec<CoupledPair
         }
         // Paths in a numstat are sorted, so each pair comes as (a, b) with
         // a < b; a path listed twice counts once.
-        let mut paths: Vec<&str> = changed.iter().map(|f| f.path.as_str()).collect();
+        let mut paths: Vec<&str> = changed.iter().map(|f| &*f.path).collect();
         paths.dedup();
         for (i, a) in paths.iter().enumerate() {
             *revs.entry(a).or_default() += 1;

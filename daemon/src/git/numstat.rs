@@ -49,8 +49,9 @@ const PACK_CACHE: usize = 64 << 20;
 /// One file in one commit's numstat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileStat {
-    /// The path after the commit (with renames on, the new path).
-    pub path: String,
+    /// The path after the commit (with renames on, the new path); shared
+    /// by all of a path's entries loaded from the cache.
+    pub path: std::sync::Arc<str>,
     /// Lines added and removed; both 0 for a binary file.
     pub added: u64,
     pub removed: u64,
@@ -205,7 +206,7 @@ impl Differ {
         for (path, old, new) in changes.drain(..) {
             let (added, removed, binary) = self.count(old, new)?;
             out.push(FileStat {
-                path,
+                path: path.into(),
                 added,
                 removed,
                 binary,

@@ -3,7 +3,6 @@
 //! the job's window. Each commit comes back with what the analyses need,
 //! its author already put through `.mailmap`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 
-use super::repo::{GitError, read_object};
+use super::cache::Graph;
+use super::repo::GitError;
 use crate::job::Micros;
 use crate::job::git::Author;
 
@@ -150,6 +150,18 @@ pub fn walk(
     cancel: &AtomicBool,
     progress: &dyn Fn(u64),
 ) -> Result<History, GitError> {
+    walk_cached(repo, spec, &mut Graph::in_memory(), cancel, progress)
+}
+
+/// [`walk`], reading from `repo` only the commits `graph` lacks, and
+/// adding those to it.
+pub fn walk_cached(
+    repo: &gix::Repository,
+    spec: &WalkSpec<'_>,
+    graph: &mut Graph,
+    cancel: &AtomicBool,
+    progress: &dyn Fn(u64),
+) -> Result<History, GitError> {
     let tips = resolve_tips(repo, spec)?;
     let mailmap = repo.open_mailmap();
     // In micros as i128: committer dates before 1970 are negative, and a
@@ -158,10 +170,9 @@ pub fn walk(
     let until = spec.until.map(i128::from);
     // Keyed by the ids' own bytes (they are hashes already), not SipHash.
     let mut seen: gix::hashtable::HashSet<ObjectId> = tips.iter().copied().collect();
-    // Each author's mailmapped name, made once: a history has far fewer
-    // authors than commits. Keyed by the raw `name\0email`.
-    let mut authors: HashMap<Box<[u8]>, Arc<Author>> = HashMap::new();
-    let mut key = Vec::new();
+    // Each raw identity's mailmapped author, made once and shared by its
+    // commits: a history has far fewer authors than commits.
+    let mut authors: Vec<Option<Arc<Author>>> = Vec::new();
     let mut stack: Vec<ObjectId> = tips.iter().rev().copied().collect();
     let mut commits = Vec::new();
     let mut buf = Vec::new();
@@ -174,54 +185,47 @@ pub fn walk(
             }
             progress(read);
         }
-        let data = read_object(repo, &id, "commit", &mut buf)?;
-        let bad = |detail: String| GitError::Object {
-            what: "commit",
-            id,
-            detail,
+        let node = match graph.get(&id) {
+            Some(node) => node,
+            None => graph.read(repo, id, &mut buf)?,
         };
-        let commit = gix::objs::CommitRef::from_bytes(data.data, repo.object_hash())
-            .map_err(|e| bad(e.to_string()))?;
-        let parents: Vec<ObjectId> = commit.parents().collect();
-        for p in &parents {
+        let parents = graph.parents(&node);
+        for p in parents {
             if seen.insert(*p) {
                 stack.push(*p);
             }
         }
-        let committer = commit.committer().map_err(|e| bad(e.to_string()))?;
-        let committer_time = committer.seconds();
-        let micros = i128::from(committer_time) * 1_000_000;
+        let micros = i128::from(node.committer_time) * 1_000_000;
         let kept = since.is_none_or(|s| micros >= s) && until.is_none_or(|u| micros < u);
         if !kept {
             continue;
         }
-        let author = commit.author().map_err(|e| bad(e.to_string()))?;
-        let author_date = author.time().map_err(|e| bad(e.to_string()))?;
-        let raw = author.trim();
-        key.clear();
-        key.extend_from_slice(raw.name);
-        key.push(0);
-        key.extend_from_slice(raw.email);
-        let author = match authors.get(key.as_slice()) {
-            Some(a) => a.clone(),
-            None => {
-                let mapped = mailmap.resolve(raw);
-                let a = Arc::new(Author {
+        let slot = node.identity as usize;
+        if authors.len() <= slot {
+            authors.resize(slot + 1, None);
+        }
+        let author = authors[slot]
+            .get_or_insert_with(|| {
+                let (name, email) = graph.identity(node.identity);
+                let mapped = mailmap.resolve(gix::actor::SignatureRef {
+                    name,
+                    email,
+                    time: "",
+                });
+                Arc::new(Author {
                     name: mapped.name.to_str_lossy().trim().to_string(),
                     email: mapped.email.to_str_lossy().trim().to_string(),
-                });
-                authors.insert(key.clone().into_boxed_slice(), a.clone());
-                a
-            }
-        };
+                })
+            })
+            .clone();
         commits.push(WalkedCommit {
             id,
-            tree: commit.tree(),
-            parents,
+            tree: node.tree,
+            parents: parents.to_vec(),
             author,
-            author_time: author_date.seconds,
-            author_offset: author_date.offset,
-            committer_time,
+            author_time: node.author_time,
+            author_offset: node.author_offset,
+            committer_time: node.committer_time,
         });
     }
     if cancel.load(Ordering::Relaxed) {
@@ -303,6 +307,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(count(&f, &window), 4);
+    }
+
+    #[test]
+    fn a_cached_graph_is_read_only_for_new_commits_and_follows_a_force_push() {
+        let f = fixture::history();
+        let repo = open_local(f.path()).expect("opens");
+        let cancel = AtomicBool::new(false);
+        let all = WalkSpec {
+            all: true,
+            ..Default::default()
+        };
+        let plain = walk(&repo, &all, &cancel, &|_| {}).expect("walks");
+        let mut graph = Graph::in_memory();
+        let first = walk_cached(&repo, &all, &mut graph, &cancel, &|_| {}).expect("walks");
+        assert_eq!(graph.added(), 8);
+        assert_eq!(first.commits, plain.commits);
+        // Again: every commit from the graph, none read, the same history
+        // (authors through .mailmap included).
+        let mut again = graph;
+        let before = again.added();
+        let second = walk_cached(&repo, &all, &mut again, &cancel, &|_| {}).expect("walks");
+        assert_eq!(again.added(), before);
+        assert_eq!(second.commits, plain.commits);
+        // Main rewound past the rename and given a new commit: only that
+        // one is read, and the rename (cached) is no longer walked.
+        f.git(&["reset", "-q", "--hard", "main~2"]);
+        f.commit(
+            JAN_1_2024 + 90 * 86_400,
+            fixture::CAROL,
+            "new",
+            &[("e.txt", Some(b"e\n"))],
+        );
+        let third = walk_cached(&repo, &all, &mut again, &cancel, &|_| {}).expect("walks");
+        assert_eq!(again.added(), before + 1);
+        let fresh = walk(&repo, &all, &cancel, &|_| {}).expect("walks");
+        assert_eq!(third.commits, fresh.commits);
+        assert_eq!(third.commits.len(), 7);
     }
 
     #[test]

@@ -10,12 +10,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use super::in_process::InProcess;
 use super::{Attempt, AttemptCtx, Ended, Kind};
-use crate::git::cache::{self, NumstatCache};
+use crate::git::cache::{self, Graph, NumstatCache};
 use crate::git::numstat::{CommitStats, numstats};
-use crate::git::walk::{WalkSpec, walk};
+use crate::git::walk::{WalkSpec, walk_cached};
 use crate::git::{GitError, analyses, contains, mirror, open_local, search};
 use crate::job::git::{Analysis, ChurnOptions, GitResult, GitSpec, is_url};
 use crate::job::{JobId, JobKind, JobResult, JobSpec, Progress, RunRecord};
@@ -105,7 +106,13 @@ async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
         .cpu
         .run(move || {
             let result = analyse(&spec, &dirs, &pool, &flag, &progress)?;
-            spill(result, &file, limit, render)
+            let at = Instant::now();
+            let result = spill(result, &file, limit, render);
+            tracing::debug!(
+                spill_ms = at.elapsed().as_millis() as u64,
+                "git result measured"
+            );
+            result
         })
         .await;
     bridge.abort();
@@ -225,8 +232,9 @@ fn analyse(
     cancel: &AtomicBool,
     progress: &ProgressSink,
 ) -> Result<GitResult, Failure> {
+    let started = Instant::now();
     // Held until the analyses are done: jobs on one mirror take turns.
-    let (repo, _mirror) = if is_url(&spec.repo) {
+    let (repo, mirror) = if is_url(&spec.repo) {
         report(progress, "fetching", 0, 0);
         let m = mirror::sync(&dirs.mirrors, &spec.repo, cancel).map_err(|e| Failure {
             retry: !matches!(e, mirror::MirrorError::Cancelled),
@@ -236,15 +244,33 @@ fn analyse(
     } else {
         (open_local(Path::new(&spec.repo))?, None)
     };
+    if let Some(age) = dirs.cache_age {
+        cache::prune(&dirs.caches, age);
+    }
+    let key = cache::repo_key(
+        &spec.repo,
+        mirror
+            .as_ref()
+            .and_then(|m| m.path.file_name())
+            .and_then(|n| n.to_str()),
+    );
     let walk_spec = WalkSpec {
         revs: &spec.revs,
         all: spec.all,
         since: spec.since,
         until: spec.until,
     };
-    let history = walk(&repo, &walk_spec, cancel, &|n| {
+    // Commits read by an earlier job are not read again.
+    let mut graph = Graph::load(&dirs.caches, &key);
+    let history = walk_cached(&repo, &walk_spec, &mut graph, cancel, &|n| {
         report(progress, "walking", n, 0)
     })?;
+    let walked = started.elapsed();
+    if let Err(e) = graph.save() {
+        tracing::warn!(error = %e, "cannot save the git commit graph cache; the next run reads the commits again");
+    }
+    drop(graph);
+    let graph_saved = started.elapsed();
     let commits = &history.commits;
     let total = commits.len() as u64;
     let mut result = GitResult {
@@ -254,24 +280,17 @@ fn analyse(
     };
     // Each set of numstat options is computed once for all the analyses
     // that use it, and only for commits the cache lacks.
-    if let Some(age) = dirs.cache_age {
-        cache::prune(&dirs.caches, age);
-    }
-    let key = cache::repo_key(
-        &spec.repo,
-        _mirror
-            .as_ref()
-            .and_then(|m| m.path.file_name())
-            .and_then(|n| n.to_str()),
-    );
     // Shared, not copied, between the analyses that use one set of options.
     let mut stats: HashMap<ChurnOptions, Arc<Vec<CommitStats>>> = HashMap::new();
     let (mut computed, mut reused) = (0, 0);
+    let mut in_stats = std::time::Duration::ZERO;
     let mut stats_of = |opts: ChurnOptions| -> Result<Arc<Vec<CommitStats>>, Failure> {
         if let Some(s) = stats.get(&opts) {
             return Ok(s.clone());
         }
+        let at = Instant::now();
         let mut cached = NumstatCache::load(&dirs.caches, &key, opts);
+        let loaded = at.elapsed();
         let missing: Vec<_> = commits
             .iter()
             .filter(|c| cached.get(&c.id).is_none())
@@ -280,6 +299,7 @@ fn analyse(
         let got = numstats(&repo, &missing, opts, pool, cancel, &|n| {
             report(progress, "diffing", n, missing.len() as u64)
         })?;
+        let diffed = at.elapsed();
         computed += got.len() as u64;
         reused += (commits.len() - missing.len()) as u64;
         for (id, files) in got {
@@ -288,6 +308,7 @@ fn analyse(
         if let Err(e) = cached.save() {
             tracing::warn!(error = %e, "cannot save the git numstat cache; the next run diffs again");
         }
+        let saved = at.elapsed();
         // Saved: the cache's entries move into the analyses' list.
         let all: Arc<Vec<CommitStats>> = Arc::new(
             commits
@@ -296,6 +317,15 @@ fn analyse(
                 .collect(),
         );
         stats.insert(opts, all.clone());
+        in_stats += at.elapsed();
+        tracing::debug!(
+            renames = opts.renames,
+            load_ms = loaded.as_millis() as u64,
+            diff_ms = (diffed - loaded).as_millis() as u64,
+            save_ms = (saved - diffed).as_millis() as u64,
+            take_ms = (at.elapsed() - saved).as_millis() as u64,
+            "git numstats"
+        );
         Ok(all)
     };
     for a in &spec.analyses {
@@ -343,5 +373,16 @@ fn analyse(
     }
     result.computed = computed;
     result.reused = reused;
+    tracing::debug!(
+        repo = %spec.repo,
+        commits = total,
+        computed,
+        reused,
+        walk_ms = walked.as_millis() as u64,
+        graph_save_ms = (graph_saved - walked).as_millis() as u64,
+        numstats_ms = in_stats.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "git job analysed"
+    );
     Ok(result)
 }

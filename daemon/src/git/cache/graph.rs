@@ -1,0 +1,361 @@
+//! The walked commit graph: what the walk needs of each commit it has read
+//! (tree, parents, raw author, dates), so a later walk reads only commits
+//! it has not seen and closes over the rest in memory. A commit's id is
+//! the hash of its content, so a cached entry can never go stale: after a
+//! force-push the walk still starts from the new tips, and commits no
+//! longer reachable are simply not visited.
+//!
+//! Authors are kept raw (trimmed, before `.mailmap`), each identity once:
+//! the mailmap may change between runs, and is applied by the walk.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use gix::ObjectId;
+use gix::bstr::{BStr, BString, ByteSlice};
+
+use super::{Dec, Enc, append_file, len, read_file, repo_dir, rewrite_file};
+use crate::git::repo::{GitError, read_object};
+
+const TAG: &[u8; 4] = b"grph";
+
+/// The format of the file's body; another version is not read (the
+/// commits are read again).
+const VERSION: u32 = 1;
+
+/// One commit of the graph.
+#[derive(Clone, Copy, Debug)]
+pub struct Node {
+    pub tree: ObjectId,
+    /// Its parents, as a range of [`Graph::parents`]'s table.
+    parents_at: u32,
+    parents_len: u32,
+    /// Its author's raw identity, an index for [`Graph::identity`].
+    pub identity: u32,
+    /// The author date, seconds since the epoch, and the author's offset
+    /// from UTC in seconds (east positive).
+    pub author_time: i64,
+    pub author_offset: i32,
+    /// The committer date, seconds since the epoch.
+    pub committer_time: i64,
+}
+
+/// The commits of one repository that walks have read.
+pub struct Graph {
+    /// Where it is saved; `None` for a graph kept only in memory.
+    path: Option<PathBuf>,
+    nodes: gix::hashtable::HashMap<ObjectId, Node>,
+    /// All nodes' parents, one after another.
+    parents: Vec<ObjectId>,
+    /// Raw (trimmed) author names and emails.
+    identities: Vec<(BString, BString)>,
+    /// Keyed by `name\0email`.
+    identity_of: HashMap<Vec<u8>, u32>,
+    /// Commits read since loading, in order.
+    added: Vec<ObjectId>,
+    /// Whether saving may append the added commits to the file.
+    appendable: bool,
+}
+
+impl Graph {
+    /// An empty graph that is never saved.
+    pub fn in_memory() -> Graph {
+        Graph {
+            path: None,
+            nodes: Default::default(),
+            parents: Vec::new(),
+            identities: Vec::new(),
+            identity_of: HashMap::new(),
+            added: Vec::new(),
+            appendable: false,
+        }
+    }
+
+    /// The graph of repository `key` under `dir`; empty when there is none
+    /// or it does not read. Marks the repository as used now.
+    pub fn load(dir: &Path, key: &str) -> Graph {
+        let path = repo_dir(dir, key).join("graph.bin");
+        let contents = read_file(&path, TAG, VERSION);
+        let mut graph = Graph::in_memory();
+        graph.appendable = contents.appendable;
+        for body in contents.bodies() {
+            if graph.decode(body).is_none() {
+                // What checked but does not parse: that segment's commits
+                // are read again and the file rewritten.
+                graph.appendable = false;
+            }
+        }
+        graph.path = Some(path);
+        graph
+    }
+
+    /// How many commits it holds.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// How many commits walks read into it since it was loaded.
+    pub fn added(&self) -> usize {
+        self.added.len()
+    }
+
+    /// Commit `id`, if read before.
+    pub fn get(&self, id: &ObjectId) -> Option<Node> {
+        self.nodes.get(id).copied()
+    }
+
+    /// `node`'s parents, in the commit's order.
+    pub fn parents(&self, node: &Node) -> &[ObjectId] {
+        let at = node.parents_at as usize;
+        &self.parents[at..at + node.parents_len as usize]
+    }
+
+    /// The raw name and email of identity `index`.
+    pub fn identity(&self, index: u32) -> (&BStr, &BStr) {
+        let (name, email) = &self.identities[index as usize];
+        (name.as_bstr(), email.as_bstr())
+    }
+
+    /// Reads commit `id` from `repo` (into `buf`), adds it, and returns it.
+    pub fn read(
+        &mut self,
+        repo: &gix::Repository,
+        id: ObjectId,
+        buf: &mut Vec<u8>,
+    ) -> Result<Node, GitError> {
+        let data = read_object(repo, &id, "commit", buf)?;
+        let bad = |detail: String| GitError::Object {
+            what: "commit",
+            id,
+            detail,
+        };
+        let commit = gix::objs::CommitRef::from_bytes(data.data, repo.object_hash())
+            .map_err(|e| bad(e.to_string()))?;
+        let committer = commit.committer().map_err(|e| bad(e.to_string()))?;
+        let author = commit.author().map_err(|e| bad(e.to_string()))?;
+        let author_date = author.time().map_err(|e| bad(e.to_string()))?;
+        let raw = author.trim();
+        let parents_at = self.parents.len();
+        self.parents.extend(commit.parents());
+        let node = Node {
+            tree: commit.tree(),
+            parents_at: u32::try_from(parents_at).map_err(|_| bad("too many commits".into()))?,
+            parents_len: (self.parents.len() - parents_at) as u32,
+            identity: self.identity_index(raw.name, raw.email),
+            author_time: author_date.seconds,
+            author_offset: author_date.offset,
+            committer_time: committer.seconds(),
+        };
+        if self.nodes.insert(id, node).is_none() {
+            self.added.push(id);
+        }
+        Ok(node)
+    }
+
+    fn identity_index(&mut self, name: &BStr, email: &BStr) -> u32 {
+        let mut key = Vec::with_capacity(name.len() + email.len() + 1);
+        key.extend_from_slice(name);
+        key.push(0);
+        key.extend_from_slice(email);
+        if let Some(i) = self.identity_of.get(&key) {
+            return *i;
+        }
+        let i = self.identities.len() as u32;
+        self.identities.push((name.to_owned(), email.to_owned()));
+        self.identity_of.insert(key, i);
+        i
+    }
+
+    /// Saves the commits read since loading, if the graph is kept on
+    /// disk: appended as a segment, or with all the others in a rewrite
+    /// when the file cannot take one.
+    pub fn save(&self) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if self.added.is_empty() {
+            Ok(())
+        } else if self.appendable {
+            append_file(path, &self.encode(&self.added)?)
+        } else {
+            let all: Vec<ObjectId> = self.nodes.keys().copied().collect();
+            rewrite_file(path, TAG, VERSION, &self.encode(&all)?)
+        }
+    }
+
+    /// A segment's body holding `ids`: the hash length, the identities
+    /// they use, then each commit.
+    fn encode(&self, ids: &[ObjectId]) -> io::Result<Vec<u8>> {
+        // Identities renumbered for the segment, so each segment stands
+        // alone and two jobs' appends cannot clash.
+        let mut local: HashMap<u32, u32> = HashMap::new();
+        let mut used = Vec::new();
+        for id in ids {
+            let global = self.nodes[id].identity;
+            local.entry(global).or_insert_with(|| {
+                used.push(global);
+                (used.len() - 1) as u32
+            });
+        }
+        let mut e = Enc::default();
+        e.0.reserve(ids.len() * 96);
+        e.u8(ids.first().map_or(20, |id| id.as_bytes().len()) as u8);
+        e.u32(len(used.len())?);
+        for global in &used {
+            let (name, email) = self.identity(*global);
+            e.bytes(name);
+            e.bytes(email);
+        }
+        e.u32(len(ids.len())?);
+        for id in ids {
+            let node = &self.nodes[id];
+            e.id(id);
+            e.id(&node.tree);
+            e.u32(local[&node.identity]);
+            e.i64(node.author_time);
+            e.i32(node.author_offset);
+            e.i64(node.committer_time);
+            let parents = self.parents(node);
+            e.u32(len(parents.len())?);
+            for p in parents {
+                e.id(p);
+            }
+        }
+        Ok(e.0)
+    }
+
+    /// Adds a segment's commits; `None` if it does not parse (the commits
+    /// before the fault stay).
+    fn decode(&mut self, body: &[u8]) -> Option<()> {
+        let mut d = Dec::new(body);
+        let hash_len = usize::from(d.u8()?);
+        let n_identities = d.u32()? as usize;
+        let mut global = Vec::with_capacity(n_identities.min(body.len() / 8));
+        for _ in 0..n_identities {
+            let name = d.bytes()?.as_bstr();
+            let email = d.bytes()?.as_bstr();
+            global.push(self.identity_index(name, email));
+        }
+        let n_nodes = d.u32()? as usize;
+        // Bounded by what the body could hold: a damaged count cannot ask
+        // for a huge allocation.
+        let fits = body.len() / (2 * hash_len + 28).max(1);
+        self.nodes.reserve(n_nodes.min(fits));
+        self.parents.reserve(n_nodes.min(fits));
+        for _ in 0..n_nodes {
+            let id = d.id(hash_len)?;
+            let tree = d.id(hash_len)?;
+            let identity = *global.get(d.u32()? as usize)?;
+            let author_time = d.i64()?;
+            let author_offset = d.i32()?;
+            let committer_time = d.i64()?;
+            let n_parents = d.u32()?;
+            let parents_at = u32::try_from(self.parents.len()).ok()?;
+            for _ in 0..n_parents {
+                self.parents.push(d.id(hash_len)?);
+            }
+            self.nodes.insert(
+                id,
+                Node {
+                    tree,
+                    parents_at,
+                    parents_len: n_parents,
+                    identity,
+                    author_time,
+                    author_offset,
+                    committer_time,
+                },
+            );
+        }
+        d.is_empty().then_some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::fixture;
+    use crate::git::repo::open_local;
+
+    #[test]
+    fn read_commits_are_saved_and_load_the_same() {
+        let f = fixture::history();
+        let repo = open_local(f.path()).expect("opens");
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Graph::load(dir.path(), "k");
+        assert!(g.is_empty());
+        let mut buf = Vec::new();
+        let mut ids = Vec::new();
+        for rev in ["main", "main~2", "side"] {
+            let id = repo.rev_parse_single(rev).expect("resolves").detach();
+            let node = g.read(&repo, id, &mut buf).expect("reads");
+            ids.push((id, node));
+        }
+        g.save().unwrap();
+        let again = Graph::load(dir.path(), "k");
+        assert_eq!(again.len(), 3);
+        for (id, node) in &ids {
+            let got = again.get(id).expect("cached");
+            let dates = |n: &Node| (n.tree, n.author_time, n.author_offset, n.committer_time);
+            assert_eq!(dates(&got), dates(node));
+            assert_eq!(again.parents(&got), g.parents(node));
+            assert_eq!(again.identity(got.identity), g.identity(node.identity));
+        }
+        // The merge at main~2 has two parents, in the commit's order.
+        let merge = again.get(&ids[1].0).unwrap();
+        let commit = repo.find_commit(ids[1].0).unwrap();
+        let want: Vec<ObjectId> = commit.parent_ids().map(|p| p.detach()).collect();
+        assert_eq!(want.len(), 2);
+        assert_eq!(again.parents(&merge), &want[..]);
+        // A later read is appended as a segment of its own; the earlier
+        // ones stay.
+        let mut more = Graph::load(dir.path(), "k");
+        let root = repo.rev_parse_single("main~4").expect("resolves").detach();
+        more.read(&repo, root, &mut buf).expect("reads");
+        more.save().unwrap();
+        let path = dir.path().join("k").join("graph.bin");
+        assert_eq!(read_file(&path, TAG, VERSION).segments.len(), 2);
+        let again = Graph::load(dir.path(), "k");
+        assert_eq!(again.len(), 4);
+        for (id, node) in &ids {
+            let got = again.get(id).expect("cached");
+            assert_eq!(again.identity(got.identity), g.identity(node.identity));
+        }
+        let got = again.get(&root).expect("cached");
+        assert_eq!(
+            again.identity(got.identity),
+            more.identity(more.get(&root).unwrap().identity)
+        );
+        // Nothing added: nothing written.
+        std::fs::remove_file(dir.path().join("k").join("graph.bin")).unwrap();
+        again.save().unwrap();
+        assert!(!dir.path().join("k").join("graph.bin").exists());
+    }
+
+    #[test]
+    fn a_damaged_or_inconsistent_body_is_an_empty_graph() {
+        let mut e = Enc::default();
+        e.u8(20);
+        e.u32(0);
+        e.u32(1);
+        let null = ObjectId::null(gix::hash::Kind::Sha1);
+        e.id(&null);
+        e.id(&null);
+        // Identity 0 of none.
+        e.u32(0);
+        e.i64(0);
+        e.i32(0);
+        e.i64(0);
+        e.u32(0);
+        assert!(Graph::in_memory().decode(&e.0).is_none());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("k")).unwrap();
+        std::fs::write(dir.path().join("k").join("graph.bin"), b"quern-gcgrph").unwrap();
+        assert!(Graph::load(dir.path(), "k").is_empty());
+    }
+}

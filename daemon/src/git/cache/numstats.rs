@@ -1,0 +1,254 @@
+//! The per-commit numstat cache: one file per repository and set of
+//! options that change a numstat (`ChurnOptions`), holding every diffed
+//! commit's files with lines added and removed. Paths are stored once
+//! each, in a table the entries index.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gix::ObjectId;
+
+use super::{Dec, Enc, append_file, len, read_file, repo_dir, rewrite_file};
+use crate::git::numstat::FileStat;
+use crate::job::git::ChurnOptions;
+
+const TAG: &[u8; 4] = b"nums";
+
+/// The format of the file's body; another version is not read (the
+/// commits are diffed again).
+const VERSION: u32 = 2;
+
+/// The numstats of one repository under one set of options.
+pub struct NumstatCache {
+    path: PathBuf,
+    map: HashMap<ObjectId, Vec<FileStat>>,
+    /// Commits added since loading, in order.
+    added: Vec<ObjectId>,
+    /// Whether saving may append the added commits to the file.
+    appendable: bool,
+}
+
+impl NumstatCache {
+    /// The cache of `key` under `dir` for `opts`; empty when there is none
+    /// or it does not read. Marks the repository as used now.
+    pub fn load(dir: &Path, key: &str, opts: ChurnOptions) -> NumstatCache {
+        let repo_dir = repo_dir(dir, key);
+        let renames = u8::from(opts.renames);
+        // Format 1 was JSON; a cache of it is only ever diffed again.
+        let _ = std::fs::remove_file(repo_dir.join(format!("numstat-v1-renames-{renames}.json")));
+        let path = repo_dir.join(format!("numstats-renames-{renames}.bin"));
+        let contents = read_file(&path, TAG, VERSION);
+        let mut map = HashMap::new();
+        let mut appendable = contents.appendable;
+        for body in contents.bodies() {
+            if decode(body, &mut map).is_none() {
+                // What checked but does not parse: that segment's entries
+                // are dropped (diffed again) and the file rewritten.
+                appendable = false;
+            }
+        }
+        NumstatCache {
+            path,
+            map,
+            added: Vec::new(),
+            appendable,
+        }
+    }
+
+    /// Commit `id`'s files, if cached.
+    pub fn get(&self, id: &ObjectId) -> Option<&Vec<FileStat>> {
+        self.map.get(id)
+    }
+
+    /// Commit `id`'s files, taken out of the cache (after [`save`]).
+    ///
+    /// [`save`]: NumstatCache::save
+    pub fn take(&mut self, id: &ObjectId) -> Option<Vec<FileStat>> {
+        self.map.remove(id)
+    }
+
+    /// Adds commit `id`'s files.
+    pub fn insert(&mut self, id: ObjectId, files: Vec<FileStat>) {
+        if self.map.insert(id, files).is_none() {
+            self.added.push(id);
+        }
+    }
+
+    /// Saves the commits added since loading: appended as a segment, or
+    /// with all the others in a rewrite when the file cannot take one.
+    pub fn save(&self) -> io::Result<()> {
+        if self.added.is_empty() {
+            return Ok(());
+        }
+        if self.appendable {
+            let added = self
+                .added
+                .iter()
+                .filter_map(|id| Some((id, self.map.get(id)?)));
+            append_file(&self.path, &encode(added)?)
+        } else {
+            rewrite_file(&self.path, TAG, VERSION, &encode(self.map.iter())?)
+        }
+    }
+}
+
+/// A segment's body: the hash length, its path table, then each commit's
+/// id and files (path index, added, removed, binary).
+fn encode<'a>(
+    commits: impl Iterator<Item = (&'a ObjectId, &'a Vec<FileStat>)> + Clone,
+) -> io::Result<Vec<u8>> {
+    let mut index: HashMap<&str, u32> = HashMap::new();
+    let mut paths: Vec<&str> = Vec::new();
+    for f in commits.clone().flat_map(|(_, files)| files) {
+        if !index.contains_key(&*f.path) {
+            index.insert(&f.path, len(paths.len())?);
+            paths.push(&f.path);
+        }
+    }
+    let mut e = Enc::default();
+    let hash_len = commits
+        .clone()
+        .next()
+        .map_or(20, |(id, _)| id.as_bytes().len());
+    e.u8(hash_len as u8);
+    e.u32(len(paths.len())?);
+    for p in &paths {
+        e.bytes(p.as_bytes());
+    }
+    e.u32(len(commits.clone().count())?);
+    for (id, files) in commits {
+        e.id(id);
+        e.u32(len(files.len())?);
+        for f in files {
+            e.u32(index[&*f.path]);
+            e.u64(f.added);
+            e.u64(f.removed);
+            e.u8(u8::from(f.binary));
+        }
+    }
+    Ok(e.0)
+}
+
+/// Adds a segment's commits to `map`; `None` if it does not parse (the
+/// commits before the fault stay).
+fn decode(body: &[u8], map: &mut HashMap<ObjectId, Vec<FileStat>>) -> Option<()> {
+    let mut d = Dec::new(body);
+    let hash_len = usize::from(d.u8()?);
+    let n_paths = d.u32()? as usize;
+    // Capacities are bounded by what the body could hold, so a damaged
+    // count cannot ask for a huge allocation.
+    let mut paths = Vec::with_capacity(n_paths.min(body.len() / 4));
+    for _ in 0..n_paths {
+        paths.push(Arc::<str>::from(std::str::from_utf8(d.bytes()?).ok()?));
+    }
+    let n_commits = d.u32()? as usize;
+    map.reserve(n_commits.min(body.len() / (hash_len + 4)));
+    for _ in 0..n_commits {
+        let id = d.id(hash_len)?;
+        let n_files = d.u32()? as usize;
+        let mut files = Vec::with_capacity(n_files.min(body.len() / 21));
+        for _ in 0..n_files {
+            let path = paths.get(d.u32()? as usize)?.clone();
+            let added = d.u64()?;
+            let removed = d.u64()?;
+            let binary = d.u8()? != 0;
+            files.push(FileStat {
+                path,
+                added,
+                removed,
+                binary,
+            });
+        }
+        map.insert(id, files);
+    }
+    d.is_empty().then_some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(path: &str, added: u64, binary: bool) -> FileStat {
+        FileStat {
+            path: path.into(),
+            added,
+            removed: 1,
+            binary,
+        }
+    }
+
+    #[test]
+    fn what_is_saved_loads_again_per_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").unwrap();
+        let other = ObjectId::from_hex(b"89abcdef0123456789abcdef0123456789abcdef").unwrap();
+        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        assert!(c.get(&id).is_none());
+        let files = vec![stat("a", 3, false), stat("b/ü.png", 0, true)];
+        c.insert(id, files.clone());
+        c.insert(other, vec![stat("a", 5, false)]);
+        c.insert(ObjectId::null(gix::hash::Kind::Sha1), Vec::new());
+        c.save().unwrap();
+        let mut again = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        assert_eq!(again.get(&id), Some(&files));
+        assert_eq!(again.get(&other), Some(&vec![stat("a", 5, false)]));
+        // Taken out for the analyses: gone from memory, not from the file.
+        assert_eq!(again.take(&id), Some(files.clone()));
+        assert!(again.get(&id).is_none());
+        let third = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        assert_eq!(third.get(&id), Some(&files));
+        assert_eq!(third.map.len(), 3);
+        // A later run's commits are appended, the earlier ones kept.
+        let mut fourth = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let new = ObjectId::from_hex(b"fedcba9876543210fedcba9876543210fedcba98").unwrap();
+        fourth.insert(new, vec![stat("c", 1, false)]);
+        fourth.save().unwrap();
+        let fifth = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        assert_eq!(fifth.map.len(), 4);
+        assert_eq!(fifth.get(&new), Some(&vec![stat("c", 1, false)]));
+        assert_eq!(fifth.get(&id), Some(&files));
+        let contents = read_file(&fifth.path, TAG, VERSION);
+        assert_eq!(contents.segments.len(), 2);
+        // Other options are another cache.
+        let renames = NumstatCache::load(dir.path(), "k", ChurnOptions { renames: true });
+        assert!(renames.get(&id).is_none());
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_empty_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        c.insert(
+            ObjectId::null(gix::hash::Kind::Sha1),
+            vec![stat("a", 1, false)],
+        );
+        c.save().unwrap();
+        let mut bytes = std::fs::read(&c.path).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x40;
+        std::fs::write(&c.path, &bytes).unwrap();
+        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        assert!(c.map.is_empty());
+        // Saved again whole, not appended after the damage.
+        c.insert(
+            ObjectId::null(gix::hash::Kind::Sha1),
+            vec![stat("b", 1, false)],
+        );
+        c.save().unwrap();
+        let c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        assert_eq!(c.map.len(), 1);
+        assert_eq!(read_file(&c.path, TAG, VERSION).segments.len(), 1);
+        // A body that checks but does not parse (a path index past the
+        // table) is empty too.
+        let mut e = Enc::default();
+        e.u8(20);
+        e.u32(0);
+        e.u32(1);
+        e.id(&ObjectId::null(gix::hash::Kind::Sha1));
+        e.u32(1);
+        e.u32(9);
+        assert_eq!(decode(&e.0, &mut HashMap::new()), None);
+    }
+}
