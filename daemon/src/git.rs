@@ -5,6 +5,7 @@
 //! they check often.
 
 pub mod analyses;
+pub mod attributes;
 pub mod cache;
 pub mod contains;
 #[cfg(test)]

@@ -348,6 +348,7 @@ mod tests {
             &repo,
             &history.commits,
             ChurnOptions { renames },
+            &crate::git::attributes::Attributes::of(&repo).expect("attributes"),
             &pool(),
             &cancel,
             &|_| {},

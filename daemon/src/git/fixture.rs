@@ -26,7 +26,18 @@ impl Fixture {
         f
     }
 
-    /// The repository's work tree.
+    /// A bare clone of this repository, in a temp dir of its own.
+    pub fn bare_clone(&self) -> Fixture {
+        let bare = Fixture {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let into = bare.path().to_string_lossy().into_owned();
+        let from = self.path().to_string_lossy().into_owned();
+        bare.git(&["clone", "-q", "--bare", &from, &into]);
+        bare
+    }
+
+    /// The repository's work tree (a bare repository's directory).
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -29,6 +29,7 @@ use gix::diff::tree_with_rewrites::ChangeRef;
 use gix::objs::tree::EntryMode;
 use rayon::prelude::*;
 
+use super::attributes::{Attributes, Checker, Diffable};
 use super::repo::{GitError, read_object};
 use super::walk::WalkedCommit;
 use crate::job::git::ChurnOptions;
@@ -69,6 +70,7 @@ pub fn numstats(
     repo: &gix::Repository,
     commits: &[WalkedCommit],
     opts: ChurnOptions,
+    attrs: &Attributes,
     pool: &rayon::ThreadPool,
     cancel: &AtomicBool,
     progress: &(dyn Fn(u64) + Sync),
@@ -91,7 +93,9 @@ pub fn numstats(
                 let mut guard = differs[slot].lock().unwrap_or_else(|p| p.into_inner());
                 let differ = match guard.as_mut() {
                     Some(d) => d,
-                    None => guard.insert(Differ::new(sync.to_thread_local(), opts)?),
+                    None => {
+                        guard.insert(Differ::new(sync.to_thread_local(), opts, attrs.checker())?)
+                    }
                 };
                 let mut out = Vec::with_capacity(run.len());
                 for c in run {
@@ -119,7 +123,8 @@ pub fn numstat(
     commit: &WalkedCommit,
     opts: ChurnOptions,
 ) -> Result<Vec<FileStat>, GitError> {
-    Differ::new(repo.clone(), opts)?.commit(commit, &HashMap::new())
+    let attrs = Attributes::of(repo)?;
+    Differ::new(repo.clone(), opts, attrs.checker())?.commit(commit, &HashMap::new())
 }
 
 /// A side of a change: its mode and id.
@@ -138,10 +143,15 @@ struct Differ {
     new: Vec<u8>,
     changes: Vec<(String, Side, Side)>,
     lines: LineDiff,
+    attrs: Checker,
 }
 
 impl Differ {
-    fn new(mut repo: gix::Repository, opts: ChurnOptions) -> Result<Differ, GitError> {
+    fn new(
+        mut repo: gix::Repository,
+        opts: ChurnOptions,
+        attrs: Checker,
+    ) -> Result<Differ, GitError> {
         // A thread-local handle starts with gix's defaults: no object cache,
         // and a pack cache of 64 delta bases. A commit's trees are read
         // again as its child's old side, and a file's blob again when the
@@ -171,6 +181,7 @@ impl Differ {
             new: Vec::new(),
             changes: Vec::new(),
             lines: LineDiff::default(),
+            attrs,
         })
     }
 
@@ -204,7 +215,7 @@ impl Differ {
         changes.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::with_capacity(changes.len());
         for (path, old, new) in changes.drain(..) {
-            let (added, removed, binary) = self.count(old, new)?;
+            let (added, removed, binary) = self.count(&path, old, new)?;
             out.push(FileStat {
                 path: path.into(),
                 added,
@@ -310,13 +321,17 @@ impl Differ {
         Ok(())
     }
 
-    /// Lines added and removed from `old` to `new`, and whether git calls
-    /// the pair binary.
-    fn count(&mut self, old: Side, new: Side) -> Result<(u64, u64, bool), GitError> {
+    /// Lines added and removed from `old` to `new` at `path`, and whether
+    /// git calls the pair binary (by its attributes, or its bytes).
+    fn count(&mut self, path: &str, old: Side, new: Side) -> Result<(u64, u64, bool), GitError> {
+        let diffable = self.attrs.diffable(path, &self.repo.objects)?;
+        if diffable == Diffable::Binary {
+            return Ok((0, 0, true));
+        }
         let old_len = load(&self.repo, old, &mut self.old)?;
         let new_len = load(&self.repo, new, &mut self.new)?;
         let (a, b) = (&self.old[..old_len], &self.new[..new_len]);
-        if is_binary(a) || is_binary(b) {
+        if diffable == Diffable::Auto && (is_binary(a) || is_binary(b)) {
             return Ok((0, 0, true));
         }
         if old.map(|s| s.1) == new.map(|s| s.1) {
@@ -573,6 +588,7 @@ mod tests {
             &repo,
             &h.commits,
             ChurnOptions::default(),
+            &crate::git::attributes::Attributes::of(&repo).expect("attributes"),
             &pool(),
             &cancel,
             &|_| {},
@@ -643,7 +659,16 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let h = walk(&repo, &WalkSpec::default(), &cancel, &|_| {}).expect("walks");
         let renames = ChurnOptions { renames: true };
-        let stats = numstats(&repo, &h.commits, renames, &pool(), &cancel, &|_| {}).expect("diffs");
+        let stats = numstats(
+            &repo,
+            &h.commits,
+            renames,
+            &Attributes::of(&repo).expect("attributes"),
+            &pool(),
+            &cancel,
+            &|_| {},
+        )
+        .expect("diffs");
         let ours: BTreeMap<String, (u64, u64, u64)> = churn(&h.commits, &stats)
             .files
             .into_iter()
@@ -704,6 +729,7 @@ mod tests {
             &repo,
             &h.commits,
             ChurnOptions::default(),
+            &crate::git::attributes::Attributes::of(&repo).expect("attributes"),
             &pool(),
             &cancel,
             &|_| {},
@@ -752,7 +778,16 @@ mod tests {
         let walked = t.elapsed();
         let t = std::time::Instant::now();
         let opts = ChurnOptions::default();
-        let stats = numstats(&repo, &h.commits, opts, &pool(), &cancel, &|_| {}).expect("diffs");
+        let stats = numstats(
+            &repo,
+            &h.commits,
+            opts,
+            &Attributes::of(&repo).expect("attributes"),
+            &pool(),
+            &cancel,
+            &|_| {},
+        )
+        .expect("diffs");
         let diffed = t.elapsed();
         let t = std::time::Instant::now();
         let ours: BTreeMap<String, (u64, u64, u64)> = churn(&h.commits, &stats)
@@ -766,7 +801,16 @@ mod tests {
             .build()
             .expect("pool");
         let t = std::time::Instant::now();
-        numstats(&repo, &h.commits, opts, &one, &cancel, &|_| {}).expect("diffs");
+        numstats(
+            &repo,
+            &h.commits,
+            opts,
+            &Attributes::of(&repo).expect("attributes"),
+            &one,
+            &cancel,
+            &|_| {},
+        )
+        .expect("diffs");
         let on_one = t.elapsed();
         let total = walked + diffed + churned;
         println!(

@@ -37,6 +37,11 @@ pub enum GitError {
         id: ObjectId,
         detail: String,
     },
+    #[error(
+        "could not read the .gitattributes of {}: {detail}; fix or remove the file it names",
+        repo.display()
+    )]
+    Attributes { repo: PathBuf, detail: String },
     #[error("could not diff commit {commit}: {detail}; check the repository with `git fsck`")]
     Diff { commit: ObjectId, detail: String },
     #[error("cancelled")]

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use super::in_process::InProcess;
 use super::{Attempt, AttemptCtx, Ended, Kind};
+use crate::git::attributes::Attributes;
 use crate::git::cache::{self, Graph, NumstatCache};
 use crate::git::numstat::{CommitStats, numstats};
 use crate::git::walk::{WalkSpec, walk_cached};
@@ -280,6 +281,8 @@ fn analyse(
     };
     // Each set of numstat options is computed once for all the analyses
     // that use it, and only for commits the cache lacks.
+    // Read once: what .gitattributes say about diffing (binary, -diff).
+    let attrs = Attributes::of(&repo)?;
     // Shared, not copied, between the analyses that use one set of options.
     let mut stats: HashMap<ChurnOptions, Arc<Vec<CommitStats>>> = HashMap::new();
     let (mut computed, mut reused) = (0, 0);
@@ -289,14 +292,14 @@ fn analyse(
             return Ok(s.clone());
         }
         let at = Instant::now();
-        let mut cached = NumstatCache::load(&dirs.caches, &key, opts);
+        let mut cached = NumstatCache::load(&dirs.caches, &key, opts, attrs.fingerprint());
         let loaded = at.elapsed();
         let missing: Vec<_> = commits
             .iter()
             .filter(|c| cached.get(&c.id).is_none())
             .cloned()
             .collect();
-        let got = numstats(&repo, &missing, opts, pool, cancel, &|n| {
+        let got = numstats(&repo, &missing, opts, &attrs, pool, cancel, &|n| {
             report(progress, "diffing", n, missing.len() as u64)
         })?;
         let diffed = at.elapsed();

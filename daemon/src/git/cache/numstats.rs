@@ -31,14 +31,27 @@ pub struct NumstatCache {
 }
 
 impl NumstatCache {
-    /// The cache of `key` under `dir` for `opts`; empty when there is none
-    /// or it does not read. Marks the repository as used now.
-    pub fn load(dir: &Path, key: &str, opts: ChurnOptions) -> NumstatCache {
+    /// The cache of `key` under `dir` for `opts` and the repository's
+    /// attributes (by [`Attributes::fingerprint`]); empty when there is
+    /// none or it does not read. Marks the repository as used now, and
+    /// removes the cache of the same options under other attributes.
+    ///
+    /// [`Attributes::fingerprint`]: crate::git::attributes::Attributes::fingerprint
+    pub fn load(dir: &Path, key: &str, opts: ChurnOptions, attributes: &str) -> NumstatCache {
         let repo_dir = repo_dir(dir, key);
         let renames = u8::from(opts.renames);
         // Format 1 was JSON; a cache of it is only ever diffed again.
         let _ = std::fs::remove_file(repo_dir.join(format!("numstat-v1-renames-{renames}.json")));
-        let path = repo_dir.join(format!("numstats-renames-{renames}.bin"));
+        let prefix = format!("numstats-renames-{renames}-attrs-");
+        let name = format!("{prefix}{attributes}.bin");
+        for e in std::fs::read_dir(&repo_dir).into_iter().flatten().flatten() {
+            let other = e.file_name();
+            let other = other.to_string_lossy();
+            if other.starts_with(&prefix) && other.ends_with(".bin") && other != name {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let path = repo_dir.join(name);
         let contents = read_file(&path, TAG, VERSION);
         let mut map = HashMap::new();
         let mut appendable = contents.appendable;
@@ -184,42 +197,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").unwrap();
         let other = ObjectId::from_hex(b"89abcdef0123456789abcdef0123456789abcdef").unwrap();
-        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert!(c.get(&id).is_none());
         let files = vec![stat("a", 3, false), stat("b/ü.png", 0, true)];
         c.insert(id, files.clone());
         c.insert(other, vec![stat("a", 5, false)]);
         c.insert(ObjectId::null(gix::hash::Kind::Sha1), Vec::new());
         c.save().unwrap();
-        let mut again = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let mut again = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert_eq!(again.get(&id), Some(&files));
         assert_eq!(again.get(&other), Some(&vec![stat("a", 5, false)]));
         // Taken out for the analyses: gone from memory, not from the file.
         assert_eq!(again.take(&id), Some(files.clone()));
         assert!(again.get(&id).is_none());
-        let third = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let third = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert_eq!(third.get(&id), Some(&files));
         assert_eq!(third.map.len(), 3);
         // A later run's commits are appended, the earlier ones kept.
-        let mut fourth = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let mut fourth = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         let new = ObjectId::from_hex(b"fedcba9876543210fedcba9876543210fedcba98").unwrap();
         fourth.insert(new, vec![stat("c", 1, false)]);
         fourth.save().unwrap();
-        let fifth = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let fifth = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert_eq!(fifth.map.len(), 4);
         assert_eq!(fifth.get(&new), Some(&vec![stat("c", 1, false)]));
         assert_eq!(fifth.get(&id), Some(&files));
         let contents = read_file(&fifth.path, TAG, VERSION);
         assert_eq!(contents.segments.len(), 2);
         // Other options are another cache.
-        let renames = NumstatCache::load(dir.path(), "k", ChurnOptions { renames: true });
+        let renames = NumstatCache::load(dir.path(), "k", ChurnOptions { renames: true }, "none");
         assert!(renames.get(&id).is_none());
     }
 
     #[test]
     fn a_damaged_file_is_an_empty_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         c.insert(
             ObjectId::null(gix::hash::Kind::Sha1),
             vec![stat("a", 1, false)],
@@ -229,7 +242,7 @@ mod tests {
         let n = bytes.len();
         bytes[n / 2] ^= 0x40;
         std::fs::write(&c.path, &bytes).unwrap();
-        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert!(c.map.is_empty());
         // Saved again whole, not appended after the damage.
         c.insert(
@@ -237,7 +250,7 @@ mod tests {
             vec![stat("b", 1, false)],
         );
         c.save().unwrap();
-        let c = NumstatCache::load(dir.path(), "k", ChurnOptions::default());
+        let c = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert_eq!(c.map.len(), 1);
         assert_eq!(read_file(&c.path, TAG, VERSION).segments.len(), 1);
         // A body that checks but does not parse (a path index past the
