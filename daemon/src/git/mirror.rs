@@ -452,6 +452,7 @@ mod tests {
     use super::*;
     use crate::git::fixture::Fixture;
     use std::sync::{Arc, Mutex, mpsc};
+    use std::time::Duration;
 
     const ANN: (&str, &str) = ("Ann", "ann@example.org");
 
@@ -605,6 +606,94 @@ mod tests {
         let mut want = vec![format!("{key}.lock"), format!("{key2}.lock")];
         want.sort();
         assert_eq!(listing(&dir), want);
+    }
+
+    /// A loopback smart-HTTP server that advertises one branch, answers
+    /// the fetch with a NAK and then only with progress messages, one
+    /// every 20 ms for at most 10 s, as a server slow to pack would.
+    /// `fetching` hears when the pack is asked for.
+    fn slow_server(fetching: mpsc::Sender<()>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/slow.git", listener.local_addr().unwrap());
+        let pkt = |s: &str| format!("{:04x}{s}", s.len() + 4);
+        std::thread::spawn(move || {
+            // Each response closes its connection, so each request comes
+            // on a connection of its own: the advertisement, then the fetch.
+            for stream in listener.incoming().take(2) {
+                let mut stream = stream.unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let id = "1".repeat(40);
+                if head.starts_with(b"GET") {
+                    let body = [
+                        pkt("# service=git-upload-pack\n"),
+                        "0000".into(),
+                        pkt(&format!("{id} HEAD\0multi_ack_detailed side-band-64k ofs-delta symref=HEAD:refs/heads/main\n")),
+                        pkt(&format!("{id} refs/heads/main\n")),
+                        "0000".into(),
+                    ]
+                    .concat();
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\nCache-Control: no-cache\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    continue;
+                }
+                let _ = fetching.send(());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-result\r\nConnection: close\r\n\r\n{}",
+                    pkt("NAK\n")
+                );
+                for n in 0..500 {
+                    let progress = pkt(&format!("\x02Counting objects: {n}\r"));
+                    if stream.write_all(progress.as_bytes()).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_cancel_in_the_middle_of_a_clone_stops_it_and_leaves_no_mirror() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("mirrors");
+        let (fetching, asked) = mpsc::channel();
+        let url = slow_server(fetching);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (ended, end) = mpsc::channel();
+        std::thread::spawn({
+            let (dir, url, cancel) = (dir.clone(), url.clone(), cancel.clone());
+            move || {
+                let _ = ended.send(sync(&dir, &url, &cancel).map(|m| m.path));
+            }
+        });
+        if asked.recv_timeout(Duration::from_secs(10)).is_err() {
+            panic!("the clone did not ask for the pack: {:?}", end.try_recv());
+        }
+        // Receiving now, into its temp dir.
+        let key = mirror_key(&normalize_url(&url).unwrap());
+        assert!(
+            listing(&dir)
+                .iter()
+                .any(|n| n.starts_with(&format!("{key}.git.tmp-"))),
+            "{:?}",
+            listing(&dir)
+        );
+        cancel.store(true, Ordering::Relaxed);
+        let result = end
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the clone stops within 2 s of the cancel");
+        assert!(matches!(result, Err(MirrorError::Cancelled)), "{result:?}");
+        assert_eq!(listing(&dir), vec![format!("{key}.lock")]);
     }
 
     #[test]
