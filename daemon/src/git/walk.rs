@@ -347,6 +347,101 @@ mod tests {
     }
 
     #[test]
+    fn a_prefetched_graph_gives_the_same_walk_and_leaves_only_loose_commits() {
+        let f = fixture::history();
+        f.git(&["repack", "-adq"]);
+        f.commit(
+            JAN_1_2024 + 90 * 86_400,
+            fixture::CAROL,
+            "loose",
+            &[("e.txt", Some(b"e\n"))],
+        );
+        let repo = open_local(f.path()).expect("opens");
+        let cancel = AtomicBool::new(false);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut graph = Graph::in_memory();
+        // The 8 packed commits; the new one is loose.
+        assert_eq!(
+            graph.prefetch(&repo, &pool, &cancel).expect("prefetches"),
+            8
+        );
+        let all = WalkSpec {
+            all: true,
+            ..Default::default()
+        };
+        let walked = walk_cached(&repo, &all, &mut graph, &cancel, &|_| {}).expect("walks");
+        assert_eq!(graph.added(), 9);
+        assert_eq!(
+            walked.commits,
+            walk(&repo, &all, &cancel, &|_| {}).expect("walks").commits
+        );
+        // Nothing more to read: a second prefetch adds none.
+        assert_eq!(
+            graph.prefetch(&repo, &pool, &cancel).expect("prefetches"),
+            0
+        );
+        // A cancel stops it.
+        cancel.store(true, Ordering::Relaxed);
+        let err = Graph::in_memory()
+            .prefetch(&repo, &pool, &cancel)
+            .expect_err("cancelled");
+        assert!(matches!(err, GitError::Cancelled), "{err}");
+    }
+
+    #[test]
+    #[ignore = "a timing, for --release by hand"]
+    fn walk_timing_against_git_rev_list() {
+        let f = Fixture::new();
+        f.fast_import(&synthetic_fast_import_stream(50_000, 200, 1));
+        let time_git = || {
+            let t = std::time::Instant::now();
+            let ok = std::process::Command::new("git")
+                .args(["rev-list", "--count", "HEAD"])
+                .current_dir(f.path())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("git runs")
+                .success();
+            assert!(ok);
+            t.elapsed()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let cancel = AtomicBool::new(false);
+        for _ in 0..3 {
+            let git = time_git();
+            let repo = open_local(f.path()).expect("opens");
+            let t = std::time::Instant::now();
+            let h = walk(&repo, &WalkSpec::default(), &cancel, &|_| {}).expect("walks");
+            let plain = t.elapsed();
+            let mut bare = open_local(f.path()).expect("opens");
+            bare.object_cache_size(None);
+            let t = std::time::Instant::now();
+            walk(&bare, &WalkSpec::default(), &cancel, &|_| {}).expect("walks");
+            let uncached = t.elapsed();
+            let t = std::time::Instant::now();
+            let mut g = Graph::in_memory();
+            let n = g.prefetch(&bare, &pool, &cancel).expect("prefetch");
+            let fetched = t.elapsed();
+            let h2 =
+                walk_cached(&bare, &WalkSpec::default(), &mut g, &cancel, &|_| {}).expect("walks");
+            let pre = t.elapsed();
+            assert_eq!(h.commits, h2.commits);
+            println!(
+                "git {git:?}; walk {plain:?}; no object cache {uncached:?}; prefetch {fetched:?} ({n}) + walk = {pre:?}; git/ours {:.2} {:.2} {:.2}",
+                git.as_secs_f64() / plain.as_secs_f64(),
+                git.as_secs_f64() / uncached.as_secs_f64(),
+                git.as_secs_f64() / pre.as_secs_f64()
+            );
+        }
+    }
+
+    #[test]
     fn an_unknown_revision_is_named() {
         let f = fixture::history();
         let repo = open_local(f.path()).expect("opens");

@@ -261,8 +261,13 @@ fn analyse(
         since: spec.since,
         until: spec.until,
     };
-    // Commits read by an earlier job are not read again.
+    // Commits read by an earlier job are not read again; on the first
+    // job, the packs' commits are read in parallel before the walk.
     let mut graph = Graph::load(&dirs.caches, &key);
+    if graph.is_empty() {
+        report(progress, "walking", 0, 0);
+        graph.prefetch(&repo, pool, cancel)?;
+    }
     let history = walk_cached(&repo, &walk_spec, &mut graph, cancel, &|n| {
         report(progress, "walking", n, 0)
     })?;

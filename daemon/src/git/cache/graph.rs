@@ -11,9 +11,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gix::ObjectId;
 use gix::bstr::{BStr, BString, ByteSlice};
+use rayon::prelude::*;
 
 use super::{Dec, Enc, append_file, len, read_file, repo_dir, rewrite_file};
 use crate::git::repo::{GitError, read_object};
@@ -129,32 +131,91 @@ impl Graph {
         buf: &mut Vec<u8>,
     ) -> Result<Node, GitError> {
         let data = read_object(repo, &id, "commit", buf)?;
-        let bad = |detail: String| GitError::Object {
-            what: "commit",
-            id,
-            detail,
-        };
-        let commit = gix::objs::CommitRef::from_bytes(data.data, repo.object_hash())
-            .map_err(|e| bad(e.to_string()))?;
-        let committer = commit.committer().map_err(|e| bad(e.to_string()))?;
-        let author = commit.author().map_err(|e| bad(e.to_string()))?;
-        let author_date = author.time().map_err(|e| bad(e.to_string()))?;
-        let raw = author.trim();
-        let parents_at = self.parents.len();
-        self.parents.extend(commit.parents());
+        let mut parents = Vec::new();
+        let p = Parsed::new(id, data.data, repo.object_hash(), &mut parents)?;
+        let identity = self.identity_index(p.name, p.email);
+        let parents_at = self.parents.len() as u32;
+        self.parents.extend_from_slice(&parents);
         let node = Node {
-            tree: commit.tree(),
-            parents_at: u32::try_from(parents_at).map_err(|_| bad("too many commits".into()))?,
-            parents_len: (self.parents.len() - parents_at) as u32,
-            identity: self.identity_index(raw.name, raw.email),
-            author_time: author_date.seconds,
-            author_offset: author_date.offset,
-            committer_time: committer.seconds(),
+            tree: p.tree,
+            parents_at,
+            parents_len: parents.len() as u32,
+            identity,
+            author_time: p.author_time,
+            author_offset: p.author_offset,
+            committer_time: p.committer_time,
         };
         if self.nodes.insert(id, node).is_none() {
             self.added.push(id);
         }
         Ok(node)
+    }
+
+    /// Reads into the graph, spread over `pool`, every commit that the
+    /// repository's packs store whole and the graph lacks: what a first
+    /// walk would read one by one on one thread, since a walk reaches
+    /// nearly every commit. Commits stored as deltas, loose or in an
+    /// alternate are left for the walk to read, as is anything that does
+    /// not decode. Returns how many it added.
+    pub fn prefetch(
+        &mut self,
+        repo: &gix::Repository,
+        pool: &rayon::ThreadPool,
+        cancel: &AtomicBool,
+    ) -> Result<usize, GitError> {
+        let before = self.nodes.len();
+        let hash = repo.object_hash();
+        let pack_dir = repo.objects.store_ref().path().join("pack");
+        let Ok(dir) = std::fs::read_dir(&pack_dir) else {
+            return Ok(0);
+        };
+        let mut idx: Vec<PathBuf> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+            .collect();
+        idx.sort();
+        for path in idx {
+            // A pack that does not open is left to the walk's own reads.
+            let Ok(bundle) = gix::odb::pack::Bundle::at(&path, hash) else {
+                continue;
+            };
+            let entries: Vec<(ObjectId, u64)> = bundle
+                .index
+                .iter()
+                .filter(|e| !self.nodes.contains_key(&e.oid))
+                .map(|e| (e.oid, e.pack_offset))
+                .collect();
+            let parts: Vec<Result<Part, GitError>> = pool.install(|| {
+                entries
+                    .par_chunks(PREFETCH_CHUNK)
+                    .map(|chunk| Part::read(&bundle.pack, chunk, hash, cancel))
+                    .collect()
+            });
+            for part in parts {
+                self.merge(part?);
+            }
+        }
+        Ok(self.nodes.len() - before)
+    }
+
+    /// Adds the commits of a [`Part`], renumbering its identities.
+    fn merge(&mut self, part: Part) {
+        let global: Vec<u32> = part
+            .identities
+            .iter()
+            .map(|(name, email)| self.identity_index(name.as_bstr(), email.as_bstr()))
+            .collect();
+        let shift = self.parents.len() as u32;
+        self.parents.extend_from_slice(&part.parents);
+        self.nodes.reserve(part.nodes.len());
+        for (id, mut node) in part.nodes {
+            node.parents_at += shift;
+            node.identity = global[node.identity as usize];
+            if self.nodes.insert(id, node).is_none() {
+                self.added.push(id);
+            }
+        }
     }
 
     fn identity_index(&mut self, name: &BStr, email: &BStr) -> u32 {
@@ -273,6 +334,143 @@ impl Graph {
             );
         }
         d.is_empty().then_some(())
+    }
+}
+
+/// Pack entries per unit of parallel prefetching.
+const PREFETCH_CHUNK: usize = 4096;
+
+/// What the graph keeps of a commit, parsed from its object.
+struct Parsed<'a> {
+    tree: ObjectId,
+    /// Where its parents start and end in the parser's output list.
+    parents: std::ops::Range<usize>,
+    name: &'a BStr,
+    email: &'a BStr,
+    author_time: i64,
+    author_offset: i32,
+    committer_time: i64,
+}
+
+impl<'a> Parsed<'a> {
+    /// Parses the commit `id` from `data`, appending its parents to
+    /// `parents`; reads up to the committer and no further (the message
+    /// and extra headers, a signature among them, are not needed).
+    fn new(
+        id: ObjectId,
+        data: &'a [u8],
+        hash: gix::hash::Kind,
+        parents: &mut Vec<ObjectId>,
+    ) -> Result<Parsed<'a>, GitError> {
+        use gix::objs::commit::ref_iter::Token;
+        let bad = |detail: String| GitError::Object {
+            what: "commit",
+            id,
+            detail,
+        };
+        let start = parents.len();
+        let (mut tree, mut author, mut committer) = (None, None, None);
+        for token in gix::objs::CommitRefIter::from_bytes(data, hash) {
+            match token.map_err(|e| bad(e.to_string()))? {
+                Token::Tree { id } => tree = Some(id),
+                Token::Parent { id } => parents.push(id),
+                Token::Author { signature } => author = Some(signature),
+                Token::Committer { signature } => {
+                    committer = Some(signature);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let missing = |what: &str| bad(format!("it has no {what}"));
+        let tree = tree.ok_or_else(|| missing("tree"))?;
+        let author = author.ok_or_else(|| missing("author"))?;
+        let committer = committer.ok_or_else(|| missing("committer"))?;
+        let author_date = author.time().map_err(|e| bad(e.to_string()))?;
+        let raw = author.trim();
+        Ok(Parsed {
+            tree,
+            parents: start..parents.len(),
+            name: raw.name,
+            email: raw.email,
+            author_time: author_date.seconds,
+            author_offset: author_date.offset,
+            committer_time: committer.seconds(),
+        })
+    }
+}
+
+/// The commits one prefetching thread read from a run of pack entries,
+/// with identities and parents numbered within the part.
+#[derive(Default)]
+struct Part {
+    nodes: Vec<(ObjectId, Node)>,
+    parents: Vec<ObjectId>,
+    identities: Vec<(BString, BString)>,
+}
+
+impl Part {
+    fn read(
+        pack: &gix::odb::pack::data::File,
+        entries: &[(ObjectId, u64)],
+        hash: gix::hash::Kind,
+        cancel: &AtomicBool,
+    ) -> Result<Part, GitError> {
+        use gix::odb::pack::data::entry::Header;
+        let mut part = Part::default();
+        let mut identity_of: HashMap<Vec<u8>, u32> = HashMap::new();
+        let mut key = Vec::new();
+        let mut inflate = gix::zlib::Inflate::default();
+        let mut buf = Vec::new();
+        for (n, (id, offset)) in entries.iter().enumerate() {
+            if n % 256 == 0 && cancel.load(Ordering::Relaxed) {
+                return Err(GitError::Cancelled);
+            }
+            let Ok(entry) = pack.entry(*offset) else {
+                continue;
+            };
+            // Past 16 MiB it is no commit: left to the walk.
+            if !matches!(entry.header, Header::Commit) || entry.decompressed_size >= 1 << 24 {
+                continue;
+            }
+            buf.resize(entry.decompressed_size as usize, 0);
+            if pack
+                .decompress_entry(&entry, &mut inflate, &mut buf)
+                .is_err()
+            {
+                continue;
+            }
+            let Ok(p) = Parsed::new(*id, &buf, hash, &mut part.parents) else {
+                continue;
+            };
+            key.clear();
+            key.extend_from_slice(p.name);
+            key.push(0);
+            key.extend_from_slice(p.email);
+            let identity = match identity_of.get(key.as_slice()) {
+                Some(i) => *i,
+                None => {
+                    let i = part.identities.len() as u32;
+                    part.identities
+                        .push((p.name.to_owned(), p.email.to_owned()));
+                    identity_of.insert(key.clone(), i);
+                    i
+                }
+            };
+            part.nodes.push((
+                *id,
+                Node {
+                    tree: p.tree,
+                    parents_at: p.parents.start as u32,
+                    parents_len: p.parents.len() as u32,
+                    identity,
+                    author_time: p.author_time,
+                    author_offset: p.author_offset,
+                    committer_time: p.committer_time,
+                },
+            ));
+        }
+        Ok(part)
     }
 }
 
