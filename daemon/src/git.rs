@@ -10,6 +10,7 @@ pub mod cache;
 pub mod contains;
 #[cfg(test)]
 pub mod fixture;
+mod lines;
 pub mod mirror;
 pub mod numstat;
 pub mod repo;

@@ -18,7 +18,7 @@ use gix::bstr::{BStr, BString, ByteSlice};
 use rayon::prelude::*;
 
 use super::{Dec, Enc, append_file, len, read_file, repo_dir, rewrite_file};
-use crate::git::repo::{GitError, read_object};
+use crate::git::repo::{GitError, pack_indices, read_object};
 
 const TAG: &[u8; 4] = b"grph";
 
@@ -165,17 +165,7 @@ impl Graph {
     ) -> Result<usize, GitError> {
         let before = self.nodes.len();
         let hash = repo.object_hash();
-        let pack_dir = repo.objects.store_ref().path().join("pack");
-        let Ok(dir) = std::fs::read_dir(&pack_dir) else {
-            return Ok(0);
-        };
-        let mut idx: Vec<PathBuf> = dir
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-            .collect();
-        idx.sort();
-        for path in idx {
+        for path in pack_indices(repo) {
             // A pack that does not open is left to the walk's own reads.
             let Ok(bundle) = gix::odb::pack::Bundle::at(&path, hash) else {
                 continue;
