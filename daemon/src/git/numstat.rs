@@ -40,11 +40,8 @@ const BINARY_PROBE: usize = 8000;
 /// Commits per unit of parallel work: neighbours share trees and blobs.
 const RUN: usize = 32;
 
-/// Bytes of decoded objects each diffing thread keeps.
-const OBJECT_CACHE: usize = 32 << 20;
-
 /// Bytes of delta bases each diffing thread keeps.
-const PACK_CACHE: usize = 64 << 20;
+const PACK_CACHE: usize = 96 << 20;
 
 /// One file in one commit's numstat.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,10 +163,11 @@ impl Differ {
         // A thread-local handle starts with gix's defaults: no object cache,
         // and a pack cache of 64 delta bases. A commit's trees are read
         // again as its child's old side, and a file's blob again when the
-        // next commit touching it comes, so decoded objects are kept, as
-        // are delta bases (git keeps 96 MiB of those by default,
-        // `core.deltaBaseCacheLimit`).
-        repo.object_cache_size(Some(OBJECT_CACHE));
+        // next commit touching it comes; the pack cache, which keeps every
+        // packed object read (by its offset), answers both, so no object
+        // cache keeps a second copy of each. It is sized as git's
+        // (`core.deltaBaseCacheLimit`, 96 MiB).
+        repo.object_cache_size(None);
         repo.objects.set_pack_cache(|| {
             Box::new(gix::odb::pack::cache::lru::MemoryCappedHashmap::new(
                 PACK_CACHE,
