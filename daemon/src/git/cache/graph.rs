@@ -131,16 +131,21 @@ impl Graph {
         buf: &mut Vec<u8>,
     ) -> Result<Node, GitError> {
         let data = read_object(repo, &id, "commit", buf)?;
-        let mut parents = Vec::new();
-        let p = Parsed::new(id, data.data, repo.object_hash(), &mut parents)?;
-        let identity = self.identity_index(p.name, p.email);
-        let parents_at = self.parents.len() as u32;
-        self.parents.extend_from_slice(&parents);
+        // Its parents go straight into the table; a commit that does not
+        // parse leaves none behind.
+        let start = self.parents.len();
+        let p = match Parsed::new(id, data.data, repo.object_hash(), &mut self.parents) {
+            Ok(p) => p,
+            Err(e) => {
+                self.parents.truncate(start);
+                return Err(e);
+            }
+        };
         let node = Node {
             tree: p.tree,
-            parents_at,
-            parents_len: parents.len() as u32,
-            identity,
+            parents_at: p.parents.start as u32,
+            parents_len: p.parents.len() as u32,
+            identity: self.identity_index(p.name, p.email),
             author_time: p.author_time,
             author_offset: p.author_offset,
             committer_time: p.committer_time,
