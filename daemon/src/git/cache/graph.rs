@@ -168,6 +168,16 @@ impl Graph {
         pool: &rayon::ThreadPool,
         cancel: &AtomicBool,
     ) -> Result<usize, GitError> {
+        self.prefetch_in_windows(repo, pool, cancel, PREFETCH_WINDOW)
+    }
+
+    fn prefetch_in_windows(
+        &mut self,
+        repo: &gix::Repository,
+        pool: &rayon::ThreadPool,
+        cancel: &AtomicBool,
+        window_len: usize,
+    ) -> Result<usize, GitError> {
         let before = self.nodes.len();
         let hash = repo.object_hash();
         for path in pack_indices(repo) {
@@ -175,20 +185,28 @@ impl Graph {
             let Ok(bundle) = gix::odb::pack::Bundle::at(&path, hash) else {
                 continue;
             };
-            let entries: Vec<(ObjectId, u64)> = bundle
-                .index
-                .iter()
-                .filter(|e| !self.nodes.contains_key(&e.oid))
-                .map(|e| (e.oid, e.pack_offset))
-                .collect();
-            let parts: Vec<Result<Part, GitError>> = pool.install(|| {
-                entries
-                    .par_chunks(PREFETCH_CHUNK)
-                    .map(|chunk| Part::read(&bundle.pack, chunk, hash, cancel))
-                    .collect()
-            });
-            for part in parts {
-                self.merge(part?);
+            // A window of the index at a time: a pack of millions of
+            // objects is not listed in memory whole.
+            let mut index = bundle.index.iter();
+            loop {
+                let mut window: Vec<(ObjectId, u64)> = index
+                    .by_ref()
+                    .take(window_len)
+                    .map(|e| (e.oid, e.pack_offset))
+                    .collect();
+                if window.is_empty() {
+                    break;
+                }
+                window.retain(|(id, _)| !self.nodes.contains_key(id));
+                let parts: Vec<Result<Part, GitError>> = pool.install(|| {
+                    window
+                        .par_chunks(PREFETCH_CHUNK)
+                        .map(|chunk| Part::read(&bundle.pack, chunk, hash, cancel))
+                        .collect()
+                });
+                for part in parts {
+                    self.merge(part?);
+                }
             }
         }
         Ok(self.nodes.len() - before)
@@ -334,6 +352,9 @@ impl Graph {
 
 /// Pack entries per unit of parallel prefetching.
 const PREFETCH_CHUNK: usize = 4096;
+
+/// Pack index entries listed at a time (8 MiB of ids and offsets).
+const PREFETCH_WINDOW: usize = 1 << 18;
 
 /// What the graph keeps of a commit, parsed from its object.
 struct Parsed<'a> {
@@ -528,6 +549,39 @@ mod tests {
         std::fs::remove_file(dir.path().join("k").join("graph.bin")).unwrap();
         again.save().unwrap();
         assert!(!dir.path().join("k").join("graph.bin").exists());
+    }
+
+    #[test]
+    fn prefetching_in_small_windows_skips_what_is_known_and_reads_the_rest() {
+        let f = fixture::history();
+        f.git(&["repack", "-adq"]);
+        let repo = open_local(f.path()).expect("opens");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let cancel = AtomicBool::new(false);
+        let mut g = Graph::in_memory();
+        let mut buf = Vec::new();
+        for rev in ["main", "side"] {
+            let id = repo.rev_parse_single(rev).expect("resolves").detach();
+            g.read(&repo, id, &mut buf).expect("reads");
+        }
+        // Windows of 2 of the pack's ~30 objects: some hold only known
+        // or non-commit objects, and the ones after them are still read.
+        let added = g
+            .prefetch_in_windows(&repo, &pool, &cancel, 2)
+            .expect("prefetches");
+        assert_eq!((added, g.len()), (6, 8));
+        let side = repo.rev_parse_single("side").expect("resolves").detach();
+        let fresh = {
+            let mut h = Graph::in_memory();
+            h.read(&repo, side, &mut buf).expect("reads");
+            h
+        };
+        let (a, b) = (g.get(&side).unwrap(), fresh.get(&side).unwrap());
+        assert_eq!(g.parents(&a), fresh.parents(&b));
+        assert_eq!(g.identity(a.identity), fresh.identity(b.identity));
     }
 
     #[test]
