@@ -299,6 +299,47 @@ async fn cancel_stops_a_long_walk_within_a_second() -> Result<()> {
 }
 
 #[tokio::test]
+async fn cancel_stops_a_clone_from_a_silent_server_within_a_second() -> Result<()> {
+    let daemon = TestDaemon::start().await?;
+    let mut client = daemon.client();
+    // A loopback server that takes the clone's request and never answers,
+    // holding the connection until the test ends.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/silent.git", listener.local_addr()?);
+    let (connected, heard) = std::sync::mpsc::channel();
+    let (_test_over, over) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let _ = connected.send(());
+            let _ = over.recv();
+            drop(stream);
+        }
+    });
+    let job = submit(&mut client, git_spec(&url, &["summary"])).await?;
+    tokio::task::spawn_blocking(move || heard.recv_timeout(Duration::from_secs(30)))
+        .await?
+        .context("quernd never connected to the server")?;
+    let asked = Instant::now();
+    let cancelled = client
+        .cancel(CancelRequest {
+            id: job.id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .job
+        .context("no job")?;
+    let took = asked.elapsed();
+    ensure!(
+        cancelled.state == JobState::Cancelled as i32,
+        "{cancelled:?}"
+    );
+    // The blocked read waits for the HTTP client's timeout; the job must not.
+    ensure!(took < Duration::from_secs(2), "cancel took {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_git_specs_are_refused_naming_the_field() -> Result<()> {
     let daemon = TestDaemon::start().await?;
     let mut client = daemon.client();

@@ -23,6 +23,10 @@ use crate::job::git::{Analysis, ChurnOptions, GitResult, GitSpec, is_url};
 use crate::job::{JobId, JobKind, JobResult, JobSpec, Progress, RunRecord};
 use crate::progress::ProgressSink;
 
+/// How long a cancelled job waits for its work to notice the cancel
+/// before it ends without it (see `run`).
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The git kind.
 pub struct Git;
 
@@ -102,20 +106,38 @@ async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
     let file = result_file(&ctx.env.state_dir, ctx.job);
     let limit = ctx.env.config.git.max_result_bytes;
     let render = ctx.env.git_result_json;
-    let done = ctx
-        .env
-        .cpu
-        .run(move || {
-            let result = analyse(&spec, &dirs, &pool, &flag, &progress)?;
-            let at = Instant::now();
-            let result = spill(result, &file, limit, render);
-            tracing::debug!(
-                spill_ms = at.elapsed().as_millis() as u64,
-                "git result measured"
-            );
-            result
-        })
-        .await;
+    let work = ctx.env.cpu.run(move || {
+        let result = analyse(&spec, &dirs, &pool, &flag, &progress)?;
+        let at = Instant::now();
+        let result = spill(result, &file, limit, render);
+        tracing::debug!(
+            spill_ms = at.elapsed().as_millis() as u64,
+            "git result measured"
+        );
+        result
+    });
+    tokio::pin!(work);
+    let done = tokio::select! {
+        done = &mut work => done,
+        () = ctx.cancel.cancelled() => {
+            // The walk and the diffs see the flag within milliseconds; a
+            // fetch blocked on a silent server sees it only when its read
+            // returns (at the HTTP client's timeout). So the work gets
+            // a moment to stop, and is then left to end on its own: it
+            // removes its half-made clone and releases the mirror's lock
+            // when the read returns, and nothing waits for its result.
+            match tokio::time::timeout(CANCEL_GRACE, &mut work).await {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::warn!(job = %ctx.job, "git job cancelled while its work was blocked; the work ends on its own");
+                    Ok(Err(Failure {
+                        error: "stopped".into(),
+                        retry: false,
+                    }))
+                }
+            }
+        }
+    };
     bridge.abort();
     match done {
         Ok(Ok(result)) => Ended::Succeeded {
