@@ -175,6 +175,56 @@ fn rewrite_file(path: &Path, tag: &[u8; 4], version: u32, body: &[u8]) -> io::Re
     std::fs::rename(&tmp, path)
 }
 
+/// A cache's file as the cache holds it: where it is, its tag and
+/// version, and whether the next save may append a segment.
+struct CacheFile {
+    path: PathBuf,
+    tag: &'static [u8; 4],
+    version: u32,
+    appendable: bool,
+}
+
+impl CacheFile {
+    /// Reads the file at `path`, handing each segment's body to `decode`.
+    /// A body that checks but does not decode makes the next save a
+    /// rewrite (its entries are read or diffed again).
+    fn load(
+        path: PathBuf,
+        tag: &'static [u8; 4],
+        version: u32,
+        mut decode: impl FnMut(&[u8]) -> Option<()>,
+    ) -> CacheFile {
+        let contents = read_file(&path, tag, version);
+        let mut appendable = contents.appendable;
+        for body in contents.bodies() {
+            if decode(body).is_none() {
+                appendable = false;
+            }
+        }
+        CacheFile {
+            path,
+            tag,
+            version,
+            appendable,
+        }
+    }
+
+    /// Saves what a run added: `added` (a body of the new entries alone)
+    /// appended as a segment, or `all` (a body of every entry) in a
+    /// rewrite when the file cannot take one.
+    fn save(
+        &self,
+        added: impl FnOnce() -> io::Result<Vec<u8>>,
+        all: impl FnOnce() -> io::Result<Vec<u8>>,
+    ) -> io::Result<()> {
+        if self.appendable {
+            append_file(&self.path, &added()?)
+        } else {
+            rewrite_file(&self.path, self.tag, self.version, &all()?)
+        }
+    }
+}
+
 /// Little-endian encoding of a cache file's body.
 #[derive(Default)]
 struct Enc(Vec<u8>);

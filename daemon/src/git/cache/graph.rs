@@ -10,14 +10,14 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gix::ObjectId;
 use gix::bstr::{BStr, BString, ByteSlice};
 use rayon::prelude::*;
 
-use super::{Dec, Enc, append_file, len, read_file, repo_dir, rewrite_file};
+use super::{CacheFile, Dec, Enc, len, repo_dir};
 use crate::git::repo::{GitError, pack_indices, read_object};
 
 const TAG: &[u8; 4] = b"grph";
@@ -46,31 +46,25 @@ pub struct Node {
 /// The commits of one repository that walks have read.
 pub struct Graph {
     /// Where it is saved; `None` for a graph kept only in memory.
-    path: Option<PathBuf>,
+    file: Option<CacheFile>,
     nodes: gix::hashtable::HashMap<ObjectId, Node>,
     /// All nodes' parents, one after another.
     parents: Vec<ObjectId>,
     /// Raw (trimmed) author names and emails.
-    identities: Vec<(BString, BString)>,
-    /// Keyed by `name\0email`.
-    identity_of: HashMap<Vec<u8>, u32>,
+    identities: Identities,
     /// Commits read since loading, in order.
     added: Vec<ObjectId>,
-    /// Whether saving may append the added commits to the file.
-    appendable: bool,
 }
 
 impl Graph {
     /// An empty graph that is never saved.
     pub fn in_memory() -> Graph {
         Graph {
-            path: None,
+            file: None,
             nodes: Default::default(),
             parents: Vec::new(),
-            identities: Vec::new(),
-            identity_of: HashMap::new(),
+            identities: Identities::default(),
             added: Vec::new(),
-            appendable: false,
         }
     }
 
@@ -78,17 +72,9 @@ impl Graph {
     /// or it does not read. Marks the repository as used now.
     pub fn load(dir: &Path, key: &str) -> Graph {
         let path = repo_dir(dir, key).join("graph.bin");
-        let contents = read_file(&path, TAG, VERSION);
         let mut graph = Graph::in_memory();
-        graph.appendable = contents.appendable;
-        for body in contents.bodies() {
-            if graph.decode(body).is_none() {
-                // What checked but does not parse: that segment's commits
-                // are read again and the file rewritten.
-                graph.appendable = false;
-            }
-        }
-        graph.path = Some(path);
+        let file = CacheFile::load(path, TAG, VERSION, |body| graph.decode(body));
+        graph.file = Some(file);
         graph
     }
 
@@ -119,8 +105,7 @@ impl Graph {
 
     /// The raw name and email of identity `index`.
     pub fn identity(&self, index: u32) -> (&BStr, &BStr) {
-        let (name, email) = &self.identities[index as usize];
-        (name.as_bstr(), email.as_bstr())
+        self.identities.get(index)
     }
 
     /// Reads commit `id` from `repo` (into `buf`), adds it, and returns it.
@@ -131,25 +116,8 @@ impl Graph {
         buf: &mut Vec<u8>,
     ) -> Result<Node, GitError> {
         let data = read_object(repo, &id, "commit", buf)?;
-        // Its parents go straight into the table; a commit that does not
-        // parse leaves none behind.
-        let start = self.parents.len();
-        let p = match Parsed::new(id, data.data, repo.object_hash(), &mut self.parents) {
-            Ok(p) => p,
-            Err(e) => {
-                self.parents.truncate(start);
-                return Err(e);
-            }
-        };
-        let node = Node {
-            tree: p.tree,
-            parents_at: p.parents.start as u32,
-            parents_len: p.parents.len() as u32,
-            identity: self.identity_index(p.name, p.email),
-            author_time: p.author_time,
-            author_offset: p.author_offset,
-            committer_time: p.committer_time,
-        };
+        let p = Parsed::new(id, data.data, repo.object_hash(), &mut self.parents)?;
+        let node = p.node(self.identities.intern(p.name, p.email));
         if self.nodes.insert(id, node).is_none() {
             self.added.push(id);
         }
@@ -216,8 +184,9 @@ impl Graph {
     fn merge(&mut self, part: Part) {
         let global: Vec<u32> = part
             .identities
+            .list
             .iter()
-            .map(|(name, email)| self.identity_index(name.as_bstr(), email.as_bstr()))
+            .map(|(name, email)| self.identities.intern(name.as_bstr(), email.as_bstr()))
             .collect();
         let shift = self.parents.len() as u32;
         self.parents.extend_from_slice(&part.parents);
@@ -231,34 +200,16 @@ impl Graph {
         }
     }
 
-    fn identity_index(&mut self, name: &BStr, email: &BStr) -> u32 {
-        let mut key = Vec::with_capacity(name.len() + email.len() + 1);
-        key.extend_from_slice(name);
-        key.push(0);
-        key.extend_from_slice(email);
-        if let Some(i) = self.identity_of.get(&key) {
-            return *i;
-        }
-        let i = self.identities.len() as u32;
-        self.identities.push((name.to_owned(), email.to_owned()));
-        self.identity_of.insert(key, i);
-        i
-    }
-
     /// Saves the commits read since loading, if the graph is kept on
     /// disk: appended as a segment, or with all the others in a rewrite
     /// when the file cannot take one.
     pub fn save(&self) -> io::Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        if self.added.is_empty() {
-            Ok(())
-        } else if self.appendable {
-            append_file(path, &self.encode(&self.added)?)
-        } else {
-            let all: Vec<ObjectId> = self.nodes.keys().copied().collect();
-            rewrite_file(path, TAG, VERSION, &self.encode(&all)?)
+        match &self.file {
+            Some(file) if !self.added.is_empty() => file.save(
+                || self.encode(&self.added),
+                || self.encode(&self.nodes.keys().copied().collect::<Vec<_>>()),
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -313,7 +264,7 @@ impl Graph {
         for _ in 0..n_identities {
             let name = d.bytes()?.as_bstr();
             let email = d.bytes()?.as_bstr();
-            global.push(self.identity_index(name, email));
+            global.push(self.identities.intern(name, email));
         }
         let n_nodes = d.u32()? as usize;
         // Bounded by what the body could hold: a damaged count cannot ask
@@ -370,9 +321,24 @@ struct Parsed<'a> {
 
 impl<'a> Parsed<'a> {
     /// Parses the commit `id` from `data`, appending its parents to
-    /// `parents`; reads up to the committer and no further (the message
-    /// and extra headers, a signature among them, are not needed).
+    /// `parents` (and nothing, if it does not parse); reads up to the
+    /// committer and no further (the message and extra headers, a
+    /// signature among them, are not needed).
     fn new(
+        id: ObjectId,
+        data: &'a [u8],
+        hash: gix::hash::Kind,
+        parents: &mut Vec<ObjectId>,
+    ) -> Result<Parsed<'a>, GitError> {
+        let start = parents.len();
+        let parsed = Parsed::parse(id, data, hash, parents);
+        if parsed.is_err() {
+            parents.truncate(start);
+        }
+        parsed
+    }
+
+    fn parse(
         id: ObjectId,
         data: &'a [u8],
         hash: gix::hash::Kind,
@@ -414,6 +380,52 @@ impl<'a> Parsed<'a> {
             committer_time: committer.seconds(),
         })
     }
+
+    /// The commit as a node of author `identity`, its parents where
+    /// [`Parsed::new`] put them.
+    fn node(&self, identity: u32) -> Node {
+        Node {
+            tree: self.tree,
+            parents_at: self.parents.start as u32,
+            parents_len: self.parents.len() as u32,
+            identity,
+            author_time: self.author_time,
+            author_offset: self.author_offset,
+            committer_time: self.committer_time,
+        }
+    }
+}
+
+/// Raw author identities, each once, numbered in the order first seen.
+#[derive(Default)]
+struct Identities {
+    list: Vec<(BString, BString)>,
+    /// Keyed by `name\0email`.
+    index: HashMap<Vec<u8>, u32>,
+    /// The key being looked up, kept to spare an allocation per lookup.
+    key: Vec<u8>,
+}
+
+impl Identities {
+    /// The number of `name` and `email`, added if new.
+    fn intern(&mut self, name: &BStr, email: &BStr) -> u32 {
+        self.key.clear();
+        self.key.extend_from_slice(name);
+        self.key.push(0);
+        self.key.extend_from_slice(email);
+        if let Some(i) = self.index.get(self.key.as_slice()) {
+            return *i;
+        }
+        let i = self.list.len() as u32;
+        self.list.push((name.to_owned(), email.to_owned()));
+        self.index.insert(self.key.clone(), i);
+        i
+    }
+
+    fn get(&self, index: u32) -> (&BStr, &BStr) {
+        let (name, email) = &self.list[index as usize];
+        (name.as_bstr(), email.as_bstr())
+    }
 }
 
 /// The commits one prefetching thread read from a run of pack entries,
@@ -422,7 +434,7 @@ impl<'a> Parsed<'a> {
 struct Part {
     nodes: Vec<(ObjectId, Node)>,
     parents: Vec<ObjectId>,
-    identities: Vec<(BString, BString)>,
+    identities: Identities,
 }
 
 impl Part {
@@ -434,8 +446,6 @@ impl Part {
     ) -> Result<Part, GitError> {
         use gix::odb::pack::data::entry::Header;
         let mut part = Part::default();
-        let mut identity_of: HashMap<Vec<u8>, u32> = HashMap::new();
-        let mut key = Vec::new();
         let mut inflate = gix::zlib::Inflate::default();
         let mut buf = Vec::new();
         for (n, (id, offset)) in entries.iter().enumerate() {
@@ -459,32 +469,8 @@ impl Part {
             let Ok(p) = Parsed::new(*id, &buf, hash, &mut part.parents) else {
                 continue;
             };
-            key.clear();
-            key.extend_from_slice(p.name);
-            key.push(0);
-            key.extend_from_slice(p.email);
-            let identity = match identity_of.get(key.as_slice()) {
-                Some(i) => *i,
-                None => {
-                    let i = part.identities.len() as u32;
-                    part.identities
-                        .push((p.name.to_owned(), p.email.to_owned()));
-                    identity_of.insert(key.clone(), i);
-                    i
-                }
-            };
-            part.nodes.push((
-                *id,
-                Node {
-                    tree: p.tree,
-                    parents_at: p.parents.start as u32,
-                    parents_len: p.parents.len() as u32,
-                    identity,
-                    author_time: p.author_time,
-                    author_offset: p.author_offset,
-                    committer_time: p.committer_time,
-                },
-            ));
+            let node = p.node(part.identities.intern(p.name, p.email));
+            part.nodes.push((*id, node));
         }
         Ok(part)
     }
@@ -533,7 +519,12 @@ mod tests {
         more.read(&repo, root, &mut buf).expect("reads");
         more.save().unwrap();
         let path = dir.path().join("k").join("graph.bin");
-        assert_eq!(read_file(&path, TAG, VERSION).segments.len(), 2);
+        assert_eq!(
+            crate::git::cache::read_file(&path, TAG, VERSION)
+                .segments
+                .len(),
+            2
+        );
         let again = Graph::load(dir.path(), "k");
         assert_eq!(again.len(), 4);
         for (id, node) in &ids {

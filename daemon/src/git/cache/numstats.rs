@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use gix::ObjectId;
 
-use super::{Dec, Enc, append_file, len, read_file, repo_dir, rewrite_file};
+use super::{CacheFile, Dec, Enc, len, repo_dir};
 use crate::git::numstat::FileStat;
 use crate::job::git::ChurnOptions;
 
@@ -22,12 +22,10 @@ const VERSION: u32 = 2;
 
 /// The numstats of one repository under one set of options.
 pub struct NumstatCache {
-    path: PathBuf,
+    file: CacheFile,
     map: HashMap<ObjectId, Vec<FileStat>>,
     /// Commits added since loading, in order.
     added: Vec<ObjectId>,
-    /// Whether saving may append the added commits to the file.
-    appendable: bool,
 }
 
 impl NumstatCache {
@@ -51,22 +49,14 @@ impl NumstatCache {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let path = repo_dir.join(name);
-        let contents = read_file(&path, TAG, VERSION);
         let mut map = HashMap::new();
-        let mut appendable = contents.appendable;
-        for body in contents.bodies() {
-            if decode(body, &mut map).is_none() {
-                // What checked but does not parse: that segment's entries
-                // are dropped (diffed again) and the file rewritten.
-                appendable = false;
-            }
-        }
+        let file = CacheFile::load(repo_dir.join(name), TAG, VERSION, |body| {
+            decode(body, &mut map)
+        });
         NumstatCache {
-            path,
+            file,
             map,
             added: Vec::new(),
-            appendable,
         }
     }
 
@@ -95,15 +85,14 @@ impl NumstatCache {
         if self.added.is_empty() {
             return Ok(());
         }
-        if self.appendable {
-            let added = self
-                .added
-                .iter()
-                .filter_map(|id| Some((id, self.map.get(id)?)));
-            append_file(&self.path, &encode(added)?)
-        } else {
-            rewrite_file(&self.path, TAG, VERSION, &encode(self.map.iter())?)
-        }
+        let added = || {
+            encode(
+                self.added
+                    .iter()
+                    .filter_map(|id| Some((id, self.map.get(id)?))),
+            )
+        };
+        self.file.save(added, || encode(self.map.iter()))
     }
 }
 
@@ -222,7 +211,7 @@ mod tests {
         assert_eq!(fifth.map.len(), 4);
         assert_eq!(fifth.get(&new), Some(&vec![stat("c", 1, false)]));
         assert_eq!(fifth.get(&id), Some(&files));
-        let contents = read_file(&fifth.path, TAG, VERSION);
+        let contents = crate::git::cache::read_file(&fifth.file.path, TAG, VERSION);
         assert_eq!(contents.segments.len(), 2);
         // Other options are another cache.
         let renames = NumstatCache::load(dir.path(), "k", ChurnOptions { renames: true }, "none");
@@ -238,10 +227,10 @@ mod tests {
             vec![stat("a", 1, false)],
         );
         c.save().unwrap();
-        let mut bytes = std::fs::read(&c.path).unwrap();
+        let mut bytes = std::fs::read(&c.file.path).unwrap();
         let n = bytes.len();
         bytes[n / 2] ^= 0x40;
-        std::fs::write(&c.path, &bytes).unwrap();
+        std::fs::write(&c.file.path, &bytes).unwrap();
         let mut c = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert!(c.map.is_empty());
         // Saved again whole, not appended after the damage.
@@ -252,7 +241,12 @@ mod tests {
         c.save().unwrap();
         let c = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert_eq!(c.map.len(), 1);
-        assert_eq!(read_file(&c.path, TAG, VERSION).segments.len(), 1);
+        assert_eq!(
+            crate::git::cache::read_file(&c.file.path, TAG, VERSION)
+                .segments
+                .len(),
+            1
+        );
         // A body that checks but does not parse (a path index past the
         // table) is empty too.
         let mut e = Enc::default();
