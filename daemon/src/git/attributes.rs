@@ -99,41 +99,40 @@ impl Attributes {
         for d in drivers {
             sources.push((b"diff driver".to_vec(), d.as_bytes().to_vec()));
         }
-        if sources.is_empty() && repo.workdir().is_none() {
-            // Nothing could say anything: every path is Auto, unlooked.
-            return Ok(Attributes {
-                stack: None,
-                binary_drivers: Arc::new(binary_drivers),
-                fingerprint: "none".into(),
-            });
-        }
-        sources.sort();
-        let mut hash = Sha256::new();
-        for (path, content) in &sources {
-            hash.update((path.len() as u64).to_le_bytes());
-            hash.update(path);
-            hash.update((content.len() as u64).to_le_bytes());
-            hash.update(content);
-        }
         let fingerprint = if sources.is_empty() {
             "none".into()
         } else {
+            sources.sort();
+            let mut hash = Sha256::new();
+            for (path, content) in &sources {
+                hash.update((path.len() as u64).to_le_bytes());
+                hash.update(path);
+                hash.update((content.len() as u64).to_le_bytes());
+                hash.update(content);
+            }
             hash.finalize()[..8]
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect()
         };
-        let source = if repo.workdir().is_some() {
-            gix::worktree::stack::state::attributes::Source::WorktreeThenIdMapping
-        } else {
-            gix::worktree::stack::state::attributes::Source::IdMapping
+        let stack = match repo.workdir() {
+            // A bare repository with no sources: nothing could say
+            // anything, every path is Auto, unlooked.
+            None if sources.is_empty() => None,
+            workdir => {
+                let source = if workdir.is_some() {
+                    gix::worktree::stack::state::attributes::Source::WorktreeThenIdMapping
+                } else {
+                    gix::worktree::stack::state::attributes::Source::IdMapping
+                };
+                let stack = repo
+                    .attributes_only(index, source)
+                    .map_err(|e| failed(&e))?;
+                Some(stack.detach())
+            }
         };
-        let stack = repo
-            .attributes_only(index, source)
-            .map_err(|e| failed(&e))?
-            .detach();
         Ok(Attributes {
-            stack: Some(stack),
+            stack,
             binary_drivers: Arc::new(binary_drivers),
             fingerprint,
         })

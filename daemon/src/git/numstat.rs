@@ -76,7 +76,7 @@ pub fn numstats(
     let trees: HashMap<ObjectId, ObjectId> = commits.iter().map(|c| (c.id, c.tree)).collect();
     let sync = repo.clone().into_sync();
     // One Differ per pool thread, made on first use: a gix::Repository is
-    // not Sync, and its object cache is worth keeping between runs.
+    // not Sync, and its delta cache is worth keeping between runs.
     let differs: Vec<Mutex<Option<Differ>>> = (0..pool.current_num_threads())
         .map(|_| Mutex::new(None))
         .collect();

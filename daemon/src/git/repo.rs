@@ -86,9 +86,9 @@ pub(crate) fn pack_indices(repo: &gix::Repository) -> Vec<PathBuf> {
 }
 
 /// Whether the packs store the `newest` commit's tree after the
-/// `oldest`'s, as `git fast-import` writes them (a repacked repository stores the newest
-/// first). In such a pack each version of a file or tree is a delta on
-/// the version before it, and gix's delta cache keeps only the objects
+/// `oldest`'s, as `git fast-import` writes them (a repacked repository
+/// stores the newest first). In such a pack each version of a file or
+/// tree is a delta on the version before it, and gix's delta cache keeps only the objects
 /// asked for, not the steps of a chain: diffing newest first would then
 /// rebuild each object from the start of its chain (up to 50 deltas),
 /// while oldest first finds the version before in the cache and applies

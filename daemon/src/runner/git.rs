@@ -108,13 +108,7 @@ async fn run(spec: GitSpec, ctx: AttemptCtx) -> Ended {
     let render = ctx.env.git_result_json;
     let work = ctx.env.cpu.run(move || {
         let result = analyse(&spec, &dirs, &pool, &flag, &progress)?;
-        let at = Instant::now();
-        let result = spill(result, &file, limit, render);
-        tracing::debug!(
-            spill_ms = at.elapsed().as_millis() as u64,
-            "git result measured"
-        );
-        result
+        spill(result, &file, limit, render)
     });
     tokio::pin!(work);
     let done = tokio::select! {
