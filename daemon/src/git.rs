@@ -13,6 +13,7 @@ pub mod fixture;
 mod lines;
 pub mod mirror;
 pub mod numstat;
+mod objects;
 pub mod repo;
 pub mod search;
 pub mod synthetic;

@@ -8,6 +8,11 @@ use clap::Parser;
 use quern_daemon::config::{Config, Overrides};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc keeps a heap per thread: under glibc's malloc the CPU pool's
+/// threads waited on each other's arena locks (see the workspace manifest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The quern background job daemon.
 #[derive(Parser, Debug)]
 #[command(name = "quernd", version, about)]

@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use gix::ObjectId;
+use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::numstat::{CommitStats, count_lines, is_binary};
+use super::numstat::{CommitStats, count_lines};
+use super::objects::is_binary;
 use super::repo::{GitError, read_object};
 use super::walk::WalkedCommit;
 use crate::job::git::{
@@ -89,16 +91,31 @@ fn authors_by_id(commits: &[WalkedCommit]) -> gix::hashtable::HashMap<ObjectId, 
 /// authors; per author: lines added and removed. A binary file's commits
 /// count as revisions with no lines, as git prints `-` for them.
 pub fn churn(commits: &[WalkedCommit], stats: &[CommitStats]) -> Churn {
-    let by_id = authors_by_id(commits);
+    // The kind lists stats in the commits' order; only otherwise are the
+    // authors found by id.
+    let aligned =
+        commits.len() == stats.len() && commits.iter().zip(stats).all(|(c, s)| c.id == s.0);
+    let by_id = if aligned {
+        Default::default()
+    } else {
+        authors_by_id(commits)
+    };
     // Counted per shared Author (the walk makes one per identity), so the
     // per-file loop hashes no names; merged by value after, since two
-    // identities may map to one author.
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut files: Vec<(FileChurn, HashSet<*const Author>)> = Vec::new();
-    let mut authors: HashMap<*const Author, (&Author, u64, u64)> = HashMap::new();
-    for (id, changed) in stats {
-        let Some(author) = by_id.get(id).copied() else {
-            continue;
+    // identities may map to one author. FxHash: these maps are hashed
+    // once per file of each commit, and SipHash's resistance to chosen
+    // keys buys nothing against a repository's own paths.
+    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut files: Vec<(FileChurn, FxHashSet<*const Author>)> = Vec::new();
+    let mut authors: FxHashMap<*const Author, (&Author, u64, u64)> = FxHashMap::default();
+    for (n, (id, changed)) in stats.iter().enumerate() {
+        let author = if aligned {
+            &commits[n].author
+        } else {
+            match by_id.get(id).copied() {
+                Some(a) => a,
+                None => continue,
+            }
         };
         let ptr = Arc::as_ptr(author);
         let totals = authors.entry(ptr).or_insert((author, 0, 0));
@@ -109,7 +126,7 @@ pub fn churn(commits: &[WalkedCommit], stats: &[CommitStats]) -> Churn {
                         path: f.path.to_string(),
                         ..FileChurn::default()
                     },
-                    HashSet::new(),
+                    FxHashSet::default(),
                 ));
                 files.len() - 1
             });

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use gix::ObjectId;
 use sha2::{Digest, Sha256};
 
-pub use graph::{Graph, Node};
+pub use graph::{Graph, Node, Visit};
 pub use numstats::NumstatCache;
 
 /// The key of a repository's cache: its mirror's key, or for a local

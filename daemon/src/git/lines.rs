@@ -1,11 +1,57 @@
-//! The line diff behind each file's numstat: lines interned by hash into
-//! tokens that keep byte ranges, then imara-diff's Myers (with git's
+//! The line diff behind each file's numstat: a file's lines are split and
+//! hashed once ([`Lines`], kept with the blob, which is often both a new
+//! side and, later, an old side), then interned into tokens that keep
+//! byte ranges and diffed by imara-diff's Myers (with git's
 //! preprocessing), so its tables are reused from file to file.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use gix::bstr::ByteSlice;
 use gix::diff::blob::{Algorithm, Diff, Token};
+
+/// A file's lines: where each ends (past its newline, if it has one) and
+/// its hash. Offsets are `u32`: files past git's big-file threshold
+/// (512 MiB) are binary and never split.
+#[derive(Clone, Debug, Default)]
+pub struct Lines {
+    ends: Vec<u32>,
+    hashes: Vec<u64>,
+}
+
+impl Lines {
+    /// `data`'s lines, each with its terminator; a last line without a
+    /// newline is a line too, as git counts it.
+    pub fn of(data: &[u8]) -> Lines {
+        let mut lines = Lines::default();
+        let mut start = 0usize;
+        while start < data.len() {
+            let end = data[start..]
+                .find_byte(b'\n')
+                .map_or(data.len(), |i| start + i + 1);
+            lines.ends.push(end as u32);
+            lines.hashes.push(hash_line(&data[start..end]));
+            start = end;
+        }
+        lines
+    }
+
+    /// How many lines.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Bytes this takes in memory, for the caches that keep it.
+    pub fn heap_size(&self) -> usize {
+        self.ends.capacity() * 4 + self.hashes.capacity() * 8
+    }
+
+    /// Line `i`'s byte range.
+    fn range(&self, i: usize) -> (usize, usize) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        (start, self.ends[i] as usize)
+    }
+}
 
 /// The line diff, with its own interner: imara-diff's borrows the lines,
 /// which would tie it to one pair of buffers; this one keeps byte ranges,
@@ -23,23 +69,19 @@ pub struct LineDiff {
 }
 
 impl LineDiff {
-    /// Lines added and removed from `a` to `b`, by Myers with git's
-    /// preprocessing, as `git diff --numstat` counts them.
-    pub fn count(&mut self, a: &[u8], b: &[u8]) -> (u64, u64) {
+    /// Lines added and removed from `a` to `b` (each a file's bytes and its
+    /// [`Lines`]), by Myers with git's preprocessing, as `git diff
+    /// --numstat` counts them.
+    pub fn count(&mut self, a: (&[u8], &Lines), b: (&[u8], &Lines)) -> (u64, u64) {
         self.table.clear();
         self.tokens.clear();
         self.before.clear();
         self.after.clear();
         let sides = [a, b];
-        for (side, data) in sides.iter().enumerate() {
-            let mut start = 0usize;
-            while start < data.len() {
-                let end = data[start..]
-                    .iter()
-                    .position(|&c| c == b'\n')
-                    .map_or(data.len(), |i| start + i + 1);
+        for (side, (data, lines)) in sides.iter().enumerate() {
+            for (i, &h) in lines.hashes.iter().enumerate() {
+                let (start, end) = lines.range(i);
                 let line = &data[start..end];
-                let h = hash_line(line);
                 let mut candidate = self.table.get(&h).copied().unwrap_or(u32::MAX);
                 let token = loop {
                     if candidate == u32::MAX {
@@ -50,7 +92,7 @@ impl LineDiff {
                         break t;
                     }
                     let (s, from, to, prev) = self.tokens[candidate as usize];
-                    if &sides[s as usize][from as usize..to as usize] == line {
+                    if &sides[s as usize].0[from as usize..to as usize] == line {
                         break candidate;
                     }
                     candidate = prev;
@@ -60,7 +102,6 @@ impl LineDiff {
                 } else {
                     self.after.push(Token(token));
                 }
-                start = end;
             }
         }
         self.diff.compute_with(

@@ -17,31 +17,28 @@
 //! over the CPU pool in runs of neighbours (a commit's old side is often
 //! its neighbour's new side, which the object cache then holds).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::cmp::Ordering as Order;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use gix::ObjectId;
-use gix::bstr::{BStr, BString, ByteSlice};
+use gix::bstr::ByteSlice;
 use gix::diff::tree_with_rewrites::ChangeRef;
-use gix::objs::tree::EntryMode;
+use gix::objs::tree::{EntryMode, name_order};
 use rayon::prelude::*;
 
 use super::attributes::{Attributes, Checker, Diffable};
 use super::lines::LineDiff;
+use super::objects::{Blob, Entry, Objects, Packs};
 use super::repo::{GitError, deltas_run_forward, read_object};
 use super::walk::WalkedCommit;
 use crate::job::git::ChurnOptions;
 
-/// git looks this far into a file for a NUL byte to call it binary
-/// (`FIRST_FEW_BYTES` in git's `xdiff-interface.c`).
-const BINARY_PROBE: usize = 8000;
-
 /// Commits per unit of parallel work: neighbours share trees and blobs.
 const RUN: usize = 32;
 
-/// Bytes of delta bases each diffing thread keeps.
-const PACK_CACHE: usize = 96 << 20;
+/// Bytes of delta bases each diffing thread's repository handle keeps.
+const PACK_CACHE: usize = 32 << 20;
 
 /// One file in one commit's numstat.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,8 +70,9 @@ pub fn numstats(
 ) -> Result<Vec<CommitStats>, GitError> {
     // Parents' trees, so a commit's old side needs no extra read when its
     // parent was walked too.
-    let trees: HashMap<ObjectId, ObjectId> = commits.iter().map(|c| (c.id, c.tree)).collect();
+    let trees: IdMap<ObjectId> = commits.iter().map(|c| (c.id, c.tree)).collect();
     let sync = repo.clone().into_sync();
+    let packs = Arc::new(Packs::open(repo));
     // One Differ per pool thread, made on first use: a gix::Repository is
     // not Sync, and its delta cache is worth keeping between runs.
     let differs: Vec<Mutex<Option<Differ>>> = (0..pool.current_num_threads())
@@ -98,9 +96,12 @@ pub fn numstats(
                 let mut guard = differs[slot].lock().unwrap_or_else(|p| p.into_inner());
                 let differ = match guard.as_mut() {
                     Some(d) => d,
-                    None => {
-                        guard.insert(Differ::new(sync.to_thread_local(), opts, attrs.checker())?)
-                    }
+                    None => guard.insert(Differ::new(
+                        sync.to_thread_local(),
+                        packs.clone(),
+                        opts,
+                        attrs.checker(),
+                    )?),
                 };
                 let mut out = Vec::with_capacity(run.len());
                 for c in run {
@@ -132,8 +133,13 @@ pub fn numstat(
     opts: ChurnOptions,
 ) -> Result<Vec<FileStat>, GitError> {
     let attrs = Attributes::of(repo)?;
-    Differ::new(repo.clone(), opts, attrs.checker())?.commit(commit, &HashMap::new())
+    let packs = Arc::new(Packs::open(repo));
+    Differ::new(repo.clone(), packs, opts, attrs.checker())?.commit(commit, &IdMap::default())
 }
+
+/// A map keyed by object id, hashed by the id's leading bytes (already
+/// random) rather than SipHash.
+type IdMap<T> = gix::hashtable::HashMap<ObjectId, T>;
 
 /// A side of a change: its mode and id.
 type Side = Option<(EntryMode, ObjectId)>;
@@ -143,12 +149,14 @@ type Side = Option<(EntryMode, ObjectId)>;
 struct Differ {
     repo: gix::Repository,
     opts: ChurnOptions,
+    /// The trees and blobs this thread read, parsed once each.
+    objects: Objects,
+    /// For the rename-following diff only (gix's).
     tree_state: gix::diff::tree::State,
     resources: gix::diff::blob::Platform,
     old_tree: Vec<u8>,
     new_tree: Vec<u8>,
-    old: Vec<u8>,
-    new: Vec<u8>,
+    path: Vec<u8>,
     changes: Vec<(String, Side, Side)>,
     lines: LineDiff,
     attrs: Checker,
@@ -157,16 +165,17 @@ struct Differ {
 impl Differ {
     fn new(
         mut repo: gix::Repository,
+        packs: Arc<Packs>,
         opts: ChurnOptions,
         attrs: Checker,
     ) -> Result<Differ, GitError> {
         // A thread-local handle starts with gix's defaults: no object cache,
-        // and a pack cache of 64 delta bases. A commit's trees are read
-        // again as its child's old side, and a file's blob again when the
-        // next commit touching it comes; the pack cache, which keeps every
-        // packed object read (by its offset), answers both, so no object
-        // cache keeps a second copy of each. It is sized as git's
-        // (`core.deltaBaseCacheLimit`, 96 MiB).
+        // and a pack cache of 64 delta bases. Trees and blobs are read
+        // through `objects`, which keeps them parsed, so gix's object cache
+        // would keep a second copy. The repository's own reads (the rename
+        // diff's trees, a parent outside the walk) get a pack cache like
+        // the one `objects` keeps, which holds what delta chains resolve
+        // to, as the next version in a chain is a delta on it.
         repo.object_cache_size(None);
         repo.objects.set_pack_cache(|| {
             Box::new(gix::odb::pack::cache::lru::MemoryCappedHashmap::new(
@@ -182,12 +191,12 @@ impl Differ {
         Ok(Differ {
             repo,
             opts,
+            objects: Objects::new(packs),
             tree_state: Default::default(),
             resources,
             old_tree: Vec::new(),
             new_tree: Vec::new(),
-            old: Vec::new(),
-            new: Vec::new(),
+            path: Vec::new(),
             changes: Vec::new(),
             lines: LineDiff::default(),
             attrs,
@@ -197,7 +206,7 @@ impl Differ {
     fn commit(
         &mut self,
         c: &WalkedCommit,
-        trees: &HashMap<ObjectId, ObjectId>,
+        trees: &IdMap<ObjectId>,
     ) -> Result<Vec<FileStat>, GitError> {
         // git log shows no diff for a merge unless asked (-m, --cc).
         if c.parents.len() > 1 {
@@ -219,7 +228,12 @@ impl Differ {
                 }
             }),
         };
-        self.diff_trees(c.id, parent_tree, c.tree)?;
+        if self.opts.renames {
+            self.diff_with_renames(c.id, parent_tree, c.tree)?;
+        } else {
+            self.path.clear();
+            self.diff_trees(parent_tree.as_ref().map(|t| t.as_ref()), Some(&c.tree))?;
+        }
         let mut changes = std::mem::take(&mut self.changes);
         changes.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::with_capacity(changes.len());
@@ -236,8 +250,81 @@ impl Differ {
         Ok(out)
     }
 
-    /// Fills `self.changes` with the files that differ between the trees.
+    /// Adds to `self.changes` the files that differ between trees `old`
+    /// and `new` (either absent) under `self.path`, as git's tree diff
+    /// finds them: entries paired by name in git's tree order, subtrees
+    /// with equal ids skipped, and the runs of entries that are byte for
+    /// byte the same at the trees' start and end never looked at.
     fn diff_trees(
+        &mut self,
+        old: Option<&gix::oid>,
+        new: Option<&gix::oid>,
+    ) -> Result<(), GitError> {
+        let old = old
+            .map(|id| self.objects.tree(&self.repo, id, None))
+            .transpose()?;
+        let new = new
+            .map(|id| self.objects.tree(&self.repo, id, old.as_deref()))
+            .transpose()?;
+        let (olds, news) = match (&old, &new) {
+            (Some(a), Some(b)) => a.differing(b),
+            (Some(a), None) => (0..a.len(), 0..0),
+            (None, Some(b)) => (0..0, 0..b.len()),
+            (None, None) => return Ok(()),
+        };
+        let (mut i, mut j) = (olds.start, news.start);
+        while i < olds.end || j < news.end {
+            let a = old.as_deref().filter(|_| i < olds.end).map(|t| t.entry(i));
+            let b = new.as_deref().filter(|_| j < news.end).map(|t| t.entry(j));
+            let order = match (&a, &b) {
+                (Some(a), Some(b)) => {
+                    name_order(a.name, a.mode.is_tree(), b.name, b.mode.is_tree())
+                }
+                (Some(_), None) => Order::Less,
+                _ => Order::Greater,
+            };
+            let (a, b) = match order {
+                Order::Less => {
+                    i += 1;
+                    (a, None)
+                }
+                Order::Greater => {
+                    j += 1;
+                    (None, b)
+                }
+                Order::Equal => {
+                    i += 1;
+                    j += 1;
+                    match (a, b) {
+                        (Some(a), Some(b)) if a.mode == b.mode && a.id == b.id => continue,
+                        pair => pair,
+                    }
+                }
+            };
+            let Some(e) = a.or(b) else { continue };
+            let len = self.path.len();
+            if len > 0 {
+                self.path.push(b'/');
+            }
+            self.path.extend_from_slice(e.name);
+            if e.mode.is_tree() {
+                // Equal names pair a tree only with a tree.
+                let (a, b) = (a.map(|e| e.id.to_owned()), b.map(|e| e.id.to_owned()));
+                self.diff_trees(a.as_deref(), b.as_deref())?;
+            } else {
+                let side = |e: Option<Entry<'_>>| e.map(|e| (e.mode, e.id.to_owned()));
+                let path = self.path.to_str_lossy().into_owned();
+                self.changes.push((path, side(a), side(b)));
+            }
+            self.path.truncate(len);
+        }
+        Ok(())
+    }
+
+    /// Fills `self.changes` with the files that differ between the trees,
+    /// pairing a deleted and an added file as a rename as `git log -M`
+    /// does (gix's rewrite tracking).
+    fn diff_with_renames(
         &mut self,
         commit: ObjectId,
         old: Option<ObjectId>,
@@ -255,27 +342,7 @@ impl Differ {
             .len();
         let lhs = gix::objs::TreeRefIter::from_bytes(&self.old_tree[..old_len], hash);
         let rhs = gix::objs::TreeRefIter::from_bytes(&self.new_tree[..new_len], hash);
-        if !self.opts.renames {
-            // No renames: gix's plain tree diff, which skips unchanged
-            // subtrees by id and allocates nothing per entry.
-            let mut collect = Collect {
-                path: Default::default(),
-                queue: Default::default(),
-                changes: &mut self.changes,
-            };
-            return gix::diff::tree(
-                lhs,
-                rhs,
-                &mut self.tree_state,
-                &self.repo.objects,
-                &mut collect,
-            )
-            .map_err(|e| GitError::Diff {
-                commit,
-                detail: e.to_string(),
-            });
-        }
-        let rewrites = self.opts.renames.then_some(gix::diff::Rewrites {
+        let rewrites = Some(gix::diff::Rewrites {
             copies: None,
             // git's defaults for -M: 50% similar, at most 1000 candidates
             // (diff.renameLimit), empty files never paired.
@@ -312,7 +379,13 @@ impl Differ {
                         ..
                     } => (Some((source_entry_mode, source_id)), Some((entry_mode, id))),
                 };
-                if let Some((old, new)) = file_sides(sides.0, sides.1) {
+                // A directory's side is no side: its files come as changes
+                // of their own, so a file that became a directory, or the
+                // reverse, is the file's deletion or addition, as git
+                // shows it.
+                let file = |side: Side| side.filter(|(mode, _)| !mode.is_tree());
+                let (old, new) = (file(sides.0), file(sides.1));
+                if old.is_some() || new.is_some() {
                     changes.push((change.location().to_str_lossy().into_owned(), old, new));
                 }
                 Ok(std::ops::ControlFlow::Continue(()))
@@ -337,129 +410,36 @@ impl Differ {
         if diffable == Diffable::Binary {
             return Ok((0, 0, true));
         }
-        let old_len = load(&self.repo, old, &mut self.old)?;
-        let new_len = load(&self.repo, new, &mut self.new)?;
-        let (a, b) = (&self.old[..old_len], &self.new[..new_len]);
-        if diffable == Diffable::Auto && (is_binary(a) || is_binary(b)) {
+        let a = self.load(old)?;
+        let b = self.load(new)?;
+        if diffable == Diffable::Auto && (a.binary || b.binary) {
             return Ok((0, 0, true));
         }
         if old.map(|s| s.1) == new.map(|s| s.1) {
             return Ok((0, 0, false));
         }
-        if a.is_empty() {
-            return Ok((count_lines(b), 0, false));
+        let (la, lb) = (a.lines(), b.lines());
+        if a.data.is_empty() {
+            return Ok((lb.len() as u64, 0, false));
         }
-        if b.is_empty() {
-            return Ok((0, count_lines(a), false));
+        if b.data.is_empty() {
+            return Ok((0, la.len() as u64, false));
         }
-        let (added, removed) = self.lines.count(a, b);
+        let (added, removed) = self.lines.count((&a.data, &la), (&b.data, &lb));
         Ok((added, removed, false))
     }
-}
 
-/// A change's sides as files: a directory's side is no side (its files
-/// come as changes of their own), so a file that became a directory, or
-/// the reverse, is the file's deletion or addition, as git shows it.
-/// `None` when neither side is a file.
-fn file_sides(old: Side, new: Side) -> Option<(Side, Side)> {
-    let file = |side: Side| side.filter(|(mode, _)| !mode.is_tree());
-    let (old, new) = (file(old), file(new));
-    (old.is_some() || new.is_some()).then_some((old, new))
-}
-
-/// The file changes of a plain tree diff, with their paths from the root
-/// (see [`file_sides`]).
-struct Collect<'a> {
-    path: BString,
-    /// Paths of subtrees queued for the breadth-first walk.
-    queue: VecDeque<BString>,
-    changes: &'a mut Vec<(String, Side, Side)>,
-}
-
-impl Collect<'_> {
-    fn push(&mut self, component: &BStr) {
-        if component.is_empty() {
-            return;
-        }
-        if !self.path.is_empty() {
-            self.path.push(b'/');
-        }
-        self.path.extend_from_slice(component);
-    }
-
-    fn record(&mut self, old: Side, new: Side) {
-        let path = self.path.to_str_lossy().into_owned();
-        self.changes.push((path, old, new));
-    }
-}
-
-impl gix::diff::tree::Visit for Collect<'_> {
-    fn pop_front_tracked_path_and_set_current(&mut self) {
-        self.path = self.queue.pop_front().unwrap_or_default();
-    }
-
-    fn push_back_tracked_path_component(&mut self, component: &BStr) {
-        self.push(component);
-        self.queue.push_back(self.path.clone());
-    }
-
-    fn push_path_component(&mut self, component: &BStr) {
-        self.push(component);
-    }
-
-    fn pop_path_component(&mut self) {
-        match self.path.rfind_byte(b'/') {
-            Some(at) => self.path.truncate(at),
-            None => self.path.clear(),
+    /// A side's content: a blob's, a submodule's `Subproject commit <id>`
+    /// line (what git diffs for a gitlink), or nothing for an absent side.
+    fn load(&mut self, side: Side) -> Result<Arc<Blob>, GitError> {
+        match side {
+            None => Ok(Arc::new(Blob::new(Vec::new()))),
+            Some((mode, id)) if mode.is_commit() => Ok(Arc::new(Blob::new(
+                format!("Subproject commit {}\n", id.to_hex()).into_bytes(),
+            ))),
+            Some((_, id)) => self.objects.blob(&self.repo, &id),
         }
     }
-
-    fn visit(&mut self, change: gix::diff::tree::visit::Change) -> gix::diff::tree::visit::Action {
-        use gix::diff::tree::visit::Change;
-        let sides = match change {
-            Change::Addition {
-                entry_mode, oid, ..
-            } => (None, Some((entry_mode, oid))),
-            Change::Deletion {
-                entry_mode, oid, ..
-            } => (Some((entry_mode, oid)), None),
-            Change::Modification {
-                previous_entry_mode,
-                previous_oid,
-                entry_mode,
-                oid,
-            } => (
-                Some((previous_entry_mode, previous_oid)),
-                Some((entry_mode, oid)),
-            ),
-        };
-        if let Some((old, new)) = file_sides(sides.0, sides.1) {
-            self.record(old, new);
-        }
-        std::ops::ControlFlow::Continue(())
-    }
-}
-
-/// Reads a side's content into `buf` and returns its length: a blob's
-/// bytes, a submodule's `Subproject commit <id>` line (what git diffs for
-/// a gitlink), or nothing for an absent side.
-fn load(repo: &gix::Repository, side: Side, buf: &mut Vec<u8>) -> Result<usize, GitError> {
-    match side {
-        None => Ok(0),
-        Some((mode, id)) if mode.is_commit() => {
-            buf.clear();
-            buf.extend_from_slice(b"Subproject commit ");
-            buf.extend_from_slice(id.to_hex().to_string().as_bytes());
-            buf.push(b'\n');
-            Ok(buf.len())
-        }
-        Some((_, id)) => Ok(read_object(repo, &id, "blob", buf)?.data.len()),
-    }
-}
-
-/// git's rule (`buffer_is_binary`): a NUL byte among the first 8000.
-pub fn is_binary(data: &[u8]) -> bool {
-    data[..data.len().min(BINARY_PROBE)].contains(&0)
 }
 
 /// Lines as git counts them: a final line without a newline still counts.
@@ -646,15 +626,15 @@ mod tests {
     }
 
     #[test]
-    fn lines_and_binary_follow_gits_rules() {
-        assert_eq!(count_lines(b""), 0);
-        assert_eq!(count_lines(b"a\nb"), 2);
-        assert_eq!(count_lines(b"a\nb\n"), 2);
-        let mut late_nul = vec![b'a'; BINARY_PROBE];
-        late_nul.push(0);
-        assert!(!is_binary(&late_nul));
-        late_nul[BINARY_PROBE - 1] = 0;
-        assert!(is_binary(&late_nul));
+    fn lines_are_counted_as_git_counts_them() {
+        for (data, n) in [(&b""[..], 0), (b"a\nb", 2), (b"a\nb\n", 2), (b"\n\n", 2)] {
+            assert_eq!(count_lines(data), n, "{data:?}");
+            assert_eq!(
+                crate::git::lines::Lines::of(data).len() as u64,
+                n,
+                "{data:?}"
+            );
+        }
     }
 
     /// P8b's rough timing, by phase: our walk, numstats (on one thread and

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 
-use super::cache::Graph;
+use super::cache::{Graph, Node, Visit};
 use super::repo::GitError;
 use crate::job::Micros;
 use crate::job::git::Author;
@@ -168,16 +168,35 @@ pub fn walk_cached(
     // window bound in micros has no exact value in seconds.
     let since = spec.since.map(i128::from);
     let until = spec.until.map(i128::from);
-    // Keyed by the ids' own bytes (they are hashes already), not SipHash.
-    let mut seen: gix::hashtable::HashSet<ObjectId> = tips.iter().copied().collect();
     // Each raw identity's mailmapped author, made once and shared by its
     // commits: a history has far fewer authors than commits.
     let mut authors: Vec<Option<Arc<Author>>> = Vec::new();
-    let mut stack: Vec<ObjectId> = tips.iter().rev().copied().collect();
+    // The graph marks the commits it has as this walk visits them; the
+    // ones it lacks (read as the walk reaches them) are kept here.
+    let walk = graph.begin_walk();
+    let mut unknown: gix::hashtable::HashSet<ObjectId> = Default::default();
+    let mut reach =
+        |graph: &mut Graph, id: ObjectId, stack: &mut Vec<(ObjectId, Option<Node>)>| match graph
+            .visit(&id, walk)
+        {
+            Visit::First(node) => stack.push((id, Some(node))),
+            Visit::Again => {}
+            Visit::Unknown => {
+                if unknown.insert(id) {
+                    stack.push((id, None));
+                }
+            }
+        };
+    // Each reached commit is pushed with its node, so it is looked up once.
+    // Tips pushed last first, so the first tip is walked first.
+    let mut stack: Vec<(ObjectId, Option<Node>)> = Vec::new();
+    for tip in tips.iter().rev() {
+        reach(graph, *tip, &mut stack);
+    }
     let mut commits = Vec::new();
     let mut buf = Vec::new();
     let mut read = 0u64;
-    while let Some(id) = stack.pop() {
+    while let Some((id, node)) = stack.pop() {
         read += 1;
         if read.is_multiple_of(CHECK_EVERY) {
             if cancel.load(Ordering::Relaxed) {
@@ -185,15 +204,18 @@ pub fn walk_cached(
             }
             progress(read);
         }
-        let node = match graph.get(&id) {
+        let node = match node {
             Some(node) => node,
-            None => graph.read(repo, id, &mut buf)?,
-        };
-        let parents = graph.parents(&node);
-        for p in parents {
-            if seen.insert(*p) {
-                stack.push(*p);
+            None => {
+                let node = graph.read(repo, id, &mut buf)?;
+                // Read now; marked so that no other path visits it again.
+                graph.visit(&id, walk);
+                node
             }
+        };
+        let parents = graph.parents(&node).to_vec();
+        for p in &parents {
+            reach(graph, *p, &mut stack);
         }
         let micros = i128::from(node.committer_time) * 1_000_000;
         let kept = since.is_none_or(|s| micros >= s) && until.is_none_or(|u| micros < u);
@@ -221,7 +243,7 @@ pub fn walk_cached(
         commits.push(WalkedCommit {
             id,
             tree: node.tree,
-            parents: parents.to_vec(),
+            parents,
             author,
             author_time: node.author_time,
             author_offset: node.author_offset,

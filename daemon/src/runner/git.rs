@@ -16,8 +16,8 @@ use super::in_process::InProcess;
 use super::{Attempt, AttemptCtx, Ended, Kind};
 use crate::git::attributes::Attributes;
 use crate::git::cache::{self, Graph, NumstatCache};
-use crate::git::numstat::{CommitStats, numstats};
-use crate::git::walk::{WalkSpec, walk_cached};
+use crate::git::numstat::{CommitStats, FileStat, numstats};
+use crate::git::walk::{History, WalkSpec, walk_cached};
 use crate::git::{GitError, analyses, contains, mirror, open_local, search};
 use crate::job::git::{Analysis, ChurnOptions, GitResult, GitSpec, is_url};
 use crate::job::{JobId, JobKind, JobResult, JobSpec, Progress, RunRecord};
@@ -241,6 +241,68 @@ struct Dirs {
     cache_age: Option<std::time::Duration>,
 }
 
+/// The numstat options the analyses need, each once.
+fn numstat_options(analyses: &[Analysis]) -> Vec<ChurnOptions> {
+    let mut wanted = Vec::new();
+    for a in analyses {
+        let o = match a {
+            Analysis::Churn(o) | Analysis::Ownership(o) => *o,
+            Analysis::Hotspots { churn, .. } => *churn,
+            Analysis::Coupling(_) => ChurnOptions::default(),
+            Analysis::Summary | Analysis::Search { .. } | Analysis::Contains { .. } => continue,
+        };
+        if !wanted.contains(&o) {
+            wanted.push(o);
+        }
+    }
+    wanted
+}
+
+/// The walked history, and when each step ended (from the job's start).
+struct Walked {
+    history: History,
+    prefetched: std::time::Duration,
+    walked: std::time::Duration,
+    graph_saved: std::time::Duration,
+}
+
+/// Walks the history through the repository's commit graph cache, and
+/// saves what the walk added to it.
+#[allow(clippy::too_many_arguments)]
+fn walk_history(
+    repo: &gix::Repository,
+    walk_spec: &WalkSpec<'_>,
+    dirs: &Dirs,
+    key: &str,
+    pool: &rayon::ThreadPool,
+    cancel: &AtomicBool,
+    progress: &ProgressSink,
+    started: Instant,
+) -> Result<Walked, Failure> {
+    // Commits read by an earlier job are not read again; on the first
+    // job, the packs' commits are read in parallel before the walk.
+    let mut graph = Graph::load(&dirs.caches, key);
+    if graph.is_empty() {
+        report(progress, "walking", 0, 0);
+        graph.prefetch(repo, pool, cancel)?;
+    }
+    let prefetched = started.elapsed();
+    let history = walk_cached(repo, walk_spec, &mut graph, cancel, &|n| {
+        report(progress, "walking", n, 0)
+    })?;
+    let walked = started.elapsed();
+    if let Err(e) = graph.save() {
+        tracing::warn!(error = %e, "cannot save the git commit graph cache; the next run reads the commits again");
+    }
+    drop(graph);
+    Ok(Walked {
+        history,
+        prefetched,
+        walked,
+        graph_saved: started.elapsed(),
+    })
+}
+
 /// The whole attempt, on a pool thread.
 fn analyse(
     spec: &GitSpec,
@@ -277,22 +339,31 @@ fn analyse(
         since: spec.since,
         until: spec.until,
     };
-    // Commits read by an earlier job are not read again; on the first
-    // job, the packs' commits are read in parallel before the walk.
-    let mut graph = Graph::load(&dirs.caches, &key);
-    if graph.is_empty() {
-        report(progress, "walking", 0, 0);
-        graph.prefetch(&repo, pool, cancel)?;
-    }
-    let history = walk_cached(&repo, &walk_spec, &mut graph, cancel, &|n| {
-        report(progress, "walking", n, 0)
-    })?;
-    let walked = started.elapsed();
-    if let Err(e) = graph.save() {
-        tracing::warn!(error = %e, "cannot save the git commit graph cache; the next run reads the commits again");
-    }
-    drop(graph);
-    let graph_saved = started.elapsed();
+    // Read once: what .gitattributes say about diffing (binary, -diff).
+    let attrs = Attributes::of(&repo)?;
+    // The numstat caches the analyses use are read on a thread of their
+    // own while the history is walked.
+    let wanted = numstat_options(&spec.analyses);
+    let fingerprint = attrs.fingerprint().to_string();
+    let (walked, mut preloaded) = std::thread::scope(|s| {
+        let loader = s.spawn(|| {
+            wanted
+                .iter()
+                .map(|o| (*o, NumstatCache::load(&dirs.caches, &key, *o, &fingerprint)))
+                .collect::<HashMap<_, _>>()
+        });
+        let walked = walk_history(
+            &repo, &walk_spec, dirs, &key, pool, cancel, progress, started,
+        );
+        // A loader that panicked leaves the caches to be read below.
+        (walked, loader.join().unwrap_or_default())
+    });
+    let Walked {
+        history,
+        prefetched,
+        walked,
+        graph_saved,
+    } = walked?;
     let commits = &history.commits;
     let total = commits.len() as u64;
     let mut result = GitResult {
@@ -302,8 +373,6 @@ fn analyse(
     };
     // Each set of numstat options is computed once for all the analyses
     // that use it, and only for commits the cache lacks.
-    // Read once: what .gitattributes say about diffing (binary, -diff).
-    let attrs = Attributes::of(&repo)?;
     // Shared, not copied, between the analyses that use one set of options.
     let mut stats: HashMap<ChurnOptions, Arc<Vec<CommitStats>>> = HashMap::new();
     let (mut computed, mut reused) = (0, 0);
@@ -313,12 +382,18 @@ fn analyse(
             return Ok(s.clone());
         }
         let at = Instant::now();
-        let mut cached = NumstatCache::load(&dirs.caches, &key, opts, attrs.fingerprint());
+        let mut cached = preloaded
+            .remove(&opts)
+            .unwrap_or_else(|| NumstatCache::load(&dirs.caches, &key, opts, attrs.fingerprint()));
         let loaded = at.elapsed();
+        // One lookup per commit: cached entries move out now.
+        let mut slots: Vec<Option<Vec<FileStat>>> =
+            commits.iter().map(|c| cached.take(&c.id)).collect();
         let missing: Vec<_> = commits
             .iter()
-            .filter(|c| cached.get(&c.id).is_none())
-            .cloned()
+            .zip(&slots)
+            .filter(|(_, s)| s.is_none())
+            .map(|(c, _)| c.clone())
             .collect();
         let got = numstats(&repo, &missing, opts, &attrs, pool, cancel, &|n| {
             report(progress, "diffing", n, missing.len() as u64)
@@ -326,6 +401,16 @@ fn analyse(
         let diffed = at.elapsed();
         computed += got.len() as u64;
         reused += (commits.len() - missing.len()) as u64;
+        // An appended save writes only the new commits; a rewrite needs
+        // the cache whole again, so the entries taken out go back first.
+        let put_back = cached.rewrites();
+        if put_back {
+            for (c, slot) in commits.iter().zip(slots.iter_mut()) {
+                if let Some(files) = slot.take() {
+                    cached.insert(c.id, files);
+                }
+            }
+        }
         for (id, files) in got {
             cached.insert(id, files);
         }
@@ -333,11 +418,15 @@ fn analyse(
             tracing::warn!(error = %e, "cannot save the git numstat cache; the next run diffs again");
         }
         let saved = at.elapsed();
-        // Saved: the cache's entries move into the analyses' list.
+        // Saved: what the cache holds now moves into the list too.
         let all: Arc<Vec<CommitStats>> = Arc::new(
             commits
                 .iter()
-                .map(|c| (c.id, cached.take(&c.id).unwrap_or_default()))
+                .zip(slots)
+                .map(|(c, slot)| {
+                    let files = slot.or_else(|| cached.take(&c.id)).unwrap_or_default();
+                    (c.id, files)
+                })
                 .collect(),
         );
         stats.insert(opts, all.clone());
@@ -402,11 +491,20 @@ fn analyse(
         commits = total,
         computed,
         reused,
+        prefetch_ms = prefetched.as_millis() as u64,
         walk_ms = walked.as_millis() as u64,
         graph_save_ms = (graph_saved - walked).as_millis() as u64,
         numstats_ms = in_stats.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
         "git job analysed"
     );
+    // A big history and its numstats take milliseconds to free, which the
+    // job's result need not wait for.
+    let garbage = (history, stats);
+    // If no thread can be made, spawn hands the closure back in its error
+    // only by dropping it: here, which frees the garbage inline.
+    let _ = std::thread::Builder::new()
+        .name("quern-free".into())
+        .spawn(move || drop(garbage));
     Ok(result)
 }

@@ -41,6 +41,21 @@ pub struct Node {
     pub author_offset: i32,
     /// The committer date, seconds since the epoch.
     pub committer_time: i64,
+    /// The last walk that visited it (see [`Graph::visit`]); not saved.
+    walked: u32,
+    /// Its first parent (null for a root), which a walk then finds with
+    /// the node instead of in the parents' table; not saved apart.
+    first_parent: ObjectId,
+}
+
+/// What a walk finds of a commit it reaches (see [`Graph::visit`]).
+pub enum Visit {
+    /// The commit's first visit in this walk.
+    First(Node),
+    /// Visited already in this walk.
+    Again,
+    /// Not in the graph: to be read.
+    Unknown,
 }
 
 /// The commits of one repository that walks have read.
@@ -50,6 +65,8 @@ pub struct Graph {
     nodes: gix::hashtable::HashMap<ObjectId, Node>,
     /// All nodes' parents, one after another.
     parents: Vec<ObjectId>,
+    /// Walks begun on this graph (see [`Graph::visit`]).
+    walks: u32,
     /// Raw (trimmed) author names and emails.
     identities: Identities,
     /// Commits read since loading, in order.
@@ -63,6 +80,7 @@ impl Graph {
             file: None,
             nodes: Default::default(),
             parents: Vec::new(),
+            walks: 0,
             identities: Identities::default(),
             added: Vec::new(),
         }
@@ -97,10 +115,37 @@ impl Graph {
         self.nodes.get(id).copied()
     }
 
+    /// Begins a walk: a number for [`Graph::visit`] that no earlier walk
+    /// of this graph used.
+    pub fn begin_walk(&mut self) -> u32 {
+        self.walks += 1;
+        self.walks
+    }
+
+    /// Commit `id` as walk `walk` reaches it, marking it visited: one
+    /// lookup where a walk would otherwise look the commit up in the graph
+    /// and in a set of commits seen (each a cache miss on a big history).
+    pub fn visit(&mut self, id: &ObjectId, walk: u32) -> Visit {
+        match self.nodes.get_mut(id) {
+            None => Visit::Unknown,
+            Some(node) if node.walked == walk => Visit::Again,
+            Some(node) => {
+                node.walked = walk;
+                Visit::First(*node)
+            }
+        }
+    }
+
     /// `node`'s parents, in the commit's order.
-    pub fn parents(&self, node: &Node) -> &[ObjectId] {
-        let at = node.parents_at as usize;
-        &self.parents[at..at + node.parents_len as usize]
+    pub fn parents<'a>(&'a self, node: &'a Node) -> &'a [ObjectId] {
+        match node.parents_len {
+            0 => &[],
+            1 => std::slice::from_ref(&node.first_parent),
+            n => {
+                let at = node.parents_at as usize;
+                &self.parents[at..at + n as usize]
+            }
+        }
     }
 
     /// The raw name and email of identity `index`.
@@ -284,6 +329,11 @@ impl Graph {
             for _ in 0..n_parents {
                 self.parents.push(d.id(hash_len)?);
             }
+            let first_parent = if n_parents > 0 {
+                self.parents[parents_at as usize]
+            } else {
+                ObjectId::null(tree.kind())
+            };
             self.nodes.insert(
                 id,
                 Node {
@@ -294,6 +344,8 @@ impl Graph {
                     author_time,
                     author_offset,
                     committer_time,
+                    walked: 0,
+                    first_parent,
                 },
             );
         }
@@ -312,6 +364,8 @@ struct Parsed<'a> {
     tree: ObjectId,
     /// Where its parents start and end in the parser's output list.
     parents: std::ops::Range<usize>,
+    /// The first of them (null for a root).
+    first_parent: ObjectId,
     name: &'a BStr,
     email: &'a BStr,
     author_time: i64,
@@ -372,6 +426,10 @@ impl<'a> Parsed<'a> {
         let raw = author.trim();
         Ok(Parsed {
             tree,
+            first_parent: parents
+                .get(start)
+                .copied()
+                .unwrap_or_else(|| ObjectId::null(hash)),
             parents: start..parents.len(),
             name: raw.name,
             email: raw.email,
@@ -392,6 +450,8 @@ impl<'a> Parsed<'a> {
             author_time: self.author_time,
             author_offset: self.author_offset,
             committer_time: self.committer_time,
+            walked: 0,
+            first_parent: self.first_parent,
         }
     }
 }

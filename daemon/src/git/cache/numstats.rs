@@ -3,7 +3,6 @@
 //! commit's files with lines added and removed. Paths are stored once
 //! each, in a table the entries index.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +22,7 @@ const VERSION: u32 = 2;
 /// The numstats of one repository under one set of options.
 pub struct NumstatCache {
     file: CacheFile,
-    map: HashMap<ObjectId, Vec<FileStat>>,
+    map: gix::hashtable::HashMap<ObjectId, Vec<FileStat>>,
     /// Commits added since loading, in order.
     added: Vec<ObjectId>,
 }
@@ -49,7 +48,7 @@ impl NumstatCache {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let mut map = HashMap::new();
+        let mut map = gix::hashtable::HashMap::default();
         let file = CacheFile::load(repo_dir.join(name), TAG, VERSION, |body| {
             decode(body, &mut map)
         });
@@ -70,6 +69,14 @@ impl NumstatCache {
     /// [`save`]: NumstatCache::save
     pub fn take(&mut self, id: &ObjectId) -> Option<Vec<FileStat>> {
         self.map.remove(id)
+    }
+
+    /// Whether the next [`save`] rewrites the file whole, and so needs
+    /// every entry in the cache (not only those added since loading).
+    ///
+    /// [`save`]: NumstatCache::save
+    pub fn rewrites(&self) -> bool {
+        !self.file.appendable
     }
 
     /// Adds commit `id`'s files.
@@ -101,7 +108,7 @@ impl NumstatCache {
 fn encode<'a>(
     commits: impl Iterator<Item = (&'a ObjectId, &'a Vec<FileStat>)> + Clone,
 ) -> io::Result<Vec<u8>> {
-    let mut index: HashMap<&str, u32> = HashMap::new();
+    let mut index: rustc_hash::FxHashMap<&str, u32> = Default::default();
     let mut paths: Vec<&str> = Vec::new();
     for f in commits.clone().flat_map(|(_, files)| files) {
         if !index.contains_key(&*f.path) {
@@ -135,7 +142,7 @@ fn encode<'a>(
 
 /// Adds a segment's commits to `map`; `None` if it does not parse (the
 /// commits before the fault stay).
-fn decode(body: &[u8], map: &mut HashMap<ObjectId, Vec<FileStat>>) -> Option<()> {
+fn decode(body: &[u8], map: &mut gix::hashtable::HashMap<ObjectId, Vec<FileStat>>) -> Option<()> {
     let mut d = Dec::new(body);
     let hash_len = usize::from(d.u8()?);
     let n_paths = d.u32()? as usize;
@@ -256,6 +263,6 @@ mod tests {
         e.id(&ObjectId::null(gix::hash::Kind::Sha1));
         e.u32(1);
         e.u32(9);
-        assert_eq!(decode(&e.0, &mut HashMap::new()), None);
+        assert_eq!(decode(&e.0, &mut Default::default()), None);
     }
 }
