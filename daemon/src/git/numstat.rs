@@ -12,10 +12,12 @@
 //! counts where Histogram does not.
 //!
 //! This is the expensive part of churn, so: unchanged subtrees are skipped
-//! by id (gix's tree diff), each blob is read once per diff, the per-file
-//! buffers live in one [`Differ`] per pool thread, and commits are spread
-//! over the CPU pool in runs of neighbours (a commit's old side is often
-//! its neighbour's new side, which the object cache then holds).
+//! by id, and so are the runs of entries two versions of a tree share; each
+//! tree and blob is read and parsed once per thread (`objects.rs`: a
+//! commit's new side is a later commit's old side); the per-file buffers
+//! live in one [`Differ`] per pool thread; and commits are spread over the
+//! CPU pool in runs of neighbours, oldest first where the packs store
+//! versions in that order.
 
 use std::cmp::Ordering as Order;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,16 +31,13 @@ use rayon::prelude::*;
 
 use super::attributes::{Attributes, Checker, Diffable};
 use super::lines::LineDiff;
-use super::objects::{Blob, Entry, Objects, Packs};
-use super::repo::{GitError, deltas_run_forward, read_object};
+use super::objects::{Blob, Entry, Objects, PACK_CACHE, Packs};
+use super::repo::{GitError, read_object};
 use super::walk::WalkedCommit;
 use crate::job::git::ChurnOptions;
 
 /// Commits per unit of parallel work: neighbours share trees and blobs.
 const RUN: usize = 32;
-
-/// Bytes of delta bases each diffing thread's repository handle keeps.
-const PACK_CACHE: usize = 32 << 20;
 
 /// One file in one commit's numstat.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +79,7 @@ pub fn numstats(
         .collect();
     let done = AtomicU64::new(0);
     let oldest_first = match (commits.first(), commits.last()) {
-        (Some(newest), Some(oldest)) => deltas_run_forward(repo, &newest.tree, &oldest.tree),
+        (Some(newest), Some(oldest)) => packs.deltas_run_forward(&newest.tree, &oldest.tree),
         _ => false,
     };
     let order: Vec<&WalkedCommit> = if oldest_first {

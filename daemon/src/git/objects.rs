@@ -31,9 +31,10 @@ const BIG_FILE: usize = 512 << 20;
 const TREES: usize = 8 << 20;
 const BLOBS: usize = 16 << 20;
 
-/// Bytes of delta bases each thread keeps: what a delta chain resolves to,
-/// which the next version in the chain is a delta on.
-const PACK_CACHE: usize = 32 << 20;
+/// Bytes of delta bases each thread keeps (here, and in its repository
+/// handle for the reads that go through gix): what a delta chain resolves
+/// to, which the next version in the chain is a delta on.
+pub const PACK_CACHE: usize = 32 << 20;
 
 /// git's rule (`buffer_is_binary`): a NUL byte among the first 8000.
 pub fn is_binary(data: &[u8]) -> bool {
@@ -336,6 +337,22 @@ impl Packs {
         }
     }
 
+    /// Whether the packs store the `newest` commit's tree after the
+    /// `oldest`'s, as `git fast-import` writes them (a repacked
+    /// repository stores the newest first). In such a pack each version
+    /// of a file or tree is a delta on the version before it, and gix's
+    /// delta cache keeps only the objects asked for, not the steps of a
+    /// chain: diffing newest first would then rebuild each object from the
+    /// start of its chain (up to 50 deltas), while oldest first finds the
+    /// version before in the cache and applies one delta. git's own cache
+    /// keeps the steps, so its order matters less.
+    pub fn deltas_run_forward(&self, newest: &gix::oid, oldest: &gix::oid) -> bool {
+        self.bundles.iter().find_map(|b| {
+            let (new, old) = (find_in(&b.index, newest)?, find_in(&b.index, oldest)?);
+            Some(b.index.pack_offset_at_index(new) > b.index.pack_offset_at_index(old))
+        }) == Some(true)
+    }
+
     /// Which pack holds `id`, and at which index entry.
     fn locate(&self, id: &gix::oid) -> Option<(usize, u32)> {
         self.bundles
@@ -469,6 +486,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::git::fixture::Fixture;
+    use crate::git::repo::open_local;
+    use crate::git::synthetic::synthetic_fast_import_stream;
 
     #[test]
     fn binary_follows_gits_rule() {
@@ -584,13 +604,18 @@ mod tests {
         }
     }
 
+    /// A repository of `commits` synthetic commits over `files` files,
+    /// in one pack as `git fast-import` writes it.
+    fn synthetic(commits: usize, files: usize, seed: u64) -> (Fixture, gix::Repository) {
+        let f = Fixture::new();
+        f.fast_import(&synthetic_fast_import_stream(commits, files, seed));
+        let repo = open_local(f.path()).expect("opens");
+        (f, repo)
+    }
+
     #[test]
     fn interpolation_finds_every_id_of_a_pack_and_no_other() {
-        let f = crate::git::fixture::Fixture::new();
-        f.fast_import(&crate::git::synthetic::synthetic_fast_import_stream(
-            300, 20, 5,
-        ));
-        let repo = crate::git::repo::open_local(f.path()).expect("opens");
+        let (_f, repo) = synthetic(300, 20, 5);
         let packs = Packs::open(&repo);
         assert_eq!(packs.bundles.len(), 1);
         let index = &packs.bundles[0].index;
@@ -613,11 +638,7 @@ mod tests {
 
     #[test]
     fn objects_read_through_the_packs_equal_gixs_reads() {
-        let f = crate::git::fixture::Fixture::new();
-        f.fast_import(&crate::git::synthetic::synthetic_fast_import_stream(
-            200, 10, 9,
-        ));
-        let repo = crate::git::repo::open_local(f.path()).expect("opens");
+        let (_f, repo) = synthetic(200, 10, 9);
         let mut objects = Objects::new(Arc::new(Packs::open(&repo)));
         let head = repo.head_commit().expect("head");
         let tree = head.tree().expect("tree");
@@ -635,5 +656,28 @@ mod tests {
         let missing = ObjectId::from_bytes_or_panic(&[7u8; 20]);
         let err = objects.blob(&repo, &missing).err().expect("missing");
         assert!(err.to_string().contains(&missing.to_string()), "{err}");
+    }
+
+    #[test]
+    fn import_order_and_repacked_order_are_told_apart() {
+        let f = Fixture::new();
+        f.fast_import(&synthetic_fast_import_stream(60, 5, 3));
+        let tree = |rev: &str| {
+            ObjectId::from_hex(f.git(&["rev-parse", &format!("{rev}^{{tree}}")]).as_bytes())
+                .expect("an id")
+        };
+        let (newest, oldest) = (tree("main"), tree("main~59"));
+        let repo = open_local(f.path()).expect("opens");
+        assert!(Packs::open(&repo).deltas_run_forward(&newest, &oldest));
+        // Repacked, newest first, as git gc writes packs.
+        f.git(&["repack", "-adfq"]);
+        let repo = open_local(f.path()).expect("opens");
+        assert!(!Packs::open(&repo).deltas_run_forward(&newest, &oldest));
+        // Loose objects: no pack says anything.
+        let loose = Fixture::new();
+        loose.commit(1_000, ("A", "a@example.org"), "one", &[("a", Some(b"1\n"))]);
+        let id = ObjectId::from_hex(loose.git(&["rev-parse", "HEAD^{tree}"]).as_bytes()).unwrap();
+        let repo = open_local(loose.path()).expect("opens");
+        assert!(!Packs::open(&repo).deltas_run_forward(&id, &id));
     }
 }

@@ -85,30 +85,6 @@ pub(crate) fn pack_indices(repo: &gix::Repository) -> Vec<PathBuf> {
     idx
 }
 
-/// Whether the packs store the `newest` commit's tree after the
-/// `oldest`'s, as `git fast-import` writes them (a repacked repository
-/// stores the newest first). In such a pack each version of a file or
-/// tree is a delta on the version before it, and gix's delta cache keeps only the objects
-/// asked for, not the steps of a chain: diffing newest first would then
-/// rebuild each object from the start of its chain (up to 50 deltas),
-/// while oldest first finds the version before in the cache and applies
-/// one delta. git's own cache keeps the steps, so its order matters less.
-pub(crate) fn deltas_run_forward(
-    repo: &gix::Repository,
-    newest: &gix::oid,
-    oldest: &gix::oid,
-) -> bool {
-    for path in pack_indices(repo) {
-        let Ok(index) = gix::odb::pack::index::File::at(&path, repo.object_hash()) else {
-            continue;
-        };
-        if let (Some(new), Some(old)) = (index.lookup(newest), index.lookup(oldest)) {
-            return index.pack_offset_at_index(new) > index.pack_offset_at_index(old);
-        }
-    }
-    false
-}
-
 /// Reads object `id`'s data into `buf`, naming it as `what` in the error.
 pub(crate) fn read_object<'b>(
     repo: &gix::Repository,
@@ -136,7 +112,6 @@ pub(crate) fn read_object<'b>(
 mod tests {
     use super::*;
     use crate::git::fixture::Fixture;
-    use crate::git::synthetic::synthetic_fast_import_stream;
 
     #[test]
     fn opens_a_work_tree_and_a_bare_repository() {
@@ -188,28 +163,5 @@ mod tests {
             )),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn import_order_and_repacked_order_are_told_apart() {
-        let f = Fixture::new();
-        f.fast_import(&synthetic_fast_import_stream(60, 5, 3));
-        let tree = |rev: &str| {
-            ObjectId::from_hex(f.git(&["rev-parse", &format!("{rev}^{{tree}}")]).as_bytes())
-                .expect("an id")
-        };
-        let (newest, oldest) = (tree("main"), tree("main~59"));
-        let repo = open_local(f.path()).expect("opens");
-        assert!(deltas_run_forward(&repo, &newest, &oldest));
-        // Repacked, newest first, as git gc writes packs.
-        f.git(&["repack", "-adfq"]);
-        let repo = open_local(f.path()).expect("opens");
-        assert!(!deltas_run_forward(&repo, &newest, &oldest));
-        // Loose objects: no pack says anything.
-        let loose = Fixture::new();
-        loose.commit(1_000, ("A", "a@example.org"), "one", &[("a", Some(b"1\n"))]);
-        let id = ObjectId::from_hex(loose.git(&["rev-parse", "HEAD^{tree}"]).as_bytes()).unwrap();
-        let repo = open_local(loose.path()).expect("opens");
-        assert!(!deltas_run_forward(&repo, &id, &id));
     }
 }

@@ -403,8 +403,7 @@ fn analyse(
         reused += (commits.len() - missing.len()) as u64;
         // An appended save writes only the new commits; a rewrite needs
         // the cache whole again, so the entries taken out go back first.
-        let put_back = cached.rewrites();
-        if put_back {
+        if cached.rewrites() {
             for (c, slot) in commits.iter().zip(slots.iter_mut()) {
                 if let Some(files) = slot.take() {
                     cached.insert(c.id, files);

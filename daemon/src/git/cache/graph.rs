@@ -110,7 +110,8 @@ impl Graph {
         self.added.len()
     }
 
-    /// Commit `id`, if read before.
+    /// Commit `id`, if read before (walks use [`Graph::visit`]).
+    #[cfg(test)]
     pub fn get(&self, id: &ObjectId) -> Option<Node> {
         self.nodes.get(id).copied()
     }

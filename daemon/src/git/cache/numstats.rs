@@ -59,7 +59,9 @@ impl NumstatCache {
         }
     }
 
-    /// Commit `id`'s files, if cached.
+    /// Commit `id`'s files, if cached (the kind takes them, with
+    /// [`NumstatCache::take`]).
+    #[cfg(test)]
     pub fn get(&self, id: &ObjectId) -> Option<&Vec<FileStat>> {
         self.map.get(id)
     }
