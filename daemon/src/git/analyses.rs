@@ -106,6 +106,7 @@ pub fn churn(commits: &[WalkedCommit], stats: &[CommitStats]) -> Churn {
     // once per file of each commit, and SipHash's resistance to chosen
     // keys buys nothing against a repository's own paths.
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut by_address: FxHashMap<*const u8, usize> = FxHashMap::default();
     let mut files: Vec<(FileChurn, FxHashSet<*const Author>)> = Vec::new();
     let mut authors: FxHashMap<*const Author, (&Author, u64, u64)> = FxHashMap::default();
     for (n, (id, changed)) in stats.iter().enumerate() {
@@ -120,16 +121,27 @@ pub fn churn(commits: &[WalkedCommit], stats: &[CommitStats]) -> Churn {
         let ptr = Arc::as_ptr(author);
         let totals = authors.entry(ptr).or_insert((author, 0, 0));
         for f in changed {
-            let at = *index.entry(&f.path).or_insert_with(|| {
-                files.push((
-                    FileChurn {
-                        path: f.path.to_string(),
-                        ..FileChurn::default()
-                    },
-                    FxHashSet::default(),
-                ));
-                files.len() - 1
-            });
+            // Most entries share their path's allocation (the cache loads
+            // each path once), so the address finds the file without
+            // hashing the path; a path first seen at another address is
+            // found by its text.
+            let at = match by_address.get(&f.path.as_ptr()) {
+                Some(at) => *at,
+                None => {
+                    let at = *index.entry(&f.path).or_insert_with(|| {
+                        files.push((
+                            FileChurn {
+                                path: f.path.to_string(),
+                                ..FileChurn::default()
+                            },
+                            FxHashSet::default(),
+                        ));
+                        files.len() - 1
+                    });
+                    by_address.insert(f.path.as_ptr(), at);
+                    at
+                }
+            };
             let (entry, who) = &mut files[at];
             entry.revisions += 1;
             entry.added += f.added;
@@ -515,7 +527,8 @@ mod tests {
         WalkedCommit {
             id: ObjectId::from_bytes_or_panic(&[n; 20]),
             tree: ObjectId::empty_tree(gix::hash::Kind::Sha1),
-            parents: vec![],
+            first_parent: None,
+            parent_count: 0,
             author: std::sync::Arc::new(author(who)),
             author_time: 0,
             author_offset: 0,

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use gix::ObjectId;
 use sha2::{Digest, Sha256};
 
-pub use graph::{Graph, Node, Visit};
+pub use graph::Graph;
 pub use numstats::NumstatCache;
 
 /// The key of a repository's cache: its mirror's key, or for a local
@@ -88,7 +88,7 @@ const MAX_SEGMENTS: usize = 64;
 /// may append a segment (it may not when the file was missing, foreign,
 /// damaged, or has [`MAX_SEGMENTS`]; then it is rewritten whole).
 struct Contents {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     segments: Vec<std::ops::Range<usize>>,
     appendable: bool,
 }
@@ -105,7 +105,7 @@ impl Contents {
 /// check; the segments before it stand.
 fn read_file(path: &Path, tag: &[u8; 4], version: u32) -> Contents {
     let mut contents = Contents {
-        bytes: std::fs::read(path).unwrap_or_default(),
+        bytes: Bytes::map(path),
         segments: Vec::new(),
         appendable: false,
     };
@@ -130,6 +130,44 @@ fn read_file(path: &Path, tag: &[u8; 4], version: u32) -> Contents {
     }
     contents.appendable = contents.segments.len() < MAX_SEGMENTS;
     contents
+}
+
+/// A cache file's bytes, mapped rather than read: a re-run decodes
+/// megabytes of cache, and copying them into fresh heap pages first cost
+/// as much as the decoding (each page faulted in and zeroed).
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    /// Missing, unreadable or not mappable: an empty cache.
+    Empty,
+}
+
+impl Bytes {
+    fn map(path: &Path) -> Bytes {
+        let Ok(file) = std::fs::File::open(path) else {
+            return Bytes::Empty;
+        };
+        // SAFETY: the mapping is read while the file may change only in
+        // ways that leave the mapped bytes as they were: a save appends
+        // past the mapped length or renames a new file over the path (this
+        // mapping keeps the old file), and prune unlinks. Nothing of quernd
+        // truncates a cache file in place. One cut short by hand under a
+        // running job could fault the read, as git's own packs could;
+        // gix maps those too.
+        match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(map) => Bytes::Mapped(map),
+            Err(_) => Bytes::Empty,
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Empty => &[],
+        }
+    }
 }
 
 /// `body` framed as a segment.

@@ -208,10 +208,10 @@ impl Differ {
         trees: &IdMap<ObjectId>,
     ) -> Result<Vec<FileStat>, GitError> {
         // git log shows no diff for a merge unless asked (-m, --cc).
-        if c.parents.len() > 1 {
+        if c.parent_count > 1 {
             return Ok(Vec::new());
         }
-        let parent_tree = match c.parents.first() {
+        let parent_tree = match &c.first_parent {
             None => None,
             Some(p) => Some(match trees.get(p) {
                 Some(t) => *t,

@@ -282,6 +282,11 @@ fn walk_history(
     // Commits read by an earlier job are not read again; on the first
     // job, the packs' commits are read in parallel before the walk.
     let mut graph = Graph::load(&dirs.caches, key);
+    tracing::debug!(
+        commits = graph.len(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "git graph loaded"
+    );
     if graph.is_empty() {
         report(progress, "walking", 0, 0);
         graph.prefetch(repo, pool, cancel)?;
@@ -323,6 +328,7 @@ fn analyse(
     } else {
         (open_local(Path::new(&spec.repo))?, None)
     };
+    let opened = started.elapsed();
     if let Some(age) = dirs.cache_age {
         cache::prune(&dirs.caches, age);
     }
@@ -341,6 +347,7 @@ fn analyse(
     };
     // Read once: what .gitattributes say about diffing (binary, -diff).
     let attrs = Attributes::of(&repo)?;
+    let attributed = started.elapsed();
     // The numstat caches the analyses use are read on a thread of their
     // own while the history is walked.
     let wanted = numstat_options(&spec.analyses);
@@ -490,6 +497,8 @@ fn analyse(
         commits = total,
         computed,
         reused,
+        open_ms = opened.as_millis() as u64,
+        attrs_ms = attributed.as_millis() as u64,
         prefetch_ms = prefetched.as_millis() as u64,
         walk_ms = walked.as_millis() as u64,
         graph_save_ms = (graph_saved - walked).as_millis() as u64,

@@ -19,20 +19,29 @@ use rayon::prelude::*;
 
 use super::{CacheFile, Dec, Enc, len, repo_dir};
 use crate::git::repo::{GitError, pack_indices, read_object};
+use crate::git::walk::slack;
 
 const TAG: &[u8; 4] = b"grph";
 
 /// The format of the file's body; another version is not read (the
-/// commits are read again).
-const VERSION: u32 = 1;
+/// commits are read again). Version 1 named parents by id; 2 numbers
+/// them.
+const VERSION: u32 = 2;
 
-/// One commit of the graph.
+/// No node: a root's first parent.
+const NONE: u32 = u32::MAX;
+
+/// Lookups of an id by scanning the graph's ids before an index of them
+/// is built: a re-run after a few new commits looks up a few ids, for
+/// which a scan costs less than indexing every commit.
+const SCANS: u32 = 32;
+
+/// One commit of the graph, found by its number (its place in the graph,
+/// which the saved file keeps); a walk reaches parents by number, not by
+/// looking their ids up.
 #[derive(Clone, Copy, Debug)]
 pub struct Node {
     pub tree: ObjectId,
-    /// Its parents, as a range of [`Graph::parents`]'s table.
-    parents_at: u32,
-    parents_len: u32,
     /// Its author's raw identity, an index for [`Graph::identity`].
     pub identity: u32,
     /// The author date, seconds since the epoch, and the author's offset
@@ -41,36 +50,75 @@ pub struct Node {
     pub author_offset: i32,
     /// The committer date, seconds since the epoch.
     pub committer_time: i64,
-    /// The last walk that visited it (see [`Graph::visit`]); not saved.
+    /// Its first parent's number ([`NONE`] for a root): a walk finds it
+    /// with the node instead of in the parents' table.
+    first_parent: u32,
+    /// A merge's parents, as a range of the parents' table.
+    parents_at: u32,
+    parents_len: u32,
+    /// The last walk that reached it (see [`Graph::reach`]); not saved.
     walked: u32,
-    /// Its first parent (null for a root), which a walk then finds with
-    /// the node instead of in the parents' table; not saved apart.
-    first_parent: ObjectId,
+    /// Read from the repository; a node that is not is a commit named as
+    /// a parent (or a tip) and not read yet.
+    pub read: bool,
 }
 
-/// What a walk finds of a commit it reaches (see [`Graph::visit`]).
-pub enum Visit {
-    /// The commit's first visit in this walk.
-    First(Node),
-    /// Visited already in this walk.
-    Again,
-    /// Not in the graph: to be read.
-    Unknown,
+impl Node {
+    /// A commit known only by its id.
+    fn unread(hash: gix::hash::Kind) -> Node {
+        Node {
+            tree: ObjectId::null(hash),
+            identity: 0,
+            author_time: 0,
+            author_offset: 0,
+            committer_time: 0,
+            first_parent: NONE,
+            parents_at: 0,
+            parents_len: 0,
+            walked: 0,
+            read: false,
+        }
+    }
+}
+
+/// What a node holds of a commit, its parents given apart.
+#[derive(Clone, Copy, Debug)]
+struct Fields {
+    tree: ObjectId,
+    identity: u32,
+    author_time: i64,
+    author_offset: i32,
+    committer_time: i64,
 }
 
 /// The commits of one repository that walks have read.
 pub struct Graph {
     /// Where it is saved; `None` for a graph kept only in memory.
     file: Option<CacheFile>,
-    nodes: gix::hashtable::HashMap<ObjectId, Node>,
-    /// All nodes' parents, one after another.
-    parents: Vec<ObjectId>,
-    /// Walks begun on this graph (see [`Graph::visit`]).
+    /// Each node's commit id, by number.
+    ids: Vec<ObjectId>,
+    nodes: Vec<Node>,
+    /// Merges' parents, by number.
+    parents: Vec<u32>,
+    /// Numbers by id, built at the [`SCANS`]th lookup.
+    index: Option<gix::hashtable::HashMap<ObjectId, u32>>,
+    scans: u32,
+    /// Walks begun on this graph (see [`Graph::reach`]).
     walks: u32,
+    /// The commits the last walk reached, in order: a rewrite numbers them
+    /// so, and the next walk reads the nodes in the order they lie.
+    order: Vec<u32>,
     /// Raw (trimmed) author names and emails.
     identities: Identities,
-    /// Commits read since loading, in order.
-    added: Vec<ObjectId>,
+    /// Nodes loaded from the file: those past it are saved as new.
+    loaded: u32,
+    /// Loaded nodes that were not read then and have been since.
+    filled: Vec<u32>,
+    /// Commits read, and read since loading.
+    read: usize,
+    added: usize,
+    /// Parent ids of the commit being read, kept between reads.
+    scratch: Vec<ObjectId>,
 }
 
 impl Graph {
@@ -78,11 +126,19 @@ impl Graph {
     pub fn in_memory() -> Graph {
         Graph {
             file: None,
-            nodes: Default::default(),
+            ids: Vec::new(),
+            nodes: Vec::new(),
             parents: Vec::new(),
+            index: None,
+            scans: 0,
             walks: 0,
+            order: Vec::new(),
             identities: Identities::default(),
-            added: Vec::new(),
+            loaded: 0,
+            filled: Vec::new(),
+            read: 0,
+            added: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -93,52 +149,100 @@ impl Graph {
         let mut graph = Graph::in_memory();
         let file = CacheFile::load(path, TAG, VERSION, |body| graph.decode(body));
         graph.file = Some(file);
+        graph.loaded = graph.nodes.len() as u32;
         graph
     }
 
-    /// How many commits it holds.
+    /// How many commits it holds (read, not only named).
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.read
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.read == 0
     }
 
     /// How many commits walks read into it since it was loaded.
     pub fn added(&self) -> usize {
-        self.added.len()
+        self.added
     }
 
-    /// Commit `id`, if read before (walks use [`Graph::visit`]).
+    /// Commit `id`, if read before (walks go by number).
     #[cfg(test)]
-    pub fn get(&self, id: &ObjectId) -> Option<Node> {
-        self.nodes.get(id).copied()
+    pub fn get(&mut self, id: &ObjectId) -> Option<Node> {
+        let i = self.find(id)?;
+        let node = self.nodes[i as usize];
+        node.read.then_some(node)
     }
 
-    /// Begins a walk: a number for [`Graph::visit`] that no earlier walk
+    /// `node`'s parents' ids, in the commit's order.
+    #[cfg(test)]
+    pub fn parent_ids(&self, node: &Node) -> Vec<ObjectId> {
+        self.parents(node).iter().map(|p| self.id(*p)).collect()
+    }
+
+    /// The number of commit `id`, if the graph has it (read or not).
+    fn find(&mut self, id: &ObjectId) -> Option<u32> {
+        if self.index.is_none() {
+            if self.scans < SCANS {
+                self.scans += 1;
+                return self.ids.iter().position(|x| x == id).map(|i| i as u32);
+            }
+            self.build_index();
+        }
+        self.index.as_ref().and_then(|m| m.get(id).copied())
+    }
+
+    fn build_index(&mut self) {
+        let mut index = gix::hashtable::HashMap::default();
+        index.reserve(self.ids.len());
+        for (i, id) in self.ids.iter().enumerate() {
+            index.insert(*id, i as u32);
+        }
+        self.index = Some(index);
+    }
+
+    /// The number of commit `id`, added (not read) if new.
+    pub fn number(&mut self, id: ObjectId) -> u32 {
+        if let Some(i) = self.find(&id) {
+            return i;
+        }
+        let i = self.nodes.len() as u32;
+        self.ids.push(id);
+        self.nodes.push(Node::unread(id.kind()));
+        if let Some(index) = &mut self.index {
+            index.insert(id, i);
+        }
+        i
+    }
+
+    /// The id of commit number `i`.
+    pub fn id(&self, i: u32) -> ObjectId {
+        self.ids[i as usize]
+    }
+
+    /// Begins a walk: a number for [`Graph::reach`] that no earlier walk
     /// of this graph used.
     pub fn begin_walk(&mut self) -> u32 {
         self.walks += 1;
+        self.order.clear();
         self.walks
     }
 
-    /// Commit `id` as walk `walk` reaches it, marking it visited: one
-    /// lookup where a walk would otherwise look the commit up in the graph
-    /// and in a set of commits seen (each a cache miss on a big history).
-    pub fn visit(&mut self, id: &ObjectId, walk: u32) -> Visit {
-        match self.nodes.get_mut(id) {
-            None => Visit::Unknown,
-            Some(node) if node.walked == walk => Visit::Again,
-            Some(node) => {
-                node.walked = walk;
-                Visit::First(*node)
-            }
+    /// Marks commit number `i` reached by walk `walk`; false if it was
+    /// already.
+    pub fn reach(&mut self, i: u32, walk: u32) -> bool {
+        let node = &mut self.nodes[i as usize];
+        let first = node.walked != walk;
+        node.walked = walk;
+        if first {
+            self.order.push(i);
         }
+        first
     }
 
-    /// `node`'s parents, in the commit's order.
-    pub fn parents<'a>(&'a self, node: &'a Node) -> &'a [ObjectId] {
+    /// `node`'s parents' numbers, in the commit's order.
+    pub fn parents<'a>(&'a self, node: &'a Node) -> &'a [u32] {
         match node.parents_len {
             0 => &[],
             1 => std::slice::from_ref(&node.first_parent),
@@ -154,20 +258,75 @@ impl Graph {
         self.identities.get(index)
     }
 
-    /// Reads commit `id` from `repo` (into `buf`), adds it, and returns it.
+    /// Reads commit `id` from `repo` (into `buf`) if the graph has not,
+    /// and returns its number.
     pub fn read(
         &mut self,
         repo: &gix::Repository,
         id: ObjectId,
         buf: &mut Vec<u8>,
+    ) -> Result<u32, GitError> {
+        let i = self.number(id);
+        self.node(repo, i, buf)?;
+        Ok(i)
+    }
+
+    /// Commit number `i`, read from `repo` (into `buf`) first if the graph
+    /// has not.
+    pub fn node(
+        &mut self,
+        repo: &gix::Repository,
+        i: u32,
+        buf: &mut Vec<u8>,
     ) -> Result<Node, GitError> {
-        let data = read_object(repo, &id, "commit", buf)?;
-        let p = Parsed::new(id, data.data, repo.object_hash(), &mut self.parents)?;
-        let node = p.node(self.identities.intern(p.name, p.email));
-        if self.nodes.insert(id, node).is_none() {
-            self.added.push(id);
+        let node = self.nodes[i as usize];
+        if node.read {
+            return Ok(node);
         }
-        Ok(node)
+        let id = self.id(i);
+        let data = read_object(repo, &id, "commit", buf)?;
+        let mut parents = std::mem::take(&mut self.scratch);
+        parents.clear();
+        let p = Parsed::new(id, data.data, repo.object_hash(), &mut parents)?;
+        let fields = p.fields(self.identities.intern(p.name, p.email));
+        self.fill(i, fields, &parents);
+        self.scratch = parents;
+        Ok(self.nodes[i as usize])
+    }
+
+    /// Records what was read of commit number `i`: its fields and its
+    /// parents (numbered, added if new).
+    fn fill(&mut self, i: u32, f: Fields, parent_ids: &[ObjectId]) {
+        let first_parent = match parent_ids.first() {
+            Some(p) => self.number(*p),
+            None => NONE,
+        };
+        let parents_at = self.parents.len() as u32;
+        if parent_ids.len() > 1 {
+            self.parents.push(first_parent);
+            for p in &parent_ids[1..] {
+                let n = self.number(*p);
+                self.parents.push(n);
+            }
+        }
+        let walked = self.nodes[i as usize].walked;
+        self.nodes[i as usize] = Node {
+            tree: f.tree,
+            identity: f.identity,
+            author_time: f.author_time,
+            author_offset: f.author_offset,
+            committer_time: f.committer_time,
+            first_parent,
+            parents_at,
+            parents_len: parent_ids.len() as u32,
+            walked,
+            read: true,
+        };
+        self.read += 1;
+        self.added += 1;
+        if i < self.loaded {
+            self.filled.push(i);
+        }
     }
 
     /// Reads into the graph, spread over `pool`, every commit that the
@@ -192,8 +351,12 @@ impl Graph {
         cancel: &AtomicBool,
         window_len: usize,
     ) -> Result<usize, GitError> {
-        let before = self.nodes.len();
+        let before = self.read;
         let hash = repo.object_hash();
+        // Every packed commit is looked up: indexed now.
+        if self.index.is_none() {
+            self.build_index();
+        }
         for path in pack_indices(repo) {
             // A pack that does not open is left to the walk's own reads.
             let Ok(bundle) = gix::odb::pack::Bundle::at(&path, hash) else {
@@ -211,7 +374,12 @@ impl Graph {
                 if window.is_empty() {
                     break;
                 }
-                window.retain(|(id, _)| !self.nodes.contains_key(id));
+                let known = self.index.as_ref();
+                window.retain(|(id, _)| {
+                    known
+                        .and_then(|m| m.get(id))
+                        .is_none_or(|i| !self.nodes[*i as usize].read)
+                });
                 let parts: Vec<Result<Part, GitError>> = pool.install(|| {
                     window
                         .par_chunks(PREFETCH_CHUNK)
@@ -223,7 +391,7 @@ impl Graph {
                 }
             }
         }
-        Ok(self.nodes.len() - before)
+        Ok(self.read - before)
     }
 
     /// Adds the commits of a [`Part`], renumbering its identities.
@@ -234,15 +402,15 @@ impl Graph {
             .iter()
             .map(|(name, email)| self.identities.intern(name.as_bstr(), email.as_bstr()))
             .collect();
-        let shift = self.parents.len() as u32;
-        self.parents.extend_from_slice(&part.parents);
+        self.ids.reserve(part.nodes.len());
         self.nodes.reserve(part.nodes.len());
-        for (id, mut node) in part.nodes {
-            node.parents_at += shift;
-            node.identity = global[node.identity as usize];
-            if self.nodes.insert(id, node).is_none() {
-                self.added.push(id);
+        for (id, mut fields, parents) in part.nodes {
+            let i = self.number(id);
+            if self.nodes[i as usize].read {
+                continue;
             }
+            fields.identity = global[fields.identity as usize];
+            self.fill(i, fields, &part.parents[parents]);
         }
     }
 
@@ -251,41 +419,89 @@ impl Graph {
     /// when the file cannot take one.
     pub fn save(&self) -> io::Result<()> {
         match &self.file {
-            Some(file) if !self.added.is_empty() => file.save(
-                || self.encode(&self.added),
-                || self.encode(&self.nodes.keys().copied().collect::<Vec<_>>()),
+            Some(file) if self.added > 0 => file.save(
+                || {
+                    let fills = self.filled.iter().map(|i| (*i, true));
+                    let new = (self.loaded..self.nodes.len() as u32).map(|i| (i, false));
+                    self.encode(self.loaded, fills.chain(new), None)
+                },
+                || {
+                    let (sequence, renumber) = self.walk_order();
+                    self.encode(0, sequence.iter().map(|i| (*i, false)), Some(&renumber))
+                },
             ),
             _ => Ok(()),
         }
     }
 
-    /// A segment's body holding `ids`: the hash length, the identities
-    /// they use, then each commit.
-    fn encode(&self, ids: &[ObjectId]) -> io::Result<Vec<u8>> {
+    /// Every node, those the last walk reached first in the order it
+    /// reached them, the rest in their order; and each node's place in
+    /// that sequence, by its number.
+    fn walk_order(&self) -> (Vec<u32>, Vec<u32>) {
+        let last = self.walks;
+        let mut sequence = Vec::with_capacity(self.nodes.len());
+        sequence.extend_from_slice(&self.order);
+        sequence.extend(
+            (0..self.nodes.len() as u32)
+                .filter(|i| last == 0 || self.nodes[*i as usize].walked != last),
+        );
+        let mut renumber = vec![0; self.nodes.len()];
+        for (place, i) in sequence.iter().enumerate() {
+            renumber[*i as usize] = place as u32;
+        }
+        (sequence, renumber)
+    }
+
+    /// A segment's body: the hash length, the number of nodes before it,
+    /// the identities its commits use, then its records, each a commit
+    /// known by id only, a commit read, or a read of an earlier node
+    /// known by id only (`(number, true)` in `records`). With `renumber`,
+    /// numbers (of fills and parents) are written as it maps them.
+    fn encode(
+        &self,
+        base: u32,
+        records: impl Iterator<Item = (u32, bool)> + Clone,
+        renumber: Option<&[u32]>,
+    ) -> io::Result<Vec<u8>> {
+        let number = |i: u32| renumber.map_or(i, |r| r[i as usize]);
         // Identities renumbered for the segment, so each segment stands
-        // alone and two jobs' appends cannot clash.
+        // alone.
         let mut local: HashMap<u32, u32> = HashMap::new();
         let mut used = Vec::new();
-        for id in ids {
-            let global = self.nodes[id].identity;
-            local.entry(global).or_insert_with(|| {
-                used.push(global);
-                (used.len() - 1) as u32
-            });
+        for (i, _) in records.clone() {
+            let node = &self.nodes[i as usize];
+            if node.read {
+                local.entry(node.identity).or_insert_with(|| {
+                    used.push(node.identity);
+                    (used.len() - 1) as u32
+                });
+            }
         }
         let mut e = Enc::default();
-        e.0.reserve(ids.len() * 96);
-        e.u8(ids.first().map_or(20, |id| id.as_bytes().len()) as u8);
+        e.0.reserve(records.clone().count() * 80);
+        e.u8(self.ids.first().map_or(20, |id| id.as_bytes().len()) as u8);
+        e.u32(base);
         e.u32(len(used.len())?);
         for global in &used {
             let (name, email) = self.identity(*global);
             e.bytes(name);
             e.bytes(email);
         }
-        e.u32(len(ids.len())?);
-        for id in ids {
-            let node = &self.nodes[id];
-            e.id(id);
+        e.u32(len(records.clone().count())?);
+        for (i, fill) in records {
+            let node = &self.nodes[i as usize];
+            match (node.read, fill) {
+                (false, _) => e.u8(RECORD_UNREAD),
+                (true, false) => e.u8(RECORD_READ),
+                (true, true) => {
+                    e.u8(RECORD_FILL);
+                    e.u32(number(i));
+                }
+            }
+            e.id(&self.ids[i as usize]);
+            if !node.read {
+                continue;
+            }
             e.id(&node.tree);
             e.u32(local[&node.identity]);
             e.i64(node.author_time);
@@ -294,17 +510,47 @@ impl Graph {
             let parents = self.parents(node);
             e.u32(len(parents.len())?);
             for p in parents {
-                e.id(p);
+                e.u32(number(*p));
             }
         }
         Ok(e.0)
     }
 
-    /// Adds a segment's commits; `None` if it does not parse (the commits
-    /// before the fault stay).
+    /// Adds a segment's commits; `None`, adding nothing, if it does not
+    /// parse or does not follow the nodes before it (two jobs that
+    /// appended at once: the second's numbers are not the graph's).
     fn decode(&mut self, body: &[u8]) -> Option<()> {
+        let (ids, nodes, parents) = (self.ids.len(), self.nodes.len(), self.parents.len());
+        let (read, index) = (self.read, self.index.take());
+        let fills = self.decode_records(body);
+        match fills {
+            Some(fills) => {
+                for (i, node) in fills {
+                    self.nodes[i as usize] = node;
+                }
+                self.index = index.filter(|_| ids == self.ids.len());
+                Some(())
+            }
+            None => {
+                self.ids.truncate(ids);
+                self.nodes.truncate(nodes);
+                self.parents.truncate(parents);
+                self.read = read;
+                self.index = index;
+                None
+            }
+        }
+    }
+
+    /// [`Graph::decode`]'s reading: adds the segment's new nodes and
+    /// returns its reads of earlier ones, each checked to refer only to
+    /// nodes the graph then has.
+    fn decode_records(&mut self, body: &[u8]) -> Option<Vec<(u32, Node)>> {
         let mut d = Dec::new(body);
         let hash_len = usize::from(d.u8()?);
+        if d.u32()? as usize != self.nodes.len() {
+            return None;
+        }
         let n_identities = d.u32()? as usize;
         let mut global = Vec::with_capacity(n_identities.min(body.len() / 8));
         for _ in 0..n_identities {
@@ -312,14 +558,30 @@ impl Graph {
             let email = d.bytes()?.as_bstr();
             global.push(self.identities.intern(name, email));
         }
-        let n_nodes = d.u32()? as usize;
+        let n_records = d.u32()? as usize;
         // Bounded by what the body could hold: a damaged count cannot ask
         // for a huge allocation.
-        let fits = body.len() / (2 * hash_len + 28).max(1);
-        self.nodes.reserve(n_nodes.min(fits));
-        self.parents.reserve(n_nodes.min(fits));
-        for _ in 0..n_nodes {
+        let fits = n_records.min(body.len() / (hash_len + 1).max(1));
+        let first_new = self.nodes.len();
+        let first_parent_entry = self.parents.len();
+        // With room for the next segments' few commits: growing a vector
+        // of every commit copies it.
+        self.ids.reserve(slack(fits));
+        self.nodes.reserve(slack(fits));
+        let mut fills = Vec::new();
+        for _ in 0..n_records {
+            let kind = d.u8()?;
+            let filled = match kind {
+                RECORD_UNREAD | RECORD_READ => None,
+                RECORD_FILL => Some(d.u32()?),
+                _ => return None,
+            };
             let id = d.id(hash_len)?;
+            if kind == RECORD_UNREAD {
+                self.ids.push(id);
+                self.nodes.push(Node::unread(id.kind()));
+                continue;
+            }
             let tree = d.id(hash_len)?;
             let identity = *global.get(d.u32()? as usize)?;
             let author_time = d.i64()?;
@@ -327,32 +589,64 @@ impl Graph {
             let committer_time = d.i64()?;
             let n_parents = d.u32()?;
             let parents_at = u32::try_from(self.parents.len()).ok()?;
-            for _ in 0..n_parents {
-                self.parents.push(d.id(hash_len)?);
+            let mut first_parent = NONE;
+            for k in 0..n_parents {
+                let p = d.u32()?;
+                if k == 0 {
+                    first_parent = p;
+                }
+                if n_parents > 1 {
+                    self.parents.push(p);
+                }
             }
-            let first_parent = if n_parents > 0 {
-                self.parents[parents_at as usize]
-            } else {
-                ObjectId::null(tree.kind())
+            let node = Node {
+                tree,
+                identity,
+                author_time,
+                author_offset,
+                committer_time,
+                first_parent,
+                parents_at,
+                parents_len: n_parents,
+                walked: 0,
+                read: true,
             };
-            self.nodes.insert(
-                id,
-                Node {
-                    tree,
-                    parents_at,
-                    parents_len: n_parents,
-                    identity,
-                    author_time,
-                    author_offset,
-                    committer_time,
-                    walked: 0,
-                    first_parent,
-                },
-            );
+            self.read += 1;
+            match filled {
+                // A read of a node before this segment, known then by
+                // this id only.
+                Some(i) => {
+                    let earlier = self.nodes.get(..first_new)?.get(i as usize)?;
+                    if earlier.read || self.ids[i as usize] != id {
+                        return None;
+                    }
+                    fills.push((i, node));
+                }
+                None => {
+                    self.ids.push(id);
+                    self.nodes.push(node);
+                }
+            }
         }
-        d.is_empty().then_some(())
+        if !d.is_empty() {
+            return None;
+        }
+        // Every parent a node the graph has.
+        let count = self.nodes.len() as u32;
+        let in_graph = |n: &Node| n.first_parent == NONE || n.first_parent < count;
+        let new_ok = self.nodes[first_new..].iter().all(in_graph);
+        let fills_ok = fills.iter().all(|(_, n)| in_graph(n));
+        let table_ok = self.parents[first_parent_entry..]
+            .iter()
+            .all(|p| *p < count);
+        (new_ok && fills_ok && table_ok).then_some(fills)
     }
 }
+
+/// A segment's records (see [`Graph::encode`]).
+const RECORD_UNREAD: u8 = 0;
+const RECORD_READ: u8 = 1;
+const RECORD_FILL: u8 = 2;
 
 /// Pack entries per unit of parallel prefetching.
 const PREFETCH_CHUNK: usize = 4096;
@@ -365,8 +659,6 @@ struct Parsed<'a> {
     tree: ObjectId,
     /// Where its parents start and end in the parser's output list.
     parents: std::ops::Range<usize>,
-    /// The first of them (null for a root).
-    first_parent: ObjectId,
     name: &'a BStr,
     email: &'a BStr,
     author_time: i64,
@@ -427,10 +719,6 @@ impl<'a> Parsed<'a> {
         let raw = author.trim();
         Ok(Parsed {
             tree,
-            first_parent: parents
-                .get(start)
-                .copied()
-                .unwrap_or_else(|| ObjectId::null(hash)),
             parents: start..parents.len(),
             name: raw.name,
             email: raw.email,
@@ -440,19 +728,14 @@ impl<'a> Parsed<'a> {
         })
     }
 
-    /// The commit as a node of author `identity`, its parents where
-    /// [`Parsed::new`] put them.
-    fn node(&self, identity: u32) -> Node {
-        Node {
+    /// The commit's fields, of author `identity`.
+    fn fields(&self, identity: u32) -> Fields {
+        Fields {
             tree: self.tree,
-            parents_at: self.parents.start as u32,
-            parents_len: self.parents.len() as u32,
             identity,
             author_time: self.author_time,
             author_offset: self.author_offset,
             committer_time: self.committer_time,
-            walked: 0,
-            first_parent: self.first_parent,
         }
     }
 }
@@ -493,7 +776,8 @@ impl Identities {
 /// with identities and parents numbered within the part.
 #[derive(Default)]
 struct Part {
-    nodes: Vec<(ObjectId, Node)>,
+    /// Each commit with its parents' range of `parents`.
+    nodes: Vec<(ObjectId, Fields, std::ops::Range<usize>)>,
     parents: Vec<ObjectId>,
     identities: Identities,
 }
@@ -530,8 +814,8 @@ impl Part {
             let Ok(p) = Parsed::new(*id, &buf, hash, &mut part.parents) else {
                 continue;
             };
-            let node = p.node(part.identities.intern(p.name, p.email));
-            part.nodes.push((*id, node));
+            let fields = p.fields(part.identities.intern(p.name, p.email));
+            part.nodes.push((*id, fields, p.parents.clone()));
         }
         Ok(part)
     }
@@ -542,6 +826,24 @@ mod tests {
     use super::*;
     use crate::git::fixture;
     use crate::git::repo::open_local;
+
+    /// What a node says of its commit, ids for numbers and the identity
+    /// spelled out: comparable across graphs.
+    fn seen(
+        g: &mut Graph,
+        id: &ObjectId,
+    ) -> Option<(ObjectId, i64, i32, i64, Vec<ObjectId>, String)> {
+        let n = g.get(id)?;
+        let (name, email) = g.identity(n.identity);
+        Some((
+            n.tree,
+            n.author_time,
+            n.author_offset,
+            n.committer_time,
+            g.parent_ids(&n),
+            format!("{name} <{email}>"),
+        ))
+    }
 
     #[test]
     fn read_commits_are_saved_and_load_the_same() {
@@ -554,30 +856,32 @@ mod tests {
         let mut ids = Vec::new();
         for rev in ["main", "main~2", "side"] {
             let id = repo.rev_parse_single(rev).expect("resolves").detach();
-            let node = g.read(&repo, id, &mut buf).expect("reads");
-            ids.push((id, node));
+            g.read(&repo, id, &mut buf).expect("reads");
+            ids.push(id);
         }
+        // Three read; their parents are known by id only.
+        assert_eq!((g.len(), g.added()), (3, 3));
         g.save().unwrap();
-        let again = Graph::load(dir.path(), "k");
+        let mut again = Graph::load(dir.path(), "k");
         assert_eq!(again.len(), 3);
-        for (id, node) in &ids {
-            let got = again.get(id).expect("cached");
-            let dates = |n: &Node| (n.tree, n.author_time, n.author_offset, n.committer_time);
-            assert_eq!(dates(&got), dates(node));
-            assert_eq!(again.parents(&got), g.parents(node));
-            assert_eq!(again.identity(got.identity), g.identity(node.identity));
+        for id in &ids {
+            assert!(seen(&mut g, id).is_some());
+            assert_eq!(seen(&mut again, id), seen(&mut g, id));
         }
         // The merge at main~2 has two parents, in the commit's order.
-        let merge = again.get(&ids[1].0).unwrap();
-        let commit = repo.find_commit(ids[1].0).unwrap();
+        let commit = repo.find_commit(ids[1]).unwrap();
         let want: Vec<ObjectId> = commit.parent_ids().map(|p| p.detach()).collect();
         assert_eq!(want.len(), 2);
-        assert_eq!(again.parents(&merge), &want[..]);
-        // A later read is appended as a segment of its own; the earlier
-        // ones stay.
+        assert_eq!(seen(&mut again, &ids[1]).unwrap().4, want);
+        // Later reads are appended as a segment of their own: a commit
+        // known only as a parent (main~1, main's parent), and one new
+        // (main~4); the earlier segment stays.
         let mut more = Graph::load(dir.path(), "k");
+        let parent = repo.rev_parse_single("main~1").expect("resolves").detach();
         let root = repo.rev_parse_single("main~4").expect("resolves").detach();
+        more.read(&repo, parent, &mut buf).expect("reads");
         more.read(&repo, root, &mut buf).expect("reads");
+        assert_eq!(more.added(), 2);
         more.save().unwrap();
         let path = dir.path().join("k").join("graph.bin");
         assert_eq!(
@@ -586,21 +890,134 @@ mod tests {
                 .len(),
             2
         );
-        let again = Graph::load(dir.path(), "k");
-        assert_eq!(again.len(), 4);
-        for (id, node) in &ids {
-            let got = again.get(id).expect("cached");
-            assert_eq!(again.identity(got.identity), g.identity(node.identity));
+        let mut again = Graph::load(dir.path(), "k");
+        assert_eq!(again.len(), 5);
+        for id in ids.iter().chain([&parent, &root]) {
+            assert!(seen(&mut more, id).is_some());
+            assert_eq!(seen(&mut again, id), seen(&mut more, id));
         }
-        let got = again.get(&root).expect("cached");
+        // A graph that must rewrite its file writes the same commits.
+        let mut whole = Graph::load(dir.path(), "k");
+        whole
+            .read(
+                &repo,
+                repo.rev_parse_single("main~3").unwrap().detach(),
+                &mut buf,
+            )
+            .unwrap();
+        whole.file.as_mut().unwrap().appendable = false;
+        whole.save().unwrap();
         assert_eq!(
-            again.identity(got.identity),
-            more.identity(more.get(&root).unwrap().identity)
+            crate::git::cache::read_file(&path, TAG, VERSION)
+                .segments
+                .len(),
+            1
         );
+        let mut rewritten = Graph::load(dir.path(), "k");
+        assert_eq!(rewritten.len(), 6);
+        for id in ids.iter().chain([&parent, &root]) {
+            assert_eq!(seen(&mut rewritten, id), seen(&mut more, id));
+        }
         // Nothing added: nothing written.
-        std::fs::remove_file(dir.path().join("k").join("graph.bin")).unwrap();
+        std::fs::remove_file(&path).unwrap();
         again.save().unwrap();
-        assert!(!dir.path().join("k").join("graph.bin").exists());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_rewrite_numbers_commits_in_the_last_walks_order() {
+        let f = fixture::history();
+        let repo = open_local(f.path()).expect("opens");
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Graph::load(dir.path(), "k");
+        let mut buf = Vec::new();
+        let mut ids = Vec::new();
+        for rev in ["main", "main~2", "side", "main~4"] {
+            let id = repo.rev_parse_single(rev).expect("resolves").detach();
+            g.read(&repo, id, &mut buf).expect("reads");
+            ids.push(id);
+        }
+        // A walk that reached three of them, the last read first.
+        let walk = g.begin_walk();
+        let reached: Vec<u32> = [3, 1, 0]
+            .iter()
+            .map(|k| g.find(&ids[*k]).unwrap())
+            .collect();
+        for i in &reached {
+            assert!(g.reach(*i, walk));
+        }
+        assert!(!g.reach(reached[0], walk));
+        // The file is new: a rewrite.
+        g.save().unwrap();
+        let mut again = Graph::load(dir.path(), "k");
+        assert_eq!(again.nodes.len(), g.nodes.len());
+        let first: Vec<ObjectId> = again.ids[..3].to_vec();
+        assert_eq!(first, [ids[3], ids[1], ids[0]]);
+        for id in &g.ids.clone() {
+            assert_eq!(seen(&mut again, id), seen(&mut g, id));
+        }
+        // Every parent of every node is the same commit as before.
+        for i in 0..again.nodes.len() {
+            let n = again.nodes[i];
+            let id = again.ids[i];
+            let j = g.find(&id).unwrap();
+            let m = g.nodes[j as usize];
+            assert_eq!(again.parent_ids(&n), g.parent_ids(&m));
+        }
+    }
+
+    #[test]
+    fn of_two_jobs_appending_at_once_the_second_is_not_believed() {
+        let f = fixture::history();
+        let repo = open_local(f.path()).expect("opens");
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let id = |rev: &str| repo.rev_parse_single(rev).expect("resolves").detach();
+        let mut g = Graph::load(dir.path(), "k");
+        g.read(&repo, id("main"), &mut buf).unwrap();
+        g.save().unwrap();
+        // Both load the same graph and each reads another commit: their
+        // new nodes take the same numbers.
+        let mut a = Graph::load(dir.path(), "k");
+        let mut b = Graph::load(dir.path(), "k");
+        a.read(&repo, id("side"), &mut buf).unwrap();
+        b.read(&repo, id("main~4"), &mut buf).unwrap();
+        a.save().unwrap();
+        b.save().unwrap();
+        let mut c = Graph::load(dir.path(), "k");
+        assert_eq!(seen(&mut c, &id("side")), seen(&mut a, &id("side")));
+        assert_eq!(seen(&mut c, &id("main")), seen(&mut a, &id("main")));
+        assert!(c.get(&id("main~4")).is_none());
+        // The next save rewrites the file whole, with what is believed.
+        assert!(!c.file.as_ref().unwrap().appendable);
+        c.read(&repo, id("main~4"), &mut buf).unwrap();
+        c.save().unwrap();
+        let mut d = Graph::load(dir.path(), "k");
+        assert_eq!(d.len(), 3);
+        assert_eq!(seen(&mut d, &id("main~4")), seen(&mut b, &id("main~4")));
+    }
+
+    #[test]
+    fn lookups_scan_then_index_and_agree() {
+        let f = fixture::history();
+        let repo = open_local(f.path()).expect("opens");
+        let mut g = Graph::in_memory();
+        let mut buf = Vec::new();
+        let main = repo.rev_parse_single("main").expect("resolves").detach();
+        let i = g.read(&repo, main, &mut buf).unwrap();
+        let ids: Vec<ObjectId> = g.ids.clone();
+        for round in 0..2 * SCANS {
+            for (n, id) in ids.iter().enumerate() {
+                assert_eq!(g.find(id), Some(n as u32), "round {round}");
+            }
+            assert_eq!(g.find(&ObjectId::null(main.kind())), None);
+        }
+        assert!(g.index.is_some());
+        // Added after the index was built: found through it.
+        let side = repo.rev_parse_single("side").expect("resolves").detach();
+        let j = g.number(side);
+        assert_eq!((g.find(&main), g.find(&side)), (Some(i), Some(j)));
+        assert_eq!(g.number(side), j);
     }
 
     #[test]
@@ -626,32 +1043,60 @@ mod tests {
             .expect("prefetches");
         assert_eq!((added, g.len()), (6, 8));
         let side = repo.rev_parse_single("side").expect("resolves").detach();
-        let fresh = {
-            let mut h = Graph::in_memory();
-            h.read(&repo, side, &mut buf).expect("reads");
-            h
-        };
-        let (a, b) = (g.get(&side).unwrap(), fresh.get(&side).unwrap());
-        assert_eq!(g.parents(&a), fresh.parents(&b));
-        assert_eq!(g.identity(a.identity), fresh.identity(b.identity));
+        let mut fresh = Graph::in_memory();
+        fresh.read(&repo, side, &mut buf).expect("reads");
+        assert!(seen(&mut g, &side).is_some());
+        assert_eq!(seen(&mut g, &side), seen(&mut fresh, &side));
+        // Every parent of every read commit is numbered, read or not.
+        for i in 0..g.nodes.len() {
+            let n = g.nodes[i];
+            assert!(g.parents(&n).iter().all(|p| (*p as usize) < g.nodes.len()));
+        }
     }
 
     #[test]
     fn a_damaged_or_inconsistent_body_is_an_empty_graph() {
-        let mut e = Enc::default();
-        e.u8(20);
-        e.u32(0);
-        e.u32(1);
         let null = ObjectId::null(gix::hash::Kind::Sha1);
-        e.id(&null);
-        e.id(&null);
-        // Identity 0 of none.
-        e.u32(0);
-        e.i64(0);
-        e.i32(0);
-        e.i64(0);
-        e.u32(0);
-        assert!(Graph::in_memory().decode(&e.0).is_none());
+        // One read commit: base, identities, then the record, with its
+        // identity and first parent given.
+        let body = |base: u32, identity: u32, parent: u32| {
+            let mut e = Enc::default();
+            e.u8(20);
+            e.u32(base);
+            e.u32(1);
+            e.bytes(b"A");
+            e.bytes(b"a@example.org");
+            e.u32(1);
+            e.u8(RECORD_READ);
+            e.id(&null);
+            e.id(&null);
+            e.u32(identity);
+            e.i64(0);
+            e.i32(0);
+            e.i64(0);
+            e.u32(1);
+            e.u32(parent);
+            e.0
+        };
+        // Its own parent: consistent.
+        let mut g = Graph::in_memory();
+        assert!(g.decode(&body(0, 0, 0)).is_some());
+        assert_eq!(g.len(), 1);
+        // Identity 1 of one; a parent past the graph; the wrong base: none
+        // is believed, and nothing of it stays.
+        for bad in [body(0, 1, 0), body(0, 0, 1), body(1, 0, 0)] {
+            let mut g = Graph::in_memory();
+            assert!(g.decode(&bad).is_none());
+            assert!(g.is_empty() && g.nodes.is_empty() && g.ids.is_empty());
+        }
+        // A short body, at every cut.
+        let whole = body(0, 0, 0);
+        for cut in 0..whole.len() {
+            assert!(
+                Graph::in_memory().decode(&whole[..cut]).is_none(),
+                "cut at {cut}"
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("k")).unwrap();
         std::fs::write(dir.path().join("k").join("graph.bin"), b"quern-gcgrph").unwrap();

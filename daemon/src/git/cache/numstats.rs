@@ -155,7 +155,11 @@ fn decode(body: &[u8], map: &mut gix::hashtable::HashMap<ObjectId, Vec<FileStat>
         paths.push(Arc::<str>::from(std::str::from_utf8(d.bytes()?).ok()?));
     }
     let n_commits = d.u32()? as usize;
-    map.reserve(n_commits.min(body.len() / (hash_len + 4)));
+    // With room for the next segments' few commits: growing a map of
+    // every commit rehashes it.
+    map.reserve(crate::git::walk::slack(
+        n_commits.min(body.len() / (hash_len + 4)),
+    ));
     for _ in 0..n_commits {
         let id = d.id(hash_len)?;
         let n_files = d.u32()? as usize;
