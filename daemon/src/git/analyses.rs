@@ -9,7 +9,7 @@ use std::sync::Arc;
 use gix::ObjectId;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::numstat::{CommitStats, count_lines};
+use super::numstat::{Numstats, count_lines};
 use super::objects::is_binary;
 use super::repo::{GitError, read_object};
 use super::walk::WalkedCommit;
@@ -90,11 +90,14 @@ fn authors_by_id(commits: &[WalkedCommit]) -> gix::hashtable::HashMap<ObjectId, 
 /// Per file: commits that changed it, lines added and removed, distinct
 /// authors; per author: lines added and removed. A binary file's commits
 /// count as revisions with no lines, as git prints `-` for them.
-pub fn churn(commits: &[WalkedCommit], stats: &[CommitStats]) -> Churn {
+pub fn churn(commits: &[WalkedCommit], stats: &Numstats) -> Churn {
     // The kind lists stats in the commits' order; only otherwise are the
     // authors found by id.
-    let aligned =
-        commits.len() == stats.len() && commits.iter().zip(stats).all(|(c, s)| c.id == s.0);
+    let aligned = commits.len() == stats.len()
+        && commits
+            .iter()
+            .zip(stats.iter())
+            .all(|(c, (id, _))| c.id == *id);
     let by_id = if aligned {
         Default::default()
     } else {
@@ -245,10 +248,10 @@ pub fn rank_hotspots(churn: &Churn, lines: &HashMap<&str, u64>, top: u32) -> Vec
 /// (binary, or only ever shrunk) have no owner and are left out. The bus
 /// factor is the fewest authors who together own more than half of the
 /// owned files.
-pub fn ownership(commits: &[WalkedCommit], stats: &[CommitStats]) -> Ownership {
+pub fn ownership(commits: &[WalkedCommit], stats: &Numstats) -> Ownership {
     let by_id = authors_by_id(commits);
     let mut added: BTreeMap<&str, BTreeMap<&Author, u64>> = BTreeMap::new();
-    for (id, changed) in stats {
+    for (id, changed) in stats.iter() {
         let Some(author) = by_id.get(id).copied() else {
             continue;
         };
@@ -299,10 +302,10 @@ pub fn ownership(commits: &[WalkedCommit], stats: &[CommitStats]) -> Ownership {
 /// `degree >= min_coupling`, with the degree unrounded in the comparisons.
 /// Reported, as code-maat does: the degree truncated, the average rounded
 /// up; sorted by degree, then average, most first (then by paths).
-pub fn coupling(stats: &[CommitStats], opts: CouplingOptions) -> Vec<CoupledPair> {
+pub fn coupling(stats: &Numstats, opts: CouplingOptions) -> Vec<CoupledPair> {
     let mut revs: HashMap<&str, u64> = HashMap::new();
     let mut shared: HashMap<(&str, &str), u64> = HashMap::new();
-    for (_, changed) in stats {
+    for (_, changed) in stats.iter() {
         if changed.len() > opts.max_changeset as usize {
             continue;
         }
@@ -368,7 +371,7 @@ mod tests {
     }
 
     /// The history fixture, walked from HEAD, with its numstats.
-    fn analysed(renames: bool) -> (fixture::Fixture, gix::Repository, History, Vec<CommitStats>) {
+    fn analysed(renames: bool) -> (fixture::Fixture, gix::Repository, History, Numstats) {
         let f = fixture::history();
         let repo = open_local(f.path()).expect("opens");
         let cancel = AtomicBool::new(false);
@@ -382,7 +385,9 @@ mod tests {
             &cancel,
             &|_| {},
         )
-        .expect("numstats");
+        .expect("numstats")
+        .into_iter()
+        .collect();
         (f, repo, history, stats)
     }
 
@@ -540,13 +545,15 @@ mod tests {
     fn bus_factor_needs_more_than_half_of_the_files() {
         let commits = [commit(1, ALICE), commit(2, BOB), commit(3, CAROL)];
         // Alice owns 2 of 4 files: exactly half is not enough.
-        let stats = vec![
+        let stats: Numstats = [
             (commits[0].id, vec![stat("a", 5), stat("b", 5)]),
             (commits[1].id, vec![stat("c", 5)]),
             (commits[2].id, vec![stat("d", 5)]),
-        ];
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(ownership(&commits, &stats).bus_factor, 2);
-        assert_eq!(ownership(&commits, &[]).bus_factor, 0);
+        assert_eq!(ownership(&commits, &Numstats::default()).bus_factor, 0);
     }
 
     #[test]

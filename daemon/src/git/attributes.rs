@@ -224,7 +224,7 @@ mod tests {
     use super::*;
     use crate::git::analyses::churn;
     use crate::git::fixture::{ALICE, Fixture, JAN_1_2024};
-    use crate::git::numstat::numstats;
+    use crate::git::numstat::{Numstats, numstats};
     use crate::git::repo::open_local;
     use crate::git::walk::{WalkSpec, walk};
     use crate::job::git::ChurnOptions;
@@ -239,8 +239,10 @@ mod tests {
             .expect("pool");
         let attrs = Attributes::of(&repo).expect("attributes");
         let opts = ChurnOptions::default();
-        let stats =
-            numstats(&repo, &h.commits, opts, &attrs, &pool, &cancel, &|_| {}).expect("numstats");
+        let stats: Numstats = numstats(&repo, &h.commits, opts, &attrs, &pool, &cancel, &|_| {})
+            .expect("numstats")
+            .into_iter()
+            .collect();
         let files = churn(&h.commits, &stats)
             .files
             .into_iter()

@@ -55,6 +55,61 @@ pub struct FileStat {
 /// A commit's numstat, in the order git prints paths (byte order).
 pub type CommitStats = (ObjectId, Vec<FileStat>);
 
+/// Commits' numstats, each commit's files a range of one list: going
+/// through every commit's files reads memory in order, and there is one
+/// list to free, not one per commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Numstats {
+    commits: Vec<(ObjectId, std::ops::Range<u32>)>,
+    files: Vec<FileStat>,
+}
+
+impl Numstats {
+    /// Commits by id, each with its range of `files`.
+    ///
+    /// # Panics
+    /// If a range is not within `files` (a bug of the caller).
+    pub fn from_parts(
+        commits: Vec<(ObjectId, std::ops::Range<u32>)>,
+        files: Vec<FileStat>,
+    ) -> Self {
+        assert!(
+            commits
+                .iter()
+                .all(|(_, r)| r.start <= r.end && r.end as usize <= files.len()),
+            "numstat ranges past the files"
+        );
+        Numstats { commits, files }
+    }
+
+    pub fn len(&self) -> usize {
+        self.commits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commits.is_empty()
+    }
+
+    /// Each commit and its files, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&ObjectId, &[FileStat])> + Clone {
+        self.commits
+            .iter()
+            .map(|(id, r)| (id, &self.files[r.start as usize..r.end as usize]))
+    }
+}
+
+impl FromIterator<CommitStats> for Numstats {
+    fn from_iter<I: IntoIterator<Item = CommitStats>>(iter: I) -> Self {
+        let mut all = Numstats::default();
+        for (id, files) in iter {
+            let start = all.files.len() as u32;
+            all.files.extend(files);
+            all.commits.push((id, start..all.files.len() as u32));
+        }
+        all
+    }
+}
+
 /// The numstat of each of `commits`, in their order, computed on `pool`.
 /// Looks at `cancel` before each commit and calls `progress` (commits done
 /// so far) after each run of [`RUN`] commits.
@@ -480,7 +535,7 @@ mod tests {
             &|_| {},
         )
         .expect("numstats");
-        churn(&h.commits, &stats)
+        churn(&h.commits, &stats.iter().cloned().collect())
             .files
             .into_iter()
             .map(|f| (f.path, (f.revisions, f.added, f.removed)))
@@ -555,11 +610,12 @@ mod tests {
             &|_| {},
         )
         .expect("diffs");
-        let ours: BTreeMap<String, (u64, u64, u64)> = churn(&h.commits, &stats)
-            .files
-            .into_iter()
-            .map(|f| (f.path, (f.revisions, f.added, f.removed)))
-            .collect();
+        let ours: BTreeMap<String, (u64, u64, u64)> =
+            churn(&h.commits, &stats.iter().cloned().collect())
+                .files
+                .into_iter()
+                .map(|f| (f.path, (f.revisions, f.added, f.removed)))
+                .collect();
         assert_eq!(ours, git);
     }
 
@@ -676,11 +732,12 @@ mod tests {
         .expect("diffs");
         let diffed = t.elapsed();
         let t = std::time::Instant::now();
-        let ours: BTreeMap<String, (u64, u64, u64)> = churn(&h.commits, &stats)
-            .files
-            .into_iter()
-            .map(|f| (f.path, (f.revisions, f.added, f.removed)))
-            .collect();
+        let ours: BTreeMap<String, (u64, u64, u64)> =
+            churn(&h.commits, &stats.iter().cloned().collect())
+                .files
+                .into_iter()
+                .map(|f| (f.path, (f.revisions, f.added, f.removed)))
+                .collect();
         let churned = t.elapsed();
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)

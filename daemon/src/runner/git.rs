@@ -16,7 +16,7 @@ use super::in_process::InProcess;
 use super::{Attempt, AttemptCtx, Ended, Kind};
 use crate::git::attributes::Attributes;
 use crate::git::cache::{self, Graph, NumstatCache};
-use crate::git::numstat::{CommitStats, FileStat, numstats};
+use crate::git::numstat::{Numstats, numstats};
 use crate::git::walk::{History, WalkSpec, walk_cached};
 use crate::git::{GitError, analyses, contains, mirror, open_local, search};
 use crate::job::git::{Analysis, ChurnOptions, GitResult, GitSpec, is_url};
@@ -381,10 +381,10 @@ fn analyse(
     // Each set of numstat options is computed once for all the analyses
     // that use it, and only for commits the cache lacks.
     // Shared, not copied, between the analyses that use one set of options.
-    let mut stats: HashMap<ChurnOptions, Arc<Vec<CommitStats>>> = HashMap::new();
+    let mut stats: HashMap<ChurnOptions, Arc<Numstats>> = HashMap::new();
     let (mut computed, mut reused) = (0, 0);
     let mut in_stats = std::time::Duration::ZERO;
-    let mut stats_of = |opts: ChurnOptions| -> Result<Arc<Vec<CommitStats>>, Failure> {
+    let mut stats_of = |opts: ChurnOptions| -> Result<Arc<Numstats>, Failure> {
         if let Some(s) = stats.get(&opts) {
             return Ok(s.clone());
         }
@@ -393,13 +393,13 @@ fn analyse(
             .remove(&opts)
             .unwrap_or_else(|| NumstatCache::load(&dirs.caches, &key, opts, attrs.fingerprint()));
         let loaded = at.elapsed();
-        // One lookup per commit: cached entries move out now.
-        let mut slots: Vec<Option<Vec<FileStat>>> =
-            commits.iter().map(|c| cached.take(&c.id)).collect();
+        // One lookup per commit: where its files lie in the cache's list.
+        let mut ranges: Vec<Option<std::ops::Range<u32>>> =
+            commits.iter().map(|c| cached.range(&c.id)).collect();
         let missing: Vec<_> = commits
             .iter()
-            .zip(&slots)
-            .filter(|(_, s)| s.is_none())
+            .zip(&ranges)
+            .filter(|(_, r)| r.is_none())
             .map(|(c, _)| c.clone())
             .collect();
         let got = numstats(&repo, &missing, opts, &attrs, pool, cancel, &|n| {
@@ -408,15 +408,6 @@ fn analyse(
         let diffed = at.elapsed();
         computed += got.len() as u64;
         reused += (commits.len() - missing.len()) as u64;
-        // An appended save writes only the new commits; a rewrite needs
-        // the cache whole again, so the entries taken out go back first.
-        if cached.rewrites() {
-            for (c, slot) in commits.iter().zip(slots.iter_mut()) {
-                if let Some(files) = slot.take() {
-                    cached.insert(c.id, files);
-                }
-            }
-        }
         for (id, files) in got {
             cached.insert(id, files);
         }
@@ -424,17 +415,17 @@ fn analyse(
             tracing::warn!(error = %e, "cannot save the git numstat cache; the next run diffs again");
         }
         let saved = at.elapsed();
-        // Saved: what the cache holds now moves into the list too.
-        let all: Arc<Vec<CommitStats>> = Arc::new(
-            commits
-                .iter()
-                .zip(slots)
-                .map(|(c, slot)| {
-                    let files = slot.or_else(|| cached.take(&c.id)).unwrap_or_default();
-                    (c.id, files)
-                })
-                .collect(),
-        );
+        // The cache's list of files becomes the analyses' (nothing copied),
+        // each commit with its range of it.
+        let listed: Vec<(gix::ObjectId, std::ops::Range<u32>)> = commits
+            .iter()
+            .zip(ranges.iter_mut())
+            .map(|(c, r)| {
+                let r = r.take().or_else(|| cached.range(&c.id)).unwrap_or(0..0);
+                (c.id, r)
+            })
+            .collect();
+        let all = Arc::new(Numstats::from_parts(listed, cached.into_files()));
         stats.insert(opts, all.clone());
         in_stats += at.elapsed();
         tracing::debug!(
@@ -454,10 +445,12 @@ fn analyse(
         match a {
             Analysis::Summary => result.summary = Some(analyses::summary(commits)),
             Analysis::Churn(o) => {
-                result.churn = Some(analyses::churn(commits, &stats_of(*o)?));
+                let stats = stats_of(*o)?;
+                result.churn = Some(analyses::churn(commits, &stats));
             }
             Analysis::Hotspots { top, churn } => {
-                let c = analyses::churn(commits, &stats_of(*churn)?);
+                let stats = stats_of(*churn)?;
+                let c = analyses::churn(commits, &stats);
                 let newest = history.newest().map(|c| c.tree);
                 result.hotspots = Some(match newest {
                     Some(tree) => analyses::hotspots(&repo, tree, &c, *top)?,
@@ -465,7 +458,8 @@ fn analyse(
                 });
             }
             Analysis::Ownership(o) => {
-                result.ownership = Some(analyses::ownership(commits, &stats_of(*o)?));
+                let stats = stats_of(*o)?;
+                result.ownership = Some(analyses::ownership(commits, &stats));
             }
             Analysis::Coupling(o) => {
                 let plain = stats_of(ChurnOptions::default())?;

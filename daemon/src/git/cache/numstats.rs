@@ -4,6 +4,7 @@
 //! each, in a table the entries index.
 
 use std::io;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use gix::ObjectId;
 
 use super::{CacheFile, Dec, Enc, len, repo_dir};
 use crate::git::numstat::FileStat;
+use crate::git::walk::slack;
 use crate::job::git::ChurnOptions;
 
 const TAG: &[u8; 4] = b"nums";
@@ -22,7 +24,9 @@ const VERSION: u32 = 2;
 /// The numstats of one repository under one set of options.
 pub struct NumstatCache {
     file: CacheFile,
-    map: gix::hashtable::HashMap<ObjectId, Vec<FileStat>>,
+    /// Each cached commit's files, as a range of `files`.
+    map: gix::hashtable::HashMap<ObjectId, Range<u32>>,
+    files: Vec<FileStat>,
     /// Commits added since loading, in order.
     added: Vec<ObjectId>,
 }
@@ -48,44 +52,45 @@ impl NumstatCache {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let mut map = gix::hashtable::HashMap::default();
+        let (mut map, mut files) = (Default::default(), Vec::new());
         let file = CacheFile::load(repo_dir.join(name), TAG, VERSION, |body| {
-            decode(body, &mut map)
+            decode(body, &mut map, &mut files)
         });
         NumstatCache {
             file,
             map,
+            files,
             added: Vec::new(),
         }
     }
 
-    /// Commit `id`'s files, if cached (the kind takes them, with
-    /// [`NumstatCache::take`]).
-    #[cfg(test)]
-    pub fn get(&self, id: &ObjectId) -> Option<&Vec<FileStat>> {
-        self.map.get(id)
+    /// Commit `id`'s files, if cached.
+    pub fn get(&self, id: &ObjectId) -> Option<&[FileStat]> {
+        self.range(id)
+            .map(|r| &self.files[r.start as usize..r.end as usize])
     }
 
-    /// Commit `id`'s files, taken out of the cache (after [`save`]).
-    ///
-    /// [`save`]: NumstatCache::save
-    pub fn take(&mut self, id: &ObjectId) -> Option<Vec<FileStat>> {
-        self.map.remove(id)
+    /// Where commit `id`'s files lie in the cache's list, if cached (see
+    /// [`NumstatCache::into_files`]).
+    pub fn range(&self, id: &ObjectId) -> Option<Range<u32>> {
+        self.map.get(id).cloned()
     }
 
-    /// Whether the next [`save`] rewrites the file whole, and so needs
-    /// every entry in the cache (not only those added since loading).
-    ///
-    /// [`save`]: NumstatCache::save
-    pub fn rewrites(&self) -> bool {
-        !self.file.appendable
+    /// The files of every commit cached, as [`NumstatCache::range`] finds
+    /// them.
+    pub fn into_files(self) -> Vec<FileStat> {
+        self.files
     }
 
-    /// Adds commit `id`'s files.
+    /// Adds commit `id`'s files (if it has none yet).
     pub fn insert(&mut self, id: ObjectId, files: Vec<FileStat>) {
-        if self.map.insert(id, files).is_none() {
-            self.added.push(id);
+        if self.map.contains_key(&id) {
+            return;
         }
+        let start = self.files.len() as u32;
+        self.files.extend(files);
+        self.map.insert(id, start..self.files.len() as u32);
+        self.added.push(id);
     }
 
     /// Saves the commits added since loading: appended as a segment, or
@@ -94,21 +99,22 @@ impl NumstatCache {
         if self.added.is_empty() {
             return Ok(());
         }
-        let added = || {
+        let added = || encode(self.added.iter().filter_map(|id| Some((id, self.get(id)?))));
+        let all = || {
             encode(
-                self.added
+                self.map
                     .iter()
-                    .filter_map(|id| Some((id, self.map.get(id)?))),
+                    .map(|(id, r)| (id, &self.files[r.start as usize..r.end as usize])),
             )
         };
-        self.file.save(added, || encode(self.map.iter()))
+        self.file.save(added, all)
     }
 }
 
 /// A segment's body: the hash length, its path table, then each commit's
 /// id and files (path index, added, removed, binary).
 fn encode<'a>(
-    commits: impl Iterator<Item = (&'a ObjectId, &'a Vec<FileStat>)> + Clone,
+    commits: impl Iterator<Item = (&'a ObjectId, &'a [FileStat])> + Clone,
 ) -> io::Result<Vec<u8>> {
     let mut index: rustc_hash::FxHashMap<&str, u32> = Default::default();
     let mut paths: Vec<&str> = Vec::new();
@@ -142,43 +148,61 @@ fn encode<'a>(
     Ok(e.0)
 }
 
-/// Adds a segment's commits to `map`; `None` if it does not parse (the
-/// commits before the fault stay).
-fn decode(body: &[u8], map: &mut gix::hashtable::HashMap<ObjectId, Vec<FileStat>>) -> Option<()> {
-    let mut d = Dec::new(body);
-    let hash_len = usize::from(d.u8()?);
-    let n_paths = d.u32()? as usize;
-    // Capacities are bounded by what the body could hold, so a damaged
-    // count cannot ask for a huge allocation.
-    let mut paths = Vec::with_capacity(n_paths.min(body.len() / 4));
-    for _ in 0..n_paths {
-        paths.push(Arc::<str>::from(std::str::from_utf8(d.bytes()?).ok()?));
-    }
-    let n_commits = d.u32()? as usize;
-    // With room for the next segments' few commits: growing a map of
-    // every commit rehashes it.
-    map.reserve(crate::git::walk::slack(
-        n_commits.min(body.len() / (hash_len + 4)),
-    ));
-    for _ in 0..n_commits {
-        let id = d.id(hash_len)?;
-        let n_files = d.u32()? as usize;
-        let mut files = Vec::with_capacity(n_files.min(body.len() / 21));
-        for _ in 0..n_files {
-            let path = paths.get(d.u32()? as usize)?.clone();
-            let added = d.u64()?;
-            let removed = d.u64()?;
-            let binary = d.u8()? != 0;
-            files.push(FileStat {
-                path,
-                added,
-                removed,
-                binary,
-            });
+/// Adds a segment's commits to `map` and their files to `files`; `None`
+/// if it does not parse (the commits before the fault stay).
+fn decode(
+    body: &[u8],
+    map: &mut gix::hashtable::HashMap<ObjectId, Range<u32>>,
+    files: &mut Vec<FileStat>,
+) -> Option<()> {
+    {
+        let mut d = Dec::new(body);
+        let hash_len = usize::from(d.u8()?);
+        let n_paths = d.u32()? as usize;
+        // Capacities are bounded by what the body could hold, so a damaged
+        // count cannot ask for a huge allocation.
+        let mut paths = Vec::with_capacity(n_paths.min(body.len() / 4));
+        for _ in 0..n_paths {
+            paths.push(Arc::<str>::from(std::str::from_utf8(d.bytes()?).ok()?));
         }
-        map.insert(id, files);
+        let n_commits = d.u32()? as usize;
+        let fits = n_commits.min(body.len() / (hash_len + 4));
+        // With room for the next segments' few commits: growing a map of
+        // every commit rehashes it, and growing the list copies it.
+        map.reserve(slack(fits));
+        files.reserve(slack(fits));
+        for _ in 0..n_commits {
+            let id = d.id(hash_len)?;
+            let n_files = d.u32()? as usize;
+            let start = files.len();
+            for _ in 0..n_files {
+                let file = (|| {
+                    let path = paths.get(d.u32()? as usize)?.clone();
+                    let added = d.u64()?;
+                    let removed = d.u64()?;
+                    let binary = d.u8()? != 0;
+                    Some(FileStat {
+                        path,
+                        added,
+                        removed,
+                        binary,
+                    })
+                })();
+                match file {
+                    Some(f) => files.push(f),
+                    None => {
+                        // The commit's files so far go with it.
+                        files.truncate(start);
+                        return None;
+                    }
+                }
+            }
+            let end = u32::try_from(files.len()).ok()?;
+            // Twice in the cache (never written so): the later stands.
+            map.insert(id, start as u32..end);
+        }
+        d.is_empty().then_some(())
     }
-    d.is_empty().then_some(())
 }
 
 #[cfg(test)]
@@ -207,13 +231,17 @@ mod tests {
         c.insert(ObjectId::null(gix::hash::Kind::Sha1), Vec::new());
         c.save().unwrap();
         let mut again = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
-        assert_eq!(again.get(&id), Some(&files));
-        assert_eq!(again.get(&other), Some(&vec![stat("a", 5, false)]));
-        // Taken out for the analyses: gone from memory, not from the file.
-        assert_eq!(again.take(&id), Some(files.clone()));
-        assert!(again.get(&id).is_none());
+        assert_eq!(again.get(&id), Some(&files[..]));
+        assert_eq!(again.get(&other), Some(&[stat("a", 5, false)][..]));
+        // A second insert of a commit changes nothing.
+        again.insert(id, vec![stat("z", 9, false)]);
+        assert_eq!(again.get(&id), Some(&files[..]));
+        // Handed to the analyses: the cache's list, found by range.
+        let range = again.range(&id).expect("cached");
+        let list = again.into_files();
+        assert_eq!(list[range.start as usize..range.end as usize], files[..]);
         let third = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
-        assert_eq!(third.get(&id), Some(&files));
+        assert_eq!(third.get(&id), Some(&files[..]));
         assert_eq!(third.map.len(), 3);
         // A later run's commits are appended, the earlier ones kept.
         let mut fourth = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
@@ -222,8 +250,8 @@ mod tests {
         fourth.save().unwrap();
         let fifth = NumstatCache::load(dir.path(), "k", ChurnOptions::default(), "none");
         assert_eq!(fifth.map.len(), 4);
-        assert_eq!(fifth.get(&new), Some(&vec![stat("c", 1, false)]));
-        assert_eq!(fifth.get(&id), Some(&files));
+        assert_eq!(fifth.get(&new), Some(&[stat("c", 1, false)][..]));
+        assert_eq!(fifth.get(&id), Some(&files[..]));
         let contents = crate::git::cache::read_file(&fifth.file.path, TAG, VERSION);
         assert_eq!(contents.segments.len(), 2);
         // Other options are another cache.
@@ -269,6 +297,6 @@ mod tests {
         e.id(&ObjectId::null(gix::hash::Kind::Sha1));
         e.u32(1);
         e.u32(9);
-        assert_eq!(decode(&e.0, &mut Default::default()), None);
+        assert_eq!(decode(&e.0, &mut Default::default(), &mut Vec::new()), None);
     }
 }
