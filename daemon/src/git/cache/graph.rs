@@ -466,7 +466,7 @@ impl Graph {
         let number = |i: u32| renumber.map_or(i, |r| r[i as usize]);
         // Identities renumbered for the segment, so each segment stands
         // alone.
-        let mut local: HashMap<u32, u32> = HashMap::new();
+        let mut local: rustc_hash::FxHashMap<u32, u32> = Default::default();
         let mut used = Vec::new();
         for (i, _) in records.clone() {
             let node = &self.nodes[i as usize];

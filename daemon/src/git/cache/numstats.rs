@@ -101,9 +101,13 @@ impl NumstatCache {
         }
         let added = || encode(self.added.iter().filter_map(|id| Some((id, self.get(id)?))));
         let all = || {
+            // In the list's order, not the map's: the encoding then reads
+            // the files front to back instead of all over.
+            let mut entries: Vec<(&ObjectId, &Range<u32>)> = self.map.iter().collect();
+            entries.sort_unstable_by_key(|(_, r)| r.start);
             encode(
-                self.map
-                    .iter()
+                entries
+                    .into_iter()
                     .map(|(id, r)| (id, &self.files[r.start as usize..r.end as usize])),
             )
         };
