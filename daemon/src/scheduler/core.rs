@@ -398,6 +398,12 @@ impl Core {
             let mut s = lock(&self.slots);
             if paused {
                 s.paused_until = Some(Instant::now() + STORE_FAILURE_PAUSE);
+                // The job stays as stored, queued as a rule, and a read of
+                // the ready index while it ran skipped it and may have
+                // found nothing else: after the pause, the index must be
+                // read again, or the job waits for an unrelated submit.
+                s.maybe_ready = true;
+                s.fetch_maybe_ready = true;
                 // This runs on a job's thread, while the scheduler sleeps
                 // on a timer set before the pause: it must look again, or
                 // the jobs left queued wait for some unrelated event.
