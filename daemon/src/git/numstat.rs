@@ -535,7 +535,16 @@ mod tests {
             &|_| {},
         )
         .expect("numstats");
-        churn(&h.commits, &stats.iter().cloned().collect())
+        by_path(&h.commits, stats)
+    }
+
+    /// The churn of `commits` with `stats`, per path: (revisions, added,
+    /// removed).
+    fn by_path(
+        commits: &[WalkedCommit],
+        stats: Vec<CommitStats>,
+    ) -> BTreeMap<String, (u64, u64, u64)> {
+        churn(commits, &stats.into_iter().collect())
             .files
             .into_iter()
             .map(|f| (f.path, (f.revisions, f.added, f.removed)))
@@ -610,12 +619,7 @@ mod tests {
             &|_| {},
         )
         .expect("diffs");
-        let ours: BTreeMap<String, (u64, u64, u64)> =
-            churn(&h.commits, &stats.iter().cloned().collect())
-                .files
-                .into_iter()
-                .map(|f| (f.path, (f.revisions, f.added, f.removed)))
-                .collect();
+        let ours = by_path(&h.commits, stats);
         assert_eq!(ours, git);
     }
 
@@ -732,12 +736,7 @@ mod tests {
         .expect("diffs");
         let diffed = t.elapsed();
         let t = std::time::Instant::now();
-        let ours: BTreeMap<String, (u64, u64, u64)> =
-            churn(&h.commits, &stats.iter().cloned().collect())
-                .files
-                .into_iter()
-                .map(|f| (f.path, (f.revisions, f.added, f.removed)))
-                .collect();
+        let ours = by_path(&h.commits, stats);
         let churned = t.elapsed();
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)

@@ -1,6 +1,8 @@
 //! Tests of the commit graph cache: saving and loading, numbering,
 //! lookups, prefetching, and what is not believed.
 
+use std::sync::atomic::AtomicBool;
+
 use super::*;
 use crate::git::fixture;
 use crate::git::repo::open_local;
