@@ -73,6 +73,12 @@ pub fn prune(dir: &Path, max_age: Duration) -> usize {
     removed
 }
 
+/// Room for `n` things and the few more a re-run adds: an eighth more.
+/// Room never used is never touched, so it costs no memory.
+pub(crate) fn slack(n: usize) -> usize {
+    n + n / 8 + 64
+}
+
 /// Every cache file starts with this, then its own 4-byte tag and a
 /// format version (u32).
 const MAGIC: &[u8; 8] = b"quern-gc";

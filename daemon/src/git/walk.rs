@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 
-use super::cache::Graph;
+use super::cache::{Graph, slack};
 use super::repo::GitError;
 use crate::job::Micros;
 use crate::job::git::Author;
@@ -19,11 +19,6 @@ use crate::job::git::Author;
 /// reports progress: often enough that a cancel lands within milliseconds,
 /// rarely enough that the atomic load costs nothing.
 pub const CHECK_EVERY: u64 = 256;
-
-/// Room for `n` things and the few more a re-run adds: an eighth more.
-pub(crate) fn slack(n: usize) -> usize {
-    n + n / 8 + 64
-}
 
 /// What to walk: the job's revisions and date window.
 #[derive(Clone, Debug, Default)]

@@ -15,9 +15,8 @@ use std::path::Path;
 use gix::ObjectId;
 use gix::bstr::{BStr, BString, ByteSlice};
 
-use super::{CacheFile, Dec, Enc, len, repo_dir};
+use super::{CacheFile, Dec, Enc, len, repo_dir, slack};
 use crate::git::repo::{GitError, read_object};
-use crate::git::walk::slack;
 
 const TAG: &[u8; 4] = b"grph";
 
@@ -58,10 +57,27 @@ pub struct Node {
     walked: u32,
     /// Read from the repository; a node that is not is a commit named as
     /// a parent (or a tip) and not read yet.
-    pub read: bool,
+    read: bool,
 }
 
 impl Node {
+    /// A commit read: fields `f`, first parent `first_parent`, and, for a
+    /// merge, its parents at `parents_at` in the parents' table.
+    fn of(f: Fields, first_parent: u32, parents_at: u32, parents_len: u32, walked: u32) -> Node {
+        Node {
+            tree: f.tree,
+            identity: f.identity,
+            author_time: f.author_time,
+            author_offset: f.author_offset,
+            committer_time: f.committer_time,
+            first_parent,
+            parents_at,
+            parents_len,
+            walked,
+            read: true,
+        }
+    }
+
     /// A commit known only by its id.
     fn unread(hash: gix::hash::Kind) -> Node {
         Node {
@@ -113,7 +129,7 @@ pub struct Graph {
     /// Loaded nodes that were not read then and have been since.
     filled: Vec<u32>,
     /// Commits read, and read since loading.
-    read: usize,
+    commits_read: usize,
     added: usize,
     /// Parent ids of the commit being read, kept between reads.
     scratch: Vec<ObjectId>,
@@ -134,7 +150,7 @@ impl Graph {
             identities: Identities::default(),
             loaded: 0,
             filled: Vec::new(),
-            read: 0,
+            commits_read: 0,
             added: 0,
             scratch: Vec::new(),
         }
@@ -153,11 +169,11 @@ impl Graph {
 
     /// How many commits it holds (read, not only named).
     pub fn len(&self) -> usize {
-        self.read
+        self.commits_read
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read == 0
+        self.commits_read == 0
     }
 
     /// How many commits walks read into it since it was loaded.
@@ -308,19 +324,9 @@ impl Graph {
             }
         }
         let walked = self.nodes[i as usize].walked;
-        self.nodes[i as usize] = Node {
-            tree: f.tree,
-            identity: f.identity,
-            author_time: f.author_time,
-            author_offset: f.author_offset,
-            committer_time: f.committer_time,
-            first_parent,
-            parents_at,
-            parents_len: parent_ids.len() as u32,
-            walked,
-            read: true,
-        };
-        self.read += 1;
+        self.nodes[i as usize] =
+            Node::of(f, first_parent, parents_at, parent_ids.len() as u32, walked);
+        self.commits_read += 1;
         self.added += 1;
         if i < self.loaded {
             self.filled.push(i);
@@ -391,7 +397,8 @@ impl Graph {
             }
         }
         let mut e = Enc::default();
-        e.0.reserve(records.clone().count() * 80);
+        let count = records.clone().count();
+        e.0.reserve(count * 80);
         e.u8(self.ids.first().map_or(20, |id| id.as_bytes().len()) as u8);
         e.u32(base);
         e.u32(len(used.len())?);
@@ -400,7 +407,7 @@ impl Graph {
             e.bytes(name);
             e.bytes(email);
         }
-        e.u32(len(records.clone().count())?);
+        e.u32(len(count)?);
         for (i, fill) in records {
             let node = &self.nodes[i as usize];
             match (node.read, fill) {
@@ -434,7 +441,7 @@ impl Graph {
     /// appended at once: the second's numbers are not the graph's).
     fn decode(&mut self, body: &[u8]) -> Option<()> {
         let (ids, nodes, parents) = (self.ids.len(), self.nodes.len(), self.parents.len());
-        let (read, index) = (self.read, self.index.take());
+        let (read, index) = (self.commits_read, self.index.take());
         let fills = self.decode_records(body);
         match fills {
             Some(fills) => {
@@ -448,7 +455,7 @@ impl Graph {
                 self.ids.truncate(ids);
                 self.nodes.truncate(nodes);
                 self.parents.truncate(parents);
-                self.read = read;
+                self.commits_read = read;
                 self.index = index;
                 None
             }
@@ -495,11 +502,13 @@ impl Graph {
                 self.nodes.push(Node::unread(id.kind()));
                 continue;
             }
-            let tree = d.id(hash_len)?;
-            let identity = *global.get(d.u32()? as usize)?;
-            let author_time = d.i64()?;
-            let author_offset = d.i32()?;
-            let committer_time = d.i64()?;
+            let fields = Fields {
+                tree: d.id(hash_len)?,
+                identity: *global.get(d.u32()? as usize)?,
+                author_time: d.i64()?,
+                author_offset: d.i32()?,
+                committer_time: d.i64()?,
+            };
             let n_parents = d.u32()?;
             let parents_at = u32::try_from(self.parents.len()).ok()?;
             let mut first_parent = NONE;
@@ -512,19 +521,8 @@ impl Graph {
                     self.parents.push(p);
                 }
             }
-            let node = Node {
-                tree,
-                identity,
-                author_time,
-                author_offset,
-                committer_time,
-                first_parent,
-                parents_at,
-                parents_len: n_parents,
-                walked: 0,
-                read: true,
-            };
-            self.read += 1;
+            let node = Node::of(fields, first_parent, parents_at, n_parents, 0);
+            self.commits_read += 1;
             match filled {
                 // A read of a node before this segment, known then by
                 // this id only.

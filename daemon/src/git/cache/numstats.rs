@@ -10,9 +10,8 @@ use std::sync::Arc;
 
 use gix::ObjectId;
 
-use super::{CacheFile, Dec, Enc, len, repo_dir};
+use super::{CacheFile, Dec, Enc, len, repo_dir, slack};
 use crate::git::numstat::FileStat;
-use crate::git::walk::slack;
 use crate::job::git::ChurnOptions;
 
 const TAG: &[u8; 4] = b"nums";
@@ -153,60 +152,49 @@ fn encode<'a>(
 }
 
 /// Adds a segment's commits to `map` and their files to `files`; `None`
-/// if it does not parse (the commits before the fault stay).
+/// if it does not parse (the commits before the fault stay; the files of
+/// the commit it stopped in stay in the list, in no commit's range).
 fn decode(
     body: &[u8],
     map: &mut gix::hashtable::HashMap<ObjectId, Range<u32>>,
     files: &mut Vec<FileStat>,
 ) -> Option<()> {
-    {
-        let mut d = Dec::new(body);
-        let hash_len = usize::from(d.u8()?);
-        let n_paths = d.u32()? as usize;
-        // Capacities are bounded by what the body could hold, so a damaged
-        // count cannot ask for a huge allocation.
-        let mut paths = Vec::with_capacity(n_paths.min(body.len() / 4));
-        for _ in 0..n_paths {
-            paths.push(Arc::<str>::from(std::str::from_utf8(d.bytes()?).ok()?));
-        }
-        let n_commits = d.u32()? as usize;
-        let fits = n_commits.min(body.len() / (hash_len + 4));
-        // With room for the next segments' few commits: growing a map of
-        // every commit rehashes it, and growing the list copies it.
-        map.reserve(slack(fits));
-        files.reserve(slack(fits));
-        for _ in 0..n_commits {
-            let id = d.id(hash_len)?;
-            let n_files = d.u32()? as usize;
-            let start = files.len();
-            for _ in 0..n_files {
-                let file = (|| {
-                    let path = paths.get(d.u32()? as usize)?.clone();
-                    let added = d.u64()?;
-                    let removed = d.u64()?;
-                    let binary = d.u8()? != 0;
-                    Some(FileStat {
-                        path,
-                        added,
-                        removed,
-                        binary,
-                    })
-                })();
-                match file {
-                    Some(f) => files.push(f),
-                    None => {
-                        // The commit's files so far go with it.
-                        files.truncate(start);
-                        return None;
-                    }
-                }
-            }
-            let end = u32::try_from(files.len()).ok()?;
-            // Twice in the cache (never written so): the later stands.
-            map.insert(id, start as u32..end);
-        }
-        d.is_empty().then_some(())
+    let mut d = Dec::new(body);
+    let hash_len = usize::from(d.u8()?);
+    let n_paths = d.u32()? as usize;
+    // Capacities are bounded by what the body could hold, so a damaged
+    // count cannot ask for a huge allocation.
+    let mut paths = Vec::with_capacity(n_paths.min(body.len() / 4));
+    for _ in 0..n_paths {
+        paths.push(Arc::<str>::from(std::str::from_utf8(d.bytes()?).ok()?));
     }
+    let n_commits = d.u32()? as usize;
+    // With room for the next segments' few commits: growing a map of
+    // every commit rehashes it, and growing the list copies it. A file
+    // takes 21 bytes of the body, so the list never outgrows that.
+    map.reserve(slack(n_commits.min(body.len() / (hash_len + 4))));
+    files.reserve(slack(body.len() / 21));
+    for _ in 0..n_commits {
+        let id = d.id(hash_len)?;
+        let n_files = d.u32()? as usize;
+        let start = u32::try_from(files.len()).ok()?;
+        for _ in 0..n_files {
+            let path = paths.get(d.u32()? as usize)?.clone();
+            let added = d.u64()?;
+            let removed = d.u64()?;
+            let binary = d.u8()? != 0;
+            files.push(FileStat {
+                path,
+                added,
+                removed,
+                binary,
+            });
+        }
+        let end = u32::try_from(files.len()).ok()?;
+        // Twice in the cache (never written so): the later stands.
+        map.insert(id, start..end);
+    }
+    d.is_empty().then_some(())
 }
 
 #[cfg(test)]

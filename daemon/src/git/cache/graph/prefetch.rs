@@ -40,7 +40,7 @@ impl Graph {
         cancel: &AtomicBool,
         window_len: usize,
     ) -> Result<usize, GitError> {
-        let before = self.read;
+        let before = self.commits_read;
         let hash = repo.object_hash();
         // Every packed commit is looked up: indexed now.
         if self.index.is_none() {
@@ -80,7 +80,7 @@ impl Graph {
                 }
             }
         }
-        Ok(self.read - before)
+        Ok(self.commits_read - before)
     }
 
     /// Adds the commits of a [`Part`], renumbering its identities.

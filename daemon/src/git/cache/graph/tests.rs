@@ -22,6 +22,13 @@ fn seen(g: &mut Graph, id: &ObjectId) -> Option<(ObjectId, i64, i32, i64, Vec<Ob
     ))
 }
 
+/// How many segments the graph file at `path` holds that check.
+fn segments(path: &std::path::Path) -> usize {
+    crate::git::cache::read_file(path, TAG, VERSION)
+        .segments
+        .len()
+}
+
 #[test]
 fn read_commits_are_saved_and_load_the_same() {
     let f = fixture::history();
@@ -61,12 +68,7 @@ fn read_commits_are_saved_and_load_the_same() {
     assert_eq!(more.added(), 2);
     more.save().unwrap();
     let path = dir.path().join("k").join("graph.bin");
-    assert_eq!(
-        crate::git::cache::read_file(&path, TAG, VERSION)
-            .segments
-            .len(),
-        2
-    );
+    assert_eq!(segments(&path), 2);
     let mut again = Graph::load(dir.path(), "k");
     assert_eq!(again.len(), 5);
     for id in ids.iter().chain([&parent, &root]) {
@@ -84,12 +86,7 @@ fn read_commits_are_saved_and_load_the_same() {
         .unwrap();
     whole.file.as_mut().unwrap().appendable = false;
     whole.save().unwrap();
-    assert_eq!(
-        crate::git::cache::read_file(&path, TAG, VERSION)
-            .segments
-            .len(),
-        1
-    );
+    assert_eq!(segments(&path), 1);
     let mut rewritten = Graph::load(dir.path(), "k");
     assert_eq!(rewritten.len(), 6);
     for id in ids.iter().chain([&parent, &root]) {
